@@ -1,0 +1,343 @@
+"""The one model configuration: `ModelConfig`, the presets (plain data) and validation.
+
+Every architecture of the seed systems is a point in this space: learned or rotary positions,
+LayerNorm or RMSNorm, five MLP kinds, MHA/GQA/MQA, QK-norm, an embedding norm, biases, tied
+embeddings. Derived fields (head dim, KV heads, FFN width, padded vocab) are filled in
+`__post_init__`, and the whole thing round-trips through `to_dict` / `from_dict` into config.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from scratchlm.errors import ScratchLMError
+
+PositionKind = Literal["learned", "rope"]
+NormKind = Literal["layernorm", "rmsnorm"]
+MlpKind = Literal["gelu", "gelu_tanh", "leaky_relu", "swiglu", "relu2"]
+
+POSITION_KINDS: tuple[str, ...] = ("learned", "rope")
+NORM_KINDS: tuple[str, ...] = ("layernorm", "rmsnorm")
+MLP_KINDS: tuple[str, ...] = ("gelu", "gelu_tanh", "leaky_relu", "swiglu", "relu2")
+
+
+def round_up(value: int, multiple: int) -> int:
+    return ((value + multiple - 1) // multiple) * multiple
+
+
+@dataclass
+class ModelConfig:
+    """A decoder-only transformer. Fields left as None are derived in `__post_init__`."""
+
+    name: str = "custom"
+    # Vocabulary: `vocab_size` is the tokenizer's true size; the embedding and output layer have
+    # `padded_vocab_size` rows (a multiple of `vocab_pad_multiple`, which keeps matmuls fast).
+    vocab_size: int = 50257
+    vocab_pad_multiple: int = 64
+    padded_vocab_size: int | None = None
+    n_layer: int = 12
+    d_model: int = 768
+    n_head: int = 12
+    n_kv_head: int | None = None  # None = n_head (MHA); 1 = MQA; in between = GQA
+    head_dim: int | None = None  # None = d_model // n_head
+    # FFN width: explicit `ffn_hidden`, else `ffn_multiplier * d_model` rounded up to `ffn_multiple_of`.
+    ffn_hidden: int | None = None
+    ffn_multiplier: float = 4.0
+    ffn_multiple_of: int = 1
+    context_length: int = 1024
+    position: PositionKind = "learned"
+    rope_theta: float = 10000.0
+    norm: NormKind = "layernorm"
+    norm_eps: float = 1e-5
+    mlp: MlpKind = "gelu"
+    leaky_relu_slope: float = 0.01
+    qk_norm: bool = False  # per-head RMSNorm on queries and keys (before RoPE)
+    embedding_norm: bool = False  # RMSNorm on the token embeddings
+    bias: bool = True  # biases in linear layers (and LayerNorm)
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    zero_init_output: bool = False  # zero-init attention and MLP output projections
+    init_std: float = 0.02
+    logit_softcap: float | None = None  # tanh soft-capping of the output logits (None = off)
+    # Informational: the precision the preset's authors trained in on GPU.
+    default_gpu_precision: str = "bf16"
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.head_dim is None:
+            if self.n_head <= 0 or self.d_model % self.n_head != 0:
+                raise ScratchLMError(
+                    f"d_model {self.d_model} is not divisible by n_head {self.n_head}; choose "
+                    "n_head that divides d_model, or set head_dim explicitly"
+                )
+            self.head_dim = self.d_model // self.n_head
+        if self.ffn_hidden is None:
+            self.ffn_hidden = round_up(
+                int(self.ffn_multiplier * self.d_model), max(1, self.ffn_multiple_of)
+            )
+        self.padded_vocab_size = round_up(self.vocab_size, max(1, self.vocab_pad_multiple))
+        self.validate()
+
+    def validate(self) -> None:
+        problems: list[str] = []
+        for name in ("vocab_size", "n_layer", "d_model", "n_head", "context_length"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive (got {getattr(self, name)})")
+        assert self.n_kv_head is not None and self.head_dim is not None
+        if self.n_kv_head <= 0 or self.n_head % self.n_kv_head != 0:
+            problems.append(
+                f"n_kv_head {self.n_kv_head} must divide n_head {self.n_head} (MHA: equal, MQA: 1)"
+            )
+        if self.position == "rope" and self.head_dim % 2 != 0:
+            problems.append(f"RoPE needs an even head_dim (got {self.head_dim})")
+        if self.position not in POSITION_KINDS:
+            problems.append(f"position must be one of {POSITION_KINDS} (got {self.position!r})")
+        if self.norm not in NORM_KINDS:
+            problems.append(f"norm must be one of {NORM_KINDS} (got {self.norm!r})")
+        if self.mlp not in MLP_KINDS:
+            problems.append(f"mlp must be one of {MLP_KINDS} (got {self.mlp!r})")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1) (got {self.dropout})")
+        if self.logit_softcap is not None and self.logit_softcap <= 0:
+            problems.append(f"logit_softcap must be positive or null (got {self.logit_softcap})")
+        if problems:
+            raise ScratchLMError("invalid model config: " + "; ".join(problems))
+
+    # --- serialization --------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        known = {item.name for item in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ScratchLMError(
+                f"unknown model config field(s) {unknown}; known fields are {sorted(known)}"
+            )
+        values = dict(values)
+        values.pop("padded_vocab_size", None)  # always derived
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with some fields changed; derived fields are recomputed unless given."""
+        values = self.to_dict()
+        values.pop("padded_vocab_size", None)
+        for derived in ("n_kv_head", "head_dim", "ffn_hidden"):
+            # Keep a derived value only if the fields it comes from are unchanged.
+            if derived not in changes and _derived_from(derived) & set(changes):
+                values[derived] = None
+        values.update(changes)
+        return ModelConfig.from_dict(values)
+
+    # --- sizes ----------------------------------------------------------------------------------
+    def parameter_counts(self) -> dict[str, int]:
+        """Exact parameter counts, computed from shapes (no weights are allocated)."""
+        assert self.n_kv_head is not None and self.head_dim is not None
+        assert self.ffn_hidden is not None and self.padded_vocab_size is not None
+        d, hd, bias = self.d_model, self.head_dim, int(self.bias)
+        norm_params = d * (2 if self.norm == "layernorm" and self.bias else 1)
+        q_out, kv_out = self.n_head * hd, self.n_kv_head * hd
+        attention = d * (q_out + 2 * kv_out) + bias * (q_out + 2 * kv_out) + q_out * d + bias * d
+        if self.qk_norm:
+            attention += 2 * hd
+        if self.mlp == "swiglu":
+            mlp = 3 * d * self.ffn_hidden + bias * (2 * self.ffn_hidden + d)
+        else:
+            mlp = 2 * d * self.ffn_hidden + bias * (self.ffn_hidden + d)
+        per_layer = attention + mlp + 2 * norm_params
+        embedding = self.padded_vocab_size * d
+        positions = self.context_length * d if self.position == "learned" else 0
+        head = 0 if self.tie_embeddings else self.padded_vocab_size * d
+        extra_norms = norm_params + (d if self.embedding_norm else 0)
+        total = self.n_layer * per_layer + embedding + positions + head + extra_norms
+        return {
+            "n_params": total,
+            "n_params_non_embedding": total - embedding - positions - head,
+            "n_params_embedding": embedding + positions + head,
+        }
+
+    @property
+    def n_params(self) -> int:
+        return self.parameter_counts()["n_params"]
+
+
+def _derived_from(derived: str) -> set[str]:
+    return {
+        "n_kv_head": {"n_head"},
+        "head_dim": {"d_model", "n_head"},
+        "ffn_hidden": {"d_model", "ffn_multiplier", "ffn_multiple_of"},
+    }[derived]
+
+
+# --- presets: plain data --------------------------------------------------------------------------
+# Each preset is a dict of ModelConfig fields. The seed systems' presets keep their published
+# architecture; `tiny`/`small` are CPU defaults in Llama math (so they export losslessly).
+_LLAMA_MATH: dict[str, Any] = {
+    "position": "rope",
+    "norm": "rmsnorm",
+    "norm_eps": 1e-5,
+    "mlp": "swiglu",
+    "bias": False,
+    "qk_norm": False,
+    "embedding_norm": False,
+}
+_GPT2_MATH: dict[str, Any] = {
+    "position": "learned",
+    "norm": "layernorm",
+    "norm_eps": 1e-5,
+    "mlp": "gelu_tanh",
+    "bias": True,
+    "tie_embeddings": True,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        **_LLAMA_MATH,
+        "description": "CPU default for tests and quick runs (~1M params + embeddings)",
+        "n_layer": 4,
+        "d_model": 128,
+        "n_head": 4,
+        "ffn_hidden": 384,
+        "context_length": 256,
+        "vocab_size": 4096,
+        "tie_embeddings": True,
+    },
+    "small": {
+        **_LLAMA_MATH,
+        "description": "CPU model for longer laptop runs (~5M params + embeddings), GQA",
+        "n_layer": 6,
+        "d_model": 256,
+        "n_head": 8,
+        "n_kv_head": 4,
+        "ffn_hidden": 768,
+        "context_length": 512,
+        "vocab_size": 4096,
+        "tie_embeddings": True,
+    },
+    "kia-1.6b": {
+        **_GPT2_MATH,
+        "description": "Kia seed: GPT-2 XL-like 1.6B decoder, bf16 on GPU",
+        "n_layer": 32,
+        "d_model": 2048,
+        "n_head": 32,
+        "context_length": 2048,
+        "vocab_size": 50257,
+    },
+    "antimatter-300m": {
+        **_GPT2_MATH,
+        "description": "Antimatter seed: 300M, Leaky ReLU MLP, learned positions, pre-LN + final LN",
+        "n_layer": 24,
+        "d_model": 1024,
+        "n_head": 16,
+        "ffn_hidden": 4096,
+        "context_length": 2048,
+        "mlp": "leaky_relu",
+        "vocab_size": 50257,
+        "default_gpu_precision": "fp16",
+    },
+    "akane-124m": {
+        "description": "Akane seed: GQA, shared RoPE, QK-norm, embedding norm, SwiGLU, zero-init outputs",
+        "n_layer": 12,
+        "d_model": 768,
+        "n_head": 12,
+        "n_kv_head": 6,
+        "ffn_multiplier": 8 / 3,
+        "ffn_multiple_of": 256,
+        "context_length": 1024,
+        "position": "rope",
+        "rope_theta": 10000.0,
+        "norm": "rmsnorm",
+        "norm_eps": 1e-6,
+        "mlp": "swiglu",
+        "qk_norm": True,
+        "embedding_norm": True,
+        "bias": False,
+        "tie_embeddings": True,
+        "zero_init_output": True,
+        "vocab_size": 50304,
+    },
+    "aksis-small": {
+        **_GPT2_MATH,
+        "description": "Aksis seed: small GPT, learned positions, pre-LN, GELU",
+        "mlp": "gelu",
+        "n_layer": 6,
+        "d_model": 512,
+        "n_head": 8,
+        "ffn_hidden": 2048,
+        "context_length": 512,
+        "vocab_size": 50257,
+    },
+    "ai4india": {
+        "description": "ai4india seed: RMSNorm, multi-head attention, GELU MLP, RoPE (12L/768d/12h)",
+        "n_layer": 12,
+        "d_model": 768,
+        "n_head": 12,
+        "ffn_hidden": 3072,
+        "context_length": 1024,
+        "position": "rope",
+        "norm": "rmsnorm",
+        "mlp": "gelu",
+        "bias": False,
+        "tie_embeddings": True,
+        "vocab_size": 32000,
+    },
+    "llama-15m": {
+        **_LLAMA_MATH,
+        "description": "Llama math, llama2.c stories15M sizes",
+        "n_layer": 6,
+        "d_model": 288,
+        "n_head": 6,
+        "ffn_hidden": 768,
+        "context_length": 256,
+        "vocab_size": 32000,
+        "tie_embeddings": True,
+    },
+    "llama-42m": {
+        **_LLAMA_MATH,
+        "description": "Llama math, llama2.c stories42M sizes",
+        "n_layer": 8,
+        "d_model": 512,
+        "n_head": 8,
+        "ffn_hidden": 1376,
+        "context_length": 1024,
+        "vocab_size": 32000,
+        "tie_embeddings": True,
+    },
+    "llama-120m": {
+        **_LLAMA_MATH,
+        "description": "Llama math with GQA (12 query / 4 KV heads), untied head",
+        "n_layer": 12,
+        "d_model": 768,
+        "n_head": 12,
+        "n_kv_head": 4,
+        "ffn_hidden": 2048,
+        "context_length": 1024,
+        "vocab_size": 32000,
+        "tie_embeddings": False,
+    },
+}
+
+
+def preset_config(name: str, **overrides: Any) -> ModelConfig:
+    """The ModelConfig of a preset, with optional field overrides."""
+    if name not in PRESETS:
+        raise ScratchLMError(
+            f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)} (see `scratchlm presets`)"
+        )
+    values = {"name": name, **PRESETS[name], **overrides}
+    return ModelConfig.from_dict(values)
+
+
+def format_count(count: int) -> str:
+    """1_234_567 -> '1.23M'."""
+    if count < 1000:
+        return str(count)
+    exponent = min(int(math.log10(count) // 3), 4)
+    unit = ["", "K", "M", "B", "T"][exponent]
+    return f"{count / 1000**exponent:.3g}{unit}"

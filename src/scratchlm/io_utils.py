@@ -1,0 +1,123 @@
+"""Atomic file and directory writes: a crash mid-write never leaves a half-written file behind.
+
+Every file is written to a temporary sibling, flushed and fsynced, then renamed over the target
+(rename is atomic on POSIX within one filesystem); the parent directory is fsynced so the rename
+itself survives a power cut.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+
+def fsync_directory(path: str | os.PathLike[str]) -> None:
+    """Make a rename or creation inside `path` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Open a temporary file next to `path` for binary writing; on success it replaces `path`.
+
+    On an exception the temporary file is removed and `path` is left exactly as it was.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+    fsync_directory(target.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_open(path) as handle:
+        handle.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_write_with(path: str | os.PathLike[str], write: Callable[[str], None]) -> None:
+    """Atomically create `path` with a writer that only accepts a file name (e.g. safetensors, torch).
+
+    `write(temp_path)` must create the file at `temp_path`; it is then fsynced and renamed into place.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        write(temp_name)
+        with open(temp_name, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+    fsync_directory(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str], *, replace: bool = False) -> Iterator[Path]:
+    """Build a directory in a temporary sibling and rename it to `path` when the block succeeds.
+
+    With `replace=True` an existing `path` is swapped out (old moved aside, new renamed in, old
+    removed), so at every moment either the old or the new directory is complete under some name.
+    Readers that find `path` missing may look for `path.old` (see `checkpoint.resolve`).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield temp_dir
+        for child in temp_dir.iterdir():
+            if child.is_file():
+                with open(child, "rb+") as handle:
+                    os.fsync(handle.fileno())
+        fsync_directory(temp_dir)
+        if target.exists():
+            if not replace:
+                raise FileExistsError(f"{target} already exists")
+            old = target.with_name(target.name + ".old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(target, old)
+            os.replace(temp_dir, target)
+            fsync_directory(target.parent)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(temp_dir, target)
+        fsync_directory(target.parent)
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise

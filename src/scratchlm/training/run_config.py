@@ -1,0 +1,191 @@
+"""`TrainConfig`: every setting of a training run, the single source of the CLI's train flags.
+
+Defaults live here; a YAML/JSON file given with --config overrides them, and flags given on the
+command line override the file. The resolved config is saved as run_config.json in the run
+directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scratchlm.errors import ScratchLMError
+
+
+def option(default: Any, help: str, **extra: Any) -> Any:
+    """A dataclass field with the help text its CLI flag shows."""
+    metadata = {"help": help, **extra}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    preset: str = option("tiny", "model preset (see `scratchlm presets`)")
+    set: list[str] = option(  # noqa: RUF009 (option() returns a field with a default_factory)
+        [],
+        "override a model config field, FIELD=VALUE (repeatable), e.g. --set n_layer=8",
+        repeat=True,
+    )
+    context_length: int | None = option(None, "context length (default: the preset's)")
+    dropout: float | None = option(None, "dropout (default: the preset's)")
+    # data
+    data: str = option(
+        "synthetic",
+        "training text: file, directory, .jsonl, .parquet, .tar.gz, URL, hf:NAME, a shortcut "
+        "(tinystories, wikitext2, shakespeare, fineweb), synthetic[:MB], or a prepared data dir",
+    )
+    val_data: str | None = option(
+        None, "separate validation text (default: the last --val-fraction)"
+    )
+    val_fraction: float = option(0.1, "fraction of the data held out for validation")
+    text_field: str = option("text", "field holding the text in .jsonl/.parquet/datasets")
+    ascii_only: bool = option(False, "drop non-ASCII characters when cleaning the data")
+    data_workers: int | None = option(None, "tokenizer worker processes (default: CPU count)")
+    # tokenizer
+    tokenizer: str = option("bpe", "char, bpe (both trained on --data), or a tokenizer.json path")
+    vocab_size: int = option(4096, "BPE vocabulary size when training a BPE tokenizer")
+    tokenizer_sample_chars: int = option(
+        20_000_000, "characters of --data used to train the tokenizer"
+    )
+    # output
+    out: str | None = option(None, "run directory (default: runs/PRESET)")
+    # optimization
+    batch_size: int = option(16, "sequences per micro-batch")
+    tokens_per_step: int | None = option(
+        None, "target tokens per optimizer step; gradient accumulation covers the rest"
+    )
+    lr: float | None = option(None, "peak learning rate (default: by model size, 1e-3 .. 3e-4)")
+    min_lr_ratio: float = option(0.1, "final learning rate as a fraction of the peak")
+    warmup_steps: int = option(100, "linear warmup steps")
+    schedule: str = option("cosine", "learning-rate schedule: cosine, wsd, constant")
+    decay_fraction: float = option(0.2, "wsd: fraction of the run spent decaying")
+    weight_decay: float = option(0.1, "AdamW weight decay (on weight matrices only)")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.95, "AdamW beta2")
+    grad_clip: float = option(1.0, "gradient clipping norm (0 = off)")
+    # budget
+    max_steps: int | None = option(None, "stop after this many optimizer steps")
+    max_tokens: int | None = option(None, "stop after this many training tokens")
+    max_time: str | None = option(None, "stop after this wall time (seconds, or 90s / 5m / 2h)")
+    stop_after_steps: int | None = option(
+        None,
+        "pause after this many steps (checkpoint saved; schedule unchanged; --resume continues)",
+    )
+    # evaluation and checkpoints
+    eval_every: int = option(200, "evaluate on the validation split every N steps")
+    eval_tokens: int = option(131072, "validation tokens per evaluation (at most)")
+    sample_tokens: int = option(64, "tokens of sample text generated at each evaluation (0 = none)")
+    sample_prompt: str | None = option(
+        None, "prompt for the samples (default: start of a document)"
+    )
+    save_every: int = option(1000, "save a checkpoint every N steps (and always at the end)")
+    keep_checkpoints: int = option(3, "step checkpoints to keep (best/ is kept separately)")
+    log_every: int = option(10, "log training metrics every N steps")
+    # system
+    seed: int = option(1337, "random seed (model init, data order, dropout, samples)")
+    resume: bool = option(False, "continue the run in --out from its latest checkpoint")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    precision: str = option(
+        "auto", "auto, fp32, bf16 or fp16 (auto: bf16/fp16 on GPU, fp32 on CPU)"
+    )
+    compile: bool = option(False, "torch.compile the model")
+    threads: int | None = option(None, "CPU threads for PyTorch (default: PyTorch's choice)")
+    wandb: str | None = option(None, "log to this Weights & Biases project (needs wandb)")
+    quiet: bool = option(False, "no progress bar or sample printing")
+    config: str | None = option(None, "YAML or JSON file with these settings (flags override it)")
+
+    def validate(self) -> None:
+        problems = []
+        for name in ("batch_size", "eval_every", "save_every", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be >= 1")
+        for name in ("max_steps", "max_tokens", "stop_after_steps", "tokens_per_step"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                problems.append(f"--{name.replace('_', '-')} must be >= 1")
+        if self.schedule not in ("cosine", "wsd", "constant"):
+            problems.append(f"--schedule must be cosine, wsd or constant (got {self.schedule!r})")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            problems.append(
+                f"--precision must be auto, fp32, bf16 or fp16 (got {self.precision!r})"
+            )
+        if not 0.0 < self.val_fraction < 1.0:
+            problems.append(f"--val-fraction must be in (0, 1) (got {self.val_fraction})")
+        if self.lr is not None and self.lr <= 0:
+            problems.append("--lr must be positive")
+        if self.max_time is not None:
+            parse_duration(self.max_time)
+        if problems:
+            raise ScratchLMError("; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [item.name for item in dataclasses.fields(cls)]
+
+
+def parse_duration(text: str | float | int) -> float:
+    """'300', '90s', '5m', '1.5h' -> seconds."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", str(text))
+    if not match:
+        raise ScratchLMError(
+            f"cannot read the duration {text!r}; write seconds (300) or 90s, 5m, 2h"
+        )
+    value, unit = float(match.group(1)), match.group(2)
+    return value * {"": 1, "s": 1, "m": 60, "h": 3600}[unit]
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A YAML or JSON file of TrainConfig keys (kebab-case or snake_case)."""
+    file = Path(path)
+    if not file.is_file():
+        raise ScratchLMError(f"config file {file} does not exist; pass a YAML or JSON file")
+    text = file.read_text(encoding="utf-8")
+    try:
+        if file.suffix == ".json":
+            values = json.loads(text)
+        else:
+            import yaml
+
+            values = yaml.safe_load(text)
+    except Exception as error:
+        raise ScratchLMError(f"cannot parse {file}: {error}".splitlines()[0]) from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ScratchLMError(f"{file} must hold a mapping of settings (key: value)")
+    known = set(TrainConfig.field_names())
+    result: dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in known or name == "config":
+            raise ScratchLMError(
+                f"{file}: unknown setting {key!r}; use the train flags' names (see `scratchlm train --help`)"
+            )
+        result[name] = value
+    return result
+
+
+def parse_model_overrides(assignments: list[str]) -> dict[str, Any]:
+    """['n_layer=8', 'qk_norm=true'] -> {'n_layer': 8, 'qk_norm': True} (values parsed as YAML)."""
+    import yaml
+
+    overrides: dict[str, Any] = {}
+    for assignment in assignments:
+        if "=" not in assignment:
+            raise ScratchLMError(f"--set expects FIELD=VALUE, got {assignment!r}")
+        key, raw = assignment.split("=", 1)
+        overrides[key.strip()] = yaml.safe_load(raw)
+    return overrides

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny tokenizers trained in-process, tiny model configs, the shared corpora."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from scratchlm.config import ModelConfig, preset_config
+from scratchlm.tokenizer import Tokenizer, train_bpe, train_char
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+SAMPLE_TEXT = (
+    "Once upon a time, there was a little cat named Tom. Tom loved to play with his red ball.\n"
+    "One day, the ball rolled into the garden. Tom was sad. His friend Lily helped him find it.\n"
+    "They were happy and played all day. The end.\n"
+)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepared data and trained tokenizers are cached under $SCRATCHLM_CACHE: keep tests hermetic.
+    monkeypatch.setenv("SCRATCHLM_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer() -> Tokenizer:
+    return train_bpe([SAMPLE_TEXT * 20, "你好世界 😀 café naïve\t  tabs  and  spaces\n"], 400)
+
+
+@pytest.fixture(scope="session")
+def char_tokenizer() -> Tokenizer:
+    return train_char([SAMPLE_TEXT])
+
+
+def tiny_config(preset: str = "tiny", **overrides: object) -> ModelConfig:
+    """A few-thousand-parameter version of a preset that keeps its architecture options."""
+    base = preset_config(preset)
+    assert base.n_kv_head is not None
+    kv_ratio = base.n_head // base.n_kv_head
+    n_head = 4
+    values: dict[str, object] = {
+        "n_layer": 2,
+        "d_model": 32,
+        "n_head": n_head,
+        "n_kv_head": max(1, n_head // kv_ratio),
+        "head_dim": None,
+        "ffn_hidden": 64,
+        "context_length": 32,
+        "vocab_size": 97,
+    }
+    values.update(overrides)
+    return base.replace(**values)
+
+
+def skip_without_shared_data(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.skip(f"{path} is not available (the shared corpora sit beside the repository)")
+    return path
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
