@@ -275,3 +275,13 @@ def test_config_file_and_flags_override(tmp_path: Path) -> None:
     )
     assert resolved.eval_every == 200  # the default where neither file nor flag says
     _ = generate_stories  # the corpus generator is importable from the CLI's package
+
+
+def test_docs_mention_every_train_flag() -> None:
+    from scratchlm.training.run_config import TrainConfig
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    missing = [
+        name for name in TrainConfig.field_names() if "--" + name.replace("_", "-") not in docs
+    ]
+    assert not missing, f"docs/cli.md does not document {missing}"

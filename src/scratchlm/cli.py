@@ -129,6 +129,11 @@ def command_tokenize(args: argparse.Namespace) -> None:
     print("pieces:", " | ".join(repr(piece)[1:-1] for piece in pieces))
 
 
+def decode_escapes(text: str) -> str:
+    """'\\n\\n' as typed in a shell -> two newlines (only \\n, \\t and \\r; other text is kept)."""
+    return text.replace("\\n", "\n").replace("\\t", "\t").replace("\\r", "\r")
+
+
 # --- data -----------------------------------------------------------------------------------------
 
 
@@ -155,7 +160,8 @@ def command_data_prepare(args: argparse.Namespace) -> None:
         val_source=args.val_data,
         val_fraction=args.val_fraction,
         text_field=args.text_field,
-        doc_separator=args.doc_separator,
+        # "\n\n" typed in a shell arrives as backslash-n: read escapes as a user means them.
+        doc_separator=decode_escapes(args.doc_separator) if args.doc_separator else None,
         cleaning=cleaning,
         num_workers=args.workers,
         progress=not args.json,

@@ -60,6 +60,7 @@ def run_quickstart(
         sample_tokens=48,
         sample_prompt="Once upon a time",
         warmup_steps=50,
+        max_time=f"{minutes * 60:.0f}s",  # narrowed below once setup time is known
     )
     trainer = Trainer(config)
     setup_s = time.perf_counter() - started

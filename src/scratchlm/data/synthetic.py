@@ -60,6 +60,10 @@ END_OF_TEXT = "<|endoftext|>"
 # TinyStories file format: every story is followed by a line that is exactly "<|endoftext|>".
 DOCUMENT_SEPARATOR = f"\n{END_OF_TEXT}\n"
 
+# Bump when the generated text changes (the golden digest in tests/data/test_synthetic.py will
+# fail): corpora are cached by this version, size and seed.
+GENERATOR_VERSION = 1
+
 
 # ---------------------------------------------------------------------------------------------------
 # Articles and capitalization
