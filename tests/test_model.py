@@ -119,7 +119,7 @@ def test_attention_against_naive_reference(name: str) -> None:
     block = model.blocks[0]
     from scratchlm.model import build_attention_mask
 
-    mask, positions = build_attention_mask(11, None, None, x.device)
+    mask, positions = build_attention_mask(2, 11, None, None, x.device)
     rope = None
     if model.config.position == "rope":
         rope = (model.rope_cos[positions][None, None], model.rope_sin[positions][None, None])

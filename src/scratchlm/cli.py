@@ -265,33 +265,224 @@ def load_for_inference(checkpoint: str, device_name: str) -> Any:
     return load_checkpoint(checkpoint, device), device
 
 
-def command_generate(args: argparse.Namespace) -> None:
-    from scratchlm.inference.engine import Engine
+SAMPLERS = ("greedy", "temperature", "top-k", "top-p", "beam")
+
+
+def sampling_from_args(args: argparse.Namespace) -> Any:
+    """--sampler picks which controls apply; without it the flags apply as given."""
     from scratchlm.inference.sampling import SamplingSettings
-    from scratchlm.inference.streaming import IncrementalDecoder
+
+    temperature, top_k, top_p = args.temperature, args.top_k, args.top_p
+    if args.sampler == "greedy":
+        temperature = 0.0
+    elif args.sampler == "temperature":
+        top_k, top_p = None, None
+    elif args.sampler == "top-k":
+        top_p = None
+    elif args.sampler == "top-p":
+        top_k, top_p = None, top_p if top_p is not None else 0.9
+    return SamplingSettings(
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty,
+    )
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sampler", choices=SAMPLERS, help="sampling method (default: the flags below as given)"
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=0.8, help="sampling temperature (0 = greedy)"
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=50, help="sample from the k most likely tokens"
+    )
+    parser.add_argument(
+        "--top-p", type=float, default=None, help="nucleus sampling mass (e.g. 0.9)"
+    )
+    parser.add_argument(
+        "--min-p", type=float, default=None, help="drop tokens below min-p x the top probability"
+    )
+    parser.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        help="divide seen tokens' positive logits (multiply negative ones) by this",
+    )
+    parser.add_argument(
+        "--presence-penalty", type=float, default=0.0, help="subtract from seen tokens' logits"
+    )
+    parser.add_argument(
+        "--frequency-penalty",
+        type=float,
+        default=0.0,
+        help="subtract per occurrence from seen tokens' logits",
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=200, help="tokens to generate at most"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+
+
+def command_generate(args: argparse.Namespace) -> None:
+    from scratchlm.inference.beam import beam_search
+    from scratchlm.inference.engine import Engine
 
     loaded, device = load_for_inference(args.checkpoint, args.device)
     tokenizer = loaded.tokenizer
-    settings = SamplingSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    settings = sampling_from_args(args)
     prompt_ids = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eos_id]
+    stop_ids = frozenset({tokenizer.eos_id})
+    if args.num_samples < 1:
+        raise ScratchLMError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.sampler == "beam":
+        results = beam_search(
+            loaded.model,
+            prompt_ids,
+            beam_width=max(args.beam_width, args.num_samples),
+            max_new_tokens=args.max_new_tokens,
+            length_penalty=args.length_penalty,
+            stop_ids=stop_ids,
+            truncate=args.truncate,
+        )
+        for rank, result in enumerate(results[: args.num_samples], start=1):
+            if args.num_samples > 1:
+                print(
+                    f"--- beam {rank}: score {result.score:.4f} (log-probability {result.log_probability:.3f})"
+                )
+            print(
+                args.prompt
+                + _cut_at_stop(tokenizer.decode(result.token_ids, skip_special=True), args.stop)
+            )
+        return
+    draft = None
+    if args.draft_checkpoint:
+        from scratchlm.training.checkpoint import load_checkpoint
+
+        draft = load_checkpoint(args.draft_checkpoint, device)
+        if draft.tokenizer.fingerprint() != tokenizer.fingerprint():
+            raise ScratchLMError(
+                "--draft-checkpoint uses a different tokenizer; the draft must share the target's tokenizer"
+            )
     engine = Engine(loaded.model, device=device)
-    engine.check_prompt(prompt_ids)
-    decoder = IncrementalDecoder(tokenizer)
-    sys.stdout.write(args.prompt)
-    sys.stdout.flush()
-    for token_id in engine.generate(
-        prompt_ids,
-        max_new_tokens=args.max_new_tokens,
-        sampling=settings,
-        seed=args.seed,
-        stop_ids=frozenset({tokenizer.eos_id}),
-    ):
-        sys.stdout.write(decoder.push(token_id))
+    for sample in range(args.num_samples):
+        seed = None if args.seed is None else args.seed + sample
+        if args.num_samples > 1:
+            print(f"--- sample {sample + 1}")
+        sys.stdout.write(args.prompt)
         sys.stdout.flush()
-    sys.stdout.write(decoder.flush() + "\n")
+        if draft is not None:
+            from scratchlm.inference.speculative import SpeculativeStats, speculative_text
+
+            stats = SpeculativeStats()
+            pieces = speculative_text(
+                loaded.model,
+                draft.model,
+                tokenizer,
+                prompt_ids,
+                max_new_tokens=args.max_new_tokens,
+                sampling=settings,
+                draft_tokens=args.draft_tokens,
+                seed=seed,
+                stop_ids=stop_ids,
+                stop_strings=args.stop or [],
+                stats=stats,
+            )
+        else:
+            pieces = engine.stream_text(
+                tokenizer,
+                prompt_ids,
+                max_new_tokens=args.max_new_tokens,
+                sampling=settings,
+                seed=seed,
+                stop_ids=stop_ids,
+                stop_strings=args.stop or [],
+                truncate=args.truncate,
+            )
+        for text in pieces:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        if draft is not None:
+            print(
+                f"[speculative: {stats.accepted}/{stats.drafted} drafted tokens accepted "
+                f"({stats.acceptance_rate:.0%}) in {stats.rounds} target passes]",
+                file=sys.stderr,
+            )
+        elif engine.truncated_tokens:
+            print(
+                f"[the prompt was cut: its first {engine.truncated_tokens} tokens were dropped]",
+                file=sys.stderr,
+            )
+
+
+def _cut_at_stop(text: str, stops: list[str] | None) -> str:
+    cuts = [text.find(stop) for stop in stops or [] if stop and stop in text]
+    return text[: min(cuts)] if cuts else text
+
+
+def command_bench(args: argparse.Namespace) -> None:
+    import torch
+
+    from scratchlm.inference.bench import run_benchmark
+
+    if args.checkpoint:
+        loaded, device = load_for_inference(args.checkpoint, args.device)
+        model = loaded.model
+    else:
+        from scratchlm.config import preset_config
+        from scratchlm.model import build_model
+        from scratchlm.training.trainer import select_device
+
+        device = select_device(args.device)
+        torch.manual_seed(0)
+        model = build_model(preset_config(args.preset), device)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if args.precision != "auto":
+        model.to(dtypes[args.precision])
+    elif device.type == "cuda":
+        model.to(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    model.eval()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.compile:
+        model.forward = torch.compile(model.forward, dynamic=True)
+    result = run_benchmark(
+        model,
+        prompt_tokens=args.prompt_tokens,
+        new_tokens=args.new_tokens,
+        batch_sizes=tuple(args.batch_size),
+        num_runs=args.num_runs,
+    )
+    values = result.as_dict()
+    if args.json:
+        _print_json(values)
+        return
+    print(
+        f"model: {values['n_params']:,} parameters, {values['dtype']} on {values['device']}; "
+        f"prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, median of {args.num_runs} runs"
+    )
+    print(f"prefill:             {values['prefill_tokens_per_s']:>12,.0f} tokens/s")
+    print(f"time to first token: {values['time_to_first_token_s'] * 1000:>12,.1f} ms")
+    print(f"decode (batch 1):    {values['decode_tokens_per_s']:>12,.1f} tokens/s")
+    for batch, rate in result.batched_decode_tokens_per_s.items():
+        print(f"decode (batch {batch:>2}):   {rate:>12,.1f} tokens/s aggregate")
+    print(f"peak memory:         {values['peak_memory_bytes'] / 2**20:>12,.1f} MiB")
 
 
 def command_eval(args: argparse.Namespace) -> None:
+    if args.prompts:
+        command_eval_prompts(args)
+        return
+    if not args.data:
+        raise ScratchLMError(
+            "eval needs --data TEXT (loss, perplexity, bits/byte) or --prompts FILE (a prompt suite)"
+        )
     from scratchlm.data import iter_documents
     from scratchlm.evaluation.perplexity import evaluate_text
 
@@ -314,6 +505,27 @@ def command_eval(args: argparse.Namespace) -> None:
         f"loss {values['loss']:.4f} nats/token | perplexity {values['perplexity']:.3f} | "
         f"{values['bits_per_byte']:.4f} bits/byte | {values['tokens']:,} tokens"
     )
+
+
+def command_eval_prompts(args: argparse.Namespace) -> None:
+    from scratchlm.evaluation.prompts import read_prompts, run_prompt_suite
+    from scratchlm.training.checkpoint import load_checkpoint
+
+    prompts = read_prompts(args.prompts)
+    loaded, device = load_for_inference(args.checkpoint, args.device)
+    others = [load_checkpoint(path, device) for path in args.compare or []]
+    markdown, jsonl = run_prompt_suite(
+        [loaded, *others],
+        prompts,
+        sampling=sampling_from_args(args),
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed if args.seed is not None else 0,
+        suite_name=args.suite_name or f"prompts-{Path(args.prompts).stem}",
+    )
+    if args.json:
+        _print_json({"markdown": str(markdown), "jsonl": str(jsonl), "prompts": len(prompts)})
+        return
+    print(f"{len(prompts)} prompts x {1 + len(others)} checkpoint(s): wrote {markdown} and {jsonl}")
 
 
 def command_quickstart(args: argparse.Namespace) -> None:
@@ -434,11 +646,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_train_arguments(sub)
 
-    sub = add("eval", command_eval, "loss, perplexity and bits per byte of a checkpoint on a text")
+    sub = add(
+        "eval",
+        command_eval,
+        "loss, perplexity and bits per byte on a text; or replies to a prompt suite",
+    )
     sub.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
-    sub.add_argument("--data", required=True, help="text to evaluate (any --data source)")
+    sub.add_argument("--data", help="text to evaluate (any --data source)")
     sub.add_argument("--text-field", default="text", help="text field of .jsonl/.parquet/datasets")
     sub.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    sub.add_argument("--prompts", help="prompt suite: one prompt per line, or JSONL with 'prompt'")
+    sub.add_argument(
+        "--compare",
+        action="append",
+        metavar="CHECKPOINT",
+        help="with --prompts: also answer with this checkpoint (repeatable)",
+    )
+    sub.add_argument("--suite-name", help="with --prompts: output name (default: prompts-FILESTEM)")
+    add_sampling_arguments(sub)
+    sub.set_defaults(temperature=0.7, max_new_tokens=128)
     sub.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     sub.add_argument(
         "--json", action="store_true", help="print JSON (loss, perplexity, bits_per_byte, tokens)"
@@ -449,14 +675,63 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
     sub.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
-    sub.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate at most")
+    add_sampling_arguments(sub)
     sub.add_argument(
-        "--temperature", type=float, default=0.8, help="sampling temperature (0 = greedy)"
+        "--stop", action="append", metavar="TEXT", help="stop when this text appears (repeatable)"
     )
-    sub.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens")
-    sub.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass (e.g. 0.9)")
-    sub.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    sub.add_argument(
+        "--num-samples",
+        type=int,
+        default=1,
+        help="independent samples (seeds seed, seed+1, ...) or best beams",
+    )
+    sub.add_argument("--beam-width", type=int, default=4, help="beams for --sampler beam")
+    sub.add_argument(
+        "--length-penalty", type=float, default=1.0, help="beam score = log-prob / length**penalty"
+    )
+    sub.add_argument(
+        "--draft-checkpoint", help="a small model with the same tokenizer, for speculative decoding"
+    )
+    sub.add_argument(
+        "--draft-tokens", type=int, default=4, help="tokens the draft proposes per target pass"
+    )
+    sub.add_argument(
+        "--truncate",
+        action="store_true",
+        help="drop the oldest prompt tokens if the prompt is too long",
+    )
     sub.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+
+    sub = add(
+        "bench",
+        command_bench,
+        "inference speed: prefill, decode at batch 1 and more, time to first token, memory",
+    )
+    source = sub.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="checkpoint or run directory")
+    source.add_argument("--preset", help="a preset with random weights")
+    sub.add_argument("--prompt-tokens", type=int, default=128, help="prompt length")
+    sub.add_argument("--new-tokens", type=int, default=128, help="tokens to decode")
+    sub.add_argument(
+        "--batch-size",
+        type=int,
+        nargs="+",
+        default=[1, 8],
+        help="batch sizes to decode at (aggregate tokens/s)",
+    )
+    sub.add_argument(
+        "--num-runs", type=int, default=3, help="runs per measurement (median reported)"
+    )
+    sub.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    sub.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="weights dtype (auto: bf16/fp16 on GPU, fp32 on CPU)",
+    )
+    sub.add_argument("--threads", type=int, help="CPU threads")
+    sub.add_argument("--compile", action="store_true", help="torch.compile the model")
+    sub.add_argument("--json", action="store_true", help="print JSON")
 
     sub = add(
         "quickstart",

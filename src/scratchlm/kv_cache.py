@@ -5,7 +5,8 @@ Keys and values for all layers live in two contiguous tensors of shape
 place at their positions and attention reads views of the filled prefix (no copies, no concatenation,
 no allocation per decode step). Rows are independent: a row is addressed by the positions its tokens
 are written at, so rows of different lengths share one cache, and a row can be reused for a new
-sequence by writing from position 0 (causal masking hides whatever a previous sequence left behind).
+sequence by writing from position 0 (causal masking by position hides whatever a previous sequence
+left behind).
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ class KVCache:
         shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # filled per row
         self.max_len = max_len
-        self.batch_size = batch_size
-        # The uniform length of all rows when the caller lets the model choose positions
+        # The common length of all rows when the caller lets the model place tokens
         # (positions=None): the next token of every row goes at `length`.
         self.length = 0
 
@@ -58,12 +59,18 @@ class KVCache:
         )
 
     @property
+    def batch_size(self) -> int:
+        return self.keys.shape[1]
+
+    @property
     def nbytes(self) -> int:
         return self.keys.numel() * self.keys.element_size() * 2
 
     def reset(self) -> None:
         self.length = 0
+        self.lengths.zero_()
 
+    # --- writes (called by the model's attention layers) -------------------------------------
     def write(
         self,
         layer: int,
@@ -76,18 +83,49 @@ class KVCache:
         """Store new keys/values (B, kv_heads, T, head_dim) and return views of the first
         `visible_len` cached positions, (B, kv_heads, visible_len, head_dim).
 
-        Either `start` (all rows write positions start..start+T-1, a plain slice) or `positions`
-        (B, T) per row (an index_copy per row) says where the entries go.
+        Either `start` (all rows write positions start..start+T-1: a plain slice) or `positions`
+        (B, T), one position per token (one scatter for all rows), says where the entries go.
         """
-        layer_keys, layer_values = self.keys[layer], self.values[layer]
         batch = keys.shape[0]
+        layer_keys, layer_values = self.keys[layer, :batch], self.values[layer, :batch]
         if start is not None:
             end = start + keys.shape[2]
-            layer_keys[:batch, :, start:end] = keys
-            layer_values[:batch, :, start:end] = values
+            layer_keys[:, :, start:end] = keys
+            layer_values[:, :, start:end] = values
         else:
             assert positions is not None
-            for row in range(batch):
-                layer_keys[row].index_copy_(1, positions[row], keys[row])
-                layer_values[row].index_copy_(1, positions[row], values[row])
-        return layer_keys[:batch, :, :visible_len], layer_values[:batch, :, :visible_len]
+            index = positions[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[3])
+            layer_keys.scatter_(2, index, keys)
+            layer_values.scatter_(2, index, values)
+        return layer_keys[:, :, :visible_len], layer_values[:, :, :visible_len]
+
+    def advance(self, positions: torch.Tensor | None, count: int, batch: int) -> None:
+        """Record a forward's writes: `count` tokens at the common length, or explicit positions."""
+        if positions is None:
+            self.length += count
+            self.lengths[:batch] = self.length
+        else:
+            filled = positions.reshape(batch, -1).max(dim=1).values + 1
+            self.lengths[:batch] = torch.maximum(self.lengths[:batch], filled)
+
+    # --- row management (batching, beam search) ----------------------------------------------
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A cache over rows [start, stop) that shares this one's storage (no copy)."""
+        view = KVCache.__new__(KVCache)
+        view.keys, view.values = self.keys[:, start:stop], self.values[:, start:stop]
+        view.lengths = self.lengths[start:stop]
+        view.max_len = self.max_len
+        view.length = 0
+        return view
+
+    def copy_row(self, source: int, target: int) -> None:
+        self.keys[:, target] = self.keys[:, source]
+        self.values[:, target] = self.values[:, source]
+        self.lengths[target] = self.lengths[source]
+
+    def reorder_rows(self, order: torch.Tensor) -> None:
+        """Row i becomes old row order[i] (beam search keeps the surviving beams' histories)."""
+        count = order.numel()
+        self.keys[:, :count] = self.keys[:, order]
+        self.values[:, :count] = self.values[:, order]
+        self.lengths[:count] = self.lengths[order]

@@ -145,9 +145,14 @@ class AttentionMask:
 
 
 def build_attention_mask(
-    length: int, positions: torch.Tensor | None, kv_cache: KVCache | None, device: torch.device
+    batch: int,
+    length: int,
+    positions: torch.Tensor | None,
+    kv_cache: KVCache | None,
+    device: torch.device,
 ) -> tuple[AttentionMask, torch.Tensor]:
-    """Returns the mask and the positions of the new tokens, (T,) or (B, T)."""
+    """Returns the mask and the positions of the new tokens: (T,) when they are implicit
+    (consecutive, shared by all rows), else (B, T)."""
     if positions is None:
         start = kv_cache.length if kv_cache is not None else 0
         token_positions = torch.arange(start, start + length, device=device)
@@ -179,7 +184,7 @@ def build_attention_mask(
             )
         return mask, token_positions
     if positions.dim() == 1:
-        positions = positions.unsqueeze(0)
+        positions = positions.unsqueeze(0).expand(batch, -1)
     visible_len = int(positions.max().item()) + 1
     key_positions = torch.arange(visible_len, device=device)
     boolean = key_positions[None, None, :] <= positions[:, :, None]  # (B, T, visible_len)
@@ -331,8 +336,10 @@ class GPT(nn.Module):
         positions: None means consecutive from 0 (or from the cache's length); a (B, T) or (T,)
         tensor places every token explicitly (rows at different positions, continuous batching).
         """
-        _, length = input_ids.shape
-        mask, token_positions = build_attention_mask(length, positions, kv_cache, input_ids.device)
+        batch, length = input_ids.shape
+        mask, token_positions = build_attention_mask(
+            batch, length, positions, kv_cache, input_ids.device
+        )
         x = self.token_embedding(input_ids)  # (B, T, d_model)
         if self.embedding_norm is not None:
             x = self.embedding_norm(x)
@@ -348,8 +355,8 @@ class GPT(nn.Module):
         x = self.embedding_dropout(x)
         for block in self.blocks:
             x = block(x, rope, mask, kv_cache)
-        if kv_cache is not None and positions is None:
-            kv_cache.length += length
+        if kv_cache is not None:
+            kv_cache.advance(None if positions is None else token_positions, length, batch)
         if last_token_only:
             x = x[:, -1:, :]
         logits = self.lm_head(self.final_norm(x))

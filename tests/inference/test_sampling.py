@@ -56,3 +56,38 @@ def test_invalid_settings() -> None:
         SamplingSettings(top_p=1.5)
     with pytest.raises(ScratchLMError):
         SamplingSettings(top_k=0)
+
+
+def test_min_p_keeps_tokens_above_fraction_of_top() -> None:
+    from scratchlm.inference.sampling import filter_min_p
+
+    probabilities = torch.tensor([[0.5, 0.3, 0.1, 0.06, 0.04]])
+    kept = torch.isfinite(filter_min_p(probabilities.log(), 0.19)).tolist()
+    assert kept == [[True, True, True, False, False]]  # threshold 0.095
+
+
+def test_repetition_penalty_is_the_seed_formula() -> None:
+    from scratchlm.inference.sampling import apply_penalties
+
+    logits = torch.tensor([[2.0, -2.0, 1.0, -1.0]])
+    counts = torch.tensor([[1, 3, 0, 0]])
+    out = apply_penalties(logits, counts, SamplingSettings(repetition_penalty=2.0))
+    assert out.tolist() == [[1.0, -4.0, 1.0, -1.0]]  # seen: positive divided, negative multiplied
+
+
+def test_presence_and_frequency_penalties() -> None:
+    from scratchlm.inference.sampling import apply_penalties
+
+    logits = torch.zeros(1, 3)
+    counts = torch.tensor([[0, 1, 3]])
+    out = apply_penalties(
+        logits, counts, SamplingSettings(presence_penalty=0.5, frequency_penalty=0.25)
+    )
+    assert out.tolist() == [[0.0, -0.75, -1.25]]
+
+
+def test_penalties_change_the_greedy_choice() -> None:
+    logits = torch.tensor([[3.0, 2.0, 0.0]])
+    counts = torch.tensor([[2, 0, 0]])
+    settings = SamplingSettings(temperature=0.0, repetition_penalty=2.0)
+    assert sample_next_token(logits, settings, seeded(), counts).item() == 1

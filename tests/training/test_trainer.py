@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,8 @@ def unigram_entropy(shards: TokenShards) -> float:
 
 def test_loss_falls_well_below_unigram_entropy(corpus: Path, tmp_path: Path) -> None:
     result = train(tiny_run(corpus, tmp_path / "run", max_steps=300, eval_every=100, lr=3e-3))
-    data_dir = next((Path(__import__("os").environ["SCRATCHLM_CACHE"]) / "datasets").iterdir())
+    datasets = Path(os.environ["SCRATCHLM_CACHE"]) / "datasets"
+    data_dir = next(path for path in datasets.iterdir() if (path / "manifest.json").is_file())
     entropy = unigram_entropy(TokenShards.open(data_dir, "train"))
     assert result.best_val_loss is not None
     assert result.best_val_loss < entropy - 0.6, (result.best_val_loss, entropy)

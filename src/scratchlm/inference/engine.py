@@ -1,23 +1,72 @@
-"""Generation on token ids, separate from the model: prefill once, then decode with a KV cache."""
+"""Generation on token ids, separate from the model.
+
+- `Engine.generate`: one sequence. The prompt is prefilled in one forward pass, then one token is
+  decoded per step against a pre-allocated KV cache; ids are yielded as they come.
+- `Engine.stream_text`: the same as text deltas that are valid UTF-8, with stop strings.
+- `BatchDecoder`: many sequences at once, each with its own prompt length, position, sampling
+  settings, seed and stop state. Rows join (`add`) and leave (`remove`, or when finished) between
+  decode steps without disturbing the others — the core of continuous batching.
+"""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from scratchlm.errors import ScratchLMError
 from scratchlm.inference.sampling import SamplingSettings, sample_next_token
+from scratchlm.inference.streaming import TextStream
 from scratchlm.kv_cache import KVCache
 from scratchlm.model import GPT
+from scratchlm.tokenizer import Tokenizer
 
 
 @dataclass
-class GenerationResult:
+class GenerationRequest:
+    prompt_ids: list[int]
+    max_new_tokens: int = 128
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    seed: int | None = None
+    stop_ids: frozenset[int] = frozenset()
+    truncate: bool = False  # drop the oldest prompt tokens instead of refusing a too-long prompt
+
+
+@dataclass
+class GenerationOutput:
     token_ids: list[int]
-    finish_reason: str  # "stop" (a stop token) or "length" (max_new_tokens or the context is full)
+    finish_reason: (
+        str  # "stop" (a stop token or string) or "length" (max_new_tokens / context full)
+    )
+    prompt_tokens: int
+    truncated_tokens: int = 0
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    # A fresh seed when none is given, drawn without touching the global torch RNG.
+    generator.manual_seed(seed if seed is not None else secrets.randbits(63))
+    return generator
+
+
+def fit_prompt(
+    prompt_ids: Sequence[int], context_length: int, truncate: bool
+) -> tuple[list[int], int]:
+    """The prompt to prefill and how many tokens were dropped from its start (left truncation)."""
+    if not prompt_ids:
+        raise ScratchLMError("the prompt is empty; pass some text (or a document start)")
+    room = context_length - 1  # at least one new token must fit
+    if len(prompt_ids) <= room:
+        return list(prompt_ids), 0
+    if not truncate:
+        raise ScratchLMError(
+            f"the prompt is {len(prompt_ids)} tokens but the model's context is {context_length} "
+            f"tokens (with room for at least one new token); shorten the prompt to at most {room} "
+            "tokens, or ask for left truncation (--truncate)"
+        )
+    return list(prompt_ids[-room:]), len(prompt_ids) - room
 
 
 class Engine:
@@ -25,18 +74,16 @@ class Engine:
         self.model = model
         self.config = model.config
         self.device = torch.device(device) if device is not None else model.lm_head.weight.device
+        self.dtype = model.lm_head.weight.dtype
         self.finish_reason = "length"
+        self.truncated_tokens = 0
 
     def check_prompt(self, prompt_ids: list[int]) -> None:
-        context = self.config.context_length
-        if not prompt_ids:
-            raise ScratchLMError("the prompt is empty; pass some text with --prompt")
-        if len(prompt_ids) >= context:
-            raise ScratchLMError(
-                f"the prompt is {len(prompt_ids)} tokens but the model's context is {context} "
-                f"tokens (with room for at least one new token); shorten the prompt to at most "
-                f"{context - 1} tokens"
-            )
+        fit_prompt(prompt_ids, self.config.context_length, truncate=False)
+
+    def token_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, 1, padded_vocab) -> (B, vocab): padding rows of the vocabulary are never sampled."""
+        return logits[:, -1, : self.config.vocab_size]
 
     @torch.inference_mode()
     def generate(
@@ -47,24 +94,31 @@ class Engine:
         sampling: SamplingSettings,
         seed: int | None = None,
         stop_ids: frozenset[int] = frozenset(),
+        truncate: bool = False,
     ) -> Iterator[int]:
-        """Yield new token ids one at a time; sets `finish_reason` when done."""
-        self.check_prompt(prompt_ids)
+        """Yield new token ids one at a time; sets `finish_reason` and `truncated_tokens`."""
+        prompt_ids, self.truncated_tokens = fit_prompt(
+            prompt_ids, self.config.context_length, truncate
+        )
         if max_new_tokens < 1:
             raise ScratchLMError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-        generator = torch.Generator(device=self.device)
-        # A fresh seed when none is given, drawn without touching the global torch RNG.
-        generator.manual_seed(seed if seed is not None else secrets.randbits(63))
+        generator = make_generator(seed, self.device)
         # Room for the whole generation (capped by the context); allocated once.
         total = min(self.config.context_length, len(prompt_ids) + max_new_tokens)
-        dtype = self.model.lm_head.weight.dtype
-        cache = KVCache.for_model(self.config, 1, total, dtype=dtype, device=self.device)
-        vocab_size = self.config.vocab_size
+        cache = KVCache.for_model(self.config, 1, total, dtype=self.dtype, device=self.device)
+        counts = None
+        if sampling.uses_history:
+            counts = torch.zeros(1, self.config.vocab_size, dtype=torch.long, device=self.device)
+            counts[0].index_add_(
+                0,
+                torch.tensor(prompt_ids, device=self.device),
+                torch.ones(len(prompt_ids), dtype=torch.long, device=self.device),
+            )
         inputs = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
         self.finish_reason = "length"
         for produced in range(max_new_tokens):
-            logits = self.model(inputs, kv_cache=cache, last_token_only=True)[:, -1, :vocab_size]
-            next_token = sample_next_token(logits, sampling, generator)  # (1,)
+            logits = self.token_logits(self.model(inputs, kv_cache=cache, last_token_only=True))
+            next_token = sample_next_token(logits, sampling, generator, counts)  # (1,)
             token = int(next_token.item())
             if token in stop_ids:
                 self.finish_reason = "stop"
@@ -72,8 +126,199 @@ class Engine:
             yield token
             if cache.length >= total or produced + 1 == max_new_tokens:
                 return
+            if counts is not None:
+                counts[0, token] += 1
             inputs = next_token.view(1, 1)
 
-    def generate_all(self, prompt_ids: list[int], **options: object) -> GenerationResult:
-        tokens = list(self.generate(prompt_ids, **options))  # type: ignore[arg-type]
-        return GenerationResult(tokens, self.finish_reason)
+    def stream_text(
+        self,
+        tokenizer: Tokenizer,
+        prompt_ids: list[int],
+        *,
+        max_new_tokens: int,
+        sampling: SamplingSettings,
+        seed: int | None = None,
+        stop_ids: frozenset[int] = frozenset(),
+        stop_strings: Sequence[str] = (),
+        truncate: bool = False,
+    ) -> Iterator[str]:
+        """Yield text deltas (valid UTF-8, stop strings removed); sets `finish_reason`."""
+        stream = TextStream(tokenizer, stop_strings)
+        tokens = self.generate(
+            prompt_ids,
+            max_new_tokens=max_new_tokens,
+            sampling=sampling,
+            seed=seed,
+            stop_ids=stop_ids,
+            truncate=truncate,
+        )
+        yield from stream.feed(tokens)
+        if stream.stopped:
+            self.finish_reason = "stop"
+
+    def generate_batch(
+        self, requests: Sequence[GenerationRequest], *, max_batch: int | None = None
+    ) -> list[GenerationOutput]:
+        """Generate for every request with continuous batching; outputs in request order."""
+        decoder = BatchDecoder(self.model, max_batch=max_batch or len(requests), device=self.device)
+        outputs: dict[int, GenerationOutput] = {}
+        waiting = list(enumerate(requests))
+        handles: dict[int, int] = {}
+        while waiting or decoder.active:
+            while waiting and decoder.has_room:
+                index, request = waiting.pop(0)
+                handles[decoder.add(request)] = index
+            for row in decoder.step():
+                outputs[handles[row.handle]] = row.output()
+        return [outputs[index] for index in range(len(requests))]
+
+
+@dataclass
+class Row:
+    """One sequence of a BatchDecoder."""
+
+    handle: int
+    request: GenerationRequest
+    prompt_len: int
+    truncated_tokens: int
+    generator: torch.Generator
+    counts: torch.Tensor | None
+    position: int = 0  # where the next input token goes
+    last_token: int = 0
+    generated: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    def output(self) -> GenerationOutput:
+        return GenerationOutput(
+            list(self.generated),
+            self.finish_reason or "length",
+            self.prompt_len,
+            self.truncated_tokens,
+        )
+
+
+class BatchDecoder:
+    """Decode many sequences together; rows join and leave between steps.
+
+    Active rows always occupy cache rows 0..A-1: a new row is prefilled into slot A (a view of the
+    shared cache), and a leaving row's slot is filled by moving the last row into it (one row copy),
+    so each decode step runs one forward over a contiguous (A, 1) batch with per-row positions.
+    """
+
+    def __init__(
+        self,
+        model: GPT,
+        *,
+        max_batch: int,
+        max_len: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.model = model
+        self.config = model.config
+        self.device = torch.device(device) if device is not None else model.lm_head.weight.device
+        self.max_len = min(max_len or self.config.context_length, self.config.context_length)
+        dtype = model.lm_head.weight.dtype
+        self.cache = KVCache.for_model(
+            self.config, max_batch, self.max_len, dtype=dtype, device=self.device
+        )
+        self.max_batch = max_batch
+        self.rows: list[Row] = []
+        self.finished: list[Row] = []
+        self._next_handle = 0
+
+    @property
+    def active(self) -> int:
+        return len(self.rows)
+
+    @property
+    def has_room(self) -> bool:
+        return len(self.rows) < self.max_batch
+
+    @torch.inference_mode()
+    def add(self, request: GenerationRequest) -> int:
+        """Prefill a new row and sample its first token; returns the row's handle."""
+        if not self.has_room:
+            raise ScratchLMError(
+                f"the batch is full ({self.max_batch} rows); wait for a row to finish"
+            )
+        if request.max_new_tokens < 1:
+            raise ScratchLMError(f"max_new_tokens must be >= 1, got {request.max_new_tokens}")
+        prompt, dropped = fit_prompt(request.prompt_ids, self.max_len, request.truncate)
+        slot = len(self.rows)
+        row_cache = self.cache.rows(slot, slot + 1)
+        inputs = torch.tensor([prompt], dtype=torch.long, device=self.device)
+        logits = self.model(inputs, kv_cache=row_cache, last_token_only=True)
+        counts = None
+        if request.sampling.uses_history:
+            counts = torch.zeros(1, self.config.vocab_size, dtype=torch.long, device=self.device)
+            counts[0].index_add_(0, inputs[0], torch.ones_like(inputs[0]))
+        row = Row(
+            handle=self._next_handle,
+            request=request,
+            prompt_len=len(prompt),
+            truncated_tokens=dropped,
+            generator=make_generator(request.seed, self.device),
+            counts=counts,
+            position=len(prompt),
+        )
+        self._next_handle += 1
+        self.rows.append(row)
+        self._accept(row, logits[:, -1, : self.config.vocab_size])
+        return row.handle
+
+    def _accept(self, row: Row, logits: torch.Tensor) -> None:
+        """Sample the row's next token from logits (1, vocab) and update its stop state."""
+        token = int(
+            sample_next_token(logits, row.request.sampling, row.generator, row.counts).item()
+        )
+        if token in row.request.stop_ids:
+            row.finish_reason = "stop"
+            return
+        row.generated.append(token)
+        row.last_token = token
+        if row.counts is not None:
+            row.counts[0, token] += 1
+        if len(row.generated) >= row.request.max_new_tokens or row.position >= self.max_len:
+            row.finish_reason = "length"
+
+    @torch.inference_mode()
+    def step(self) -> list[Row]:
+        """One decode step for every unfinished row; returns the rows that finished (and leaves
+        them out of the batch). Rows finished at prefill are returned by the next call."""
+        done = [row for row in self.rows if row.finish_reason is not None]
+        running = [row for row in self.rows if row.finish_reason is None]
+        if running:
+            count = len(running)
+            # Compact first so the running rows are cache rows 0..count-1.
+            for row in done:
+                self._drop(row)
+            inputs = torch.tensor([[row.last_token] for row in self.rows], device=self.device)
+            positions = torch.tensor([[row.position] for row in self.rows], device=self.device)
+            logits = self.model(inputs, positions=positions, kv_cache=self.cache.rows(0, count))
+            for index, row in enumerate(self.rows):
+                row.position += 1
+                self._accept(row, logits[index : index + 1, -1, : self.config.vocab_size])
+            newly_done = [row for row in self.rows if row.finish_reason is not None]
+            for row in newly_done:
+                self._drop(row)
+            return done + newly_done
+        for row in done:
+            self._drop(row)
+        return done
+
+    def remove(self, handle: int) -> Row | None:
+        """Take a row out now (e.g. its client disconnected); its slot is free for the next add."""
+        for row in self.rows:
+            if row.handle == handle:
+                row.finish_reason = row.finish_reason or "cancelled"
+                self._drop(row)
+                return row
+        return None
+
+    def _drop(self, row: Row) -> None:
+        slot = self.rows.index(row)
+        last = len(self.rows) - 1
+        if slot != last:
+            self.cache.copy_row(last, slot)
+            self.rows[slot] = self.rows[last]
+        self.rows.pop()

@@ -1,9 +1,14 @@
-"""Sampling: pure functions of the logits and a seeded generator.
+"""Sampling: pure functions of the logits (and the tokens so far) and a seeded generator.
 
-`sample_next_token(logits, settings, generator)` draws one token per row. Temperature 0 means argmax;
-otherwise the logits are divided by the temperature, restricted by top-k and top-p (nucleus: the
-smallest set of tokens whose probability mass reaches p), and sampled with `torch.multinomial` from
-the caller's `torch.Generator`, so the same seed gives the same tokens.
+The pipeline for one row, in order:
+1. penalties from the history: repetition (the seed formula: a seen token's positive logit is divided
+   by the penalty, a negative one multiplied), presence (minus a constant once a token has appeared)
+   and frequency (minus a constant per occurrence), as OpenAI defines them;
+2. temperature 0 means argmax (greedy) — nothing below applies;
+3. divide by the temperature, then keep the top-k logits, the nucleus (the smallest set of tokens
+   whose probability mass reaches top-p) and the tokens with at least min-p times the top token's
+   probability;
+4. draw from the softmax with the caller's `torch.Generator`, so the same seed gives the same tokens.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ class SamplingSettings:
     temperature: float = 0.8
     top_k: int | None = 50
     top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -28,6 +37,51 @@ class SamplingSettings:
             raise ScratchLMError(f"--top-k must be >= 1 (or omitted), got {self.top_k}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise ScratchLMError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.min_p is not None and not 0.0 <= self.min_p <= 1.0:
+            raise ScratchLMError(f"--min-p must be in [0, 1], got {self.min_p}")
+        if self.repetition_penalty <= 0:
+            raise ScratchLMError(
+                f"--repetition-penalty must be > 0 (1 = off), got {self.repetition_penalty}"
+            )
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise ScratchLMError(
+                    f"--{name.replace('_', '-')} must be in [-2, 2], got {getattr(self, name)}"
+                )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def uses_history(self) -> bool:
+        return (
+            self.repetition_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+        )
+
+
+GREEDY = SamplingSettings(temperature=0.0, top_k=None)
+
+
+def apply_penalties(
+    logits: torch.Tensor, token_counts: torch.Tensor, settings: SamplingSettings
+) -> torch.Tensor:
+    """logits (B, V), token_counts (B, V) occurrences of each token so far -> penalized logits."""
+    if not settings.uses_history:
+        return logits
+    logits = logits.float()
+    seen = token_counts > 0
+    if settings.repetition_penalty != 1.0:
+        penalty = settings.repetition_penalty
+        penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+        logits = torch.where(seen, penalized, logits)
+    if settings.presence_penalty != 0.0:
+        logits = logits - settings.presence_penalty * seen.float()
+    if settings.frequency_penalty != 0.0:
+        logits = logits - settings.frequency_penalty * token_counts.float()
+    return logits
 
 
 def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -51,16 +105,48 @@ def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(remove, float("-inf"))
 
 
-def sample_next_token(
-    logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """logits (B, V) -> token ids (B,)."""
-    if settings.temperature == 0:
-        return torch.argmax(logits, dim=-1)
+def filter_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Keep tokens whose probability is at least min_p times the most likely token's."""
+    if min_p <= 0.0:
+        return logits
+    probabilities = torch.softmax(logits.float(), dim=-1)
+    threshold = probabilities.max(dim=-1, keepdim=True).values * min_p
+    return logits.masked_fill(probabilities < threshold, float("-inf"))
+
+
+def shape_logits(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
+    """Temperature and the truncation filters (for temperature > 0): logits (B, V) -> logits."""
     logits = logits.float() / settings.temperature
     if settings.top_k is not None:
         logits = filter_top_k(logits, settings.top_k)
     if settings.top_p is not None:
         logits = filter_top_p(logits, settings.top_p)
-    probabilities = torch.softmax(logits, dim=-1)
+    if settings.min_p is not None:
+        logits = filter_min_p(logits, settings.min_p)
+    return logits
+
+
+def next_token_probabilities(
+    logits: torch.Tensor, settings: SamplingSettings, token_counts: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The distribution a sampler draws from, (B, V); one-hot on the argmax when greedy."""
+    if token_counts is not None:
+        logits = apply_penalties(logits, token_counts, settings)
+    if settings.greedy:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    return torch.softmax(shape_logits(logits, settings), dim=-1)
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    settings: SamplingSettings,
+    generator: torch.Generator | None = None,
+    token_counts: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """logits (B, V) -> token ids (B,)."""
+    if token_counts is not None:
+        logits = apply_penalties(logits, token_counts, settings)
+    if settings.greedy:
+        return torch.argmax(logits, dim=-1)
+    probabilities = torch.softmax(shape_logits(logits, settings), dim=-1)
     return torch.multinomial(probabilities, num_samples=1, generator=generator).squeeze(-1)

@@ -1,11 +1,15 @@
-"""Incremental detokenization that never emits broken UTF-8.
+"""Incremental detokenization that never emits broken UTF-8, and stop strings across tokens.
 
 Byte-level BPE can split one character (an emoji, a CJK glyph) over several tokens; decoding a
-prefix then ends in U+FFFD. The decoder re-decodes a short window of recent tokens and only emits
-text once it no longer ends in a replacement character.
+prefix then ends in U+FFFD. `IncrementalDecoder` re-decodes a short window of recent tokens and only
+emits text once it no longer ends in a replacement character. `StopStringFilter` holds back text
+that could be the start of a stop string, so a stop string split over tokens is still caught and
+never shown.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
 
 from scratchlm.tokenizer import Tokenizer
 
@@ -36,3 +40,65 @@ class IncrementalDecoder:
         new_text = decode(self.ids[self.prefix_offset :], self.skip_special)
         self.prefix_offset = self.read_offset = len(self.ids)
         return new_text[len(prefix_text) :]
+
+
+class StopStringFilter:
+    """Feed text deltas; get back the text that is safe to show, and whether a stop string ended it."""
+
+    def __init__(self, stop_strings: Sequence[str]) -> None:
+        self.stop_strings = [stop for stop in stop_strings if stop]
+        self.pending = ""
+        self.stopped = False
+
+    def push(self, delta: str) -> str:
+        if self.stopped:
+            return ""
+        if not self.stop_strings:
+            return delta
+        self.pending += delta
+        cut = min(
+            (self.pending.find(stop) for stop in self.stop_strings if stop in self.pending),
+            default=-1,
+        )
+        if cut >= 0:
+            self.stopped = True
+            safe, self.pending = self.pending[:cut], ""
+            return safe
+        # Hold back the longest tail that is a prefix of some stop string.
+        hold = 0
+        for stop in self.stop_strings:
+            for size in range(min(len(stop) - 1, len(self.pending)), hold, -1):
+                if self.pending.endswith(stop[:size]):
+                    hold = size
+                    break
+        safe = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(self.pending) - hold :]
+        return safe
+
+    def flush(self) -> str:
+        rest, self.pending = ("" if self.stopped else self.pending), ""
+        return rest
+
+
+class TextStream:
+    """Token ids in, text deltas out: valid UTF-8, cut at the first stop string."""
+
+    def __init__(self, tokenizer: Tokenizer, stop_strings: Sequence[str] = ()) -> None:
+        self.decoder = IncrementalDecoder(tokenizer)
+        self.stops = StopStringFilter(stop_strings)
+
+    @property
+    def stopped(self) -> bool:
+        """True when a stop string ended the text."""
+        return self.stops.stopped
+
+    def feed(self, tokens: Iterator[int]) -> Iterator[str]:
+        for token in tokens:
+            text = self.stops.push(self.decoder.push(token))
+            if text:
+                yield text
+            if self.stops.stopped:
+                return
+        tail = self.stops.push(self.decoder.flush()) + self.stops.flush()
+        if tail:
+            yield tail

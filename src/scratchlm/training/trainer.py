@@ -417,7 +417,16 @@ class Trainer:
         if self.config.sample_tokens <= 0:
             return ""
         prompt = self.config.sample_prompt
-        prompt_ids = self.tokenizer.encode(prompt) if prompt else [self.tokenizer.eos_id]
+        if prompt:
+            prompt_ids = self.tokenizer.encode(prompt)
+        else:
+            # The start of the validation text: a real context, whatever the corpus looks like (a
+            # lone EOS would make a one-document corpus predict EOS again).
+            length = min(16, self.model_config.context_length // 4, self.val_shards.num_tokens)
+            prompt_ids = [int(token) for token in self.val_shards.read(0, length)] or [
+                self.tokenizer.eos_id
+            ]
+            prompt = self.tokenizer.decode(prompt_ids, skip_special=True)
         was_training = self.model.training
         self.model.eval()
         engine = Engine(self.model)
@@ -430,10 +439,11 @@ class Trainer:
                 sampling=SamplingSettings(temperature=0.8, top_k=50),
                 seed=self.config.seed,
                 stop_ids=frozenset({self.tokenizer.eos_id}),
+                truncate=True,
             )
         )
         self.model.train(was_training)
-        return (prompt or "") + self.tokenizer.decode(ids, skip_special=True)
+        return prompt + self.tokenizer.decode(ids, skip_special=True)
 
     # --- the loop -----------------------------------------------------------------------------
     def progress(self) -> float:

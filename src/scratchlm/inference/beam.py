@@ -1,0 +1,126 @@
+"""Beam search: keep the `beam_width` most likely continuations at every step.
+
+Scores are summed log-probabilities divided by (generated length ** length_penalty), as in Hugging
+Face transformers: length_penalty > 0 favours longer sequences, 0 compares raw sums. Beam width 1 is
+greedy decoding. All beams share one pre-allocated KV cache of `beam_width` rows; after each step
+the rows are reordered so that each surviving beam keeps its parent's history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from scratchlm.errors import ScratchLMError
+from scratchlm.inference.engine import fit_prompt
+from scratchlm.kv_cache import KVCache
+from scratchlm.model import GPT
+
+
+@dataclass
+class BeamResult:
+    token_ids: list[int]
+    score: float  # length-normalized log-probability
+    log_probability: float  # sum of the generated tokens' log-probabilities
+    finish_reason: str  # "stop" or "length"
+
+
+def normalized_score(log_probability: float, length: int, length_penalty: float) -> float:
+    return log_probability / (max(length, 1) ** length_penalty)
+
+
+@torch.inference_mode()
+def beam_search(
+    model: GPT,
+    prompt_ids: list[int],
+    *,
+    beam_width: int = 4,
+    max_new_tokens: int = 64,
+    length_penalty: float = 1.0,
+    stop_ids: frozenset[int] = frozenset(),
+    truncate: bool = False,
+) -> list[BeamResult]:
+    """The best `beam_width` sequences, best first."""
+    if beam_width < 1:
+        raise ScratchLMError(f"--beam-width must be >= 1, got {beam_width}")
+    if max_new_tokens < 1:
+        raise ScratchLMError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    config = model.config
+    device = model.lm_head.weight.device
+    prompt, _ = fit_prompt(prompt_ids, config.context_length, truncate)
+    total = min(config.context_length, len(prompt) + max_new_tokens)
+    cache = KVCache.for_model(
+        config, beam_width, total, dtype=model.lm_head.weight.dtype, device=device
+    )
+    # Prefill the prompt once into row 0, then give every beam row the same history.
+    logits = model(
+        torch.tensor([prompt], device=device), kv_cache=cache.rows(0, 1), last_token_only=True
+    )
+    for row in range(1, beam_width):
+        cache.copy_row(0, row)
+    cache.length = len(prompt)
+    log_probs = torch.log_softmax(logits[:, -1, : config.vocab_size].float(), dim=-1)  # (1, V)
+    beam_tokens: list[list[int]] = [[]]
+    beam_scores = torch.zeros(1, device=device)  # summed log-probabilities of the running beams
+    finished: list[BeamResult] = []
+
+    for step in range(max_new_tokens):
+        candidates = (beam_scores[:, None] + log_probs).view(-1)  # (beams * V,)
+        vocab = log_probs.shape[-1]
+        top_scores, top_indices = torch.topk(candidates, min(2 * beam_width, candidates.numel()))
+        new_tokens: list[list[int]] = []
+        new_scores: list[float] = []
+        parents: list[int] = []
+        for score, index in zip(top_scores.tolist(), top_indices.tolist(), strict=True):
+            parent, token = divmod(index, vocab)
+            if token in stop_ids:
+                sequence = beam_tokens[parent]
+                finished.append(
+                    BeamResult(
+                        list(sequence),
+                        normalized_score(score, len(sequence), length_penalty),
+                        score,
+                        "stop",
+                    )
+                )
+                continue
+            new_tokens.append([*beam_tokens[parent], token])
+            new_scores.append(score)
+            parents.append(parent)
+            if len(new_tokens) == beam_width:
+                break
+        if not new_tokens or _done(finished, new_scores, step + 1, beam_width, length_penalty):
+            break
+        beam_tokens = new_tokens
+        beam_scores = torch.tensor(new_scores, device=device)
+        if step + 1 == max_new_tokens or cache.length >= total:
+            break
+        cache.reorder_rows(torch.tensor(parents, device=device))
+        count = len(new_tokens)
+        inputs = torch.tensor([[tokens[-1]] for tokens in new_tokens], device=device)
+        view = cache.rows(0, count)
+        view.length = cache.length
+        logits = model(inputs, kv_cache=view)
+        cache.length += 1
+        log_probs = torch.log_softmax(logits[:, -1, : config.vocab_size].float(), dim=-1)
+    for tokens, score in zip(beam_tokens, beam_scores.tolist(), strict=True):
+        finished.append(
+            BeamResult(
+                tokens, normalized_score(score, len(tokens), length_penalty), score, "length"
+            )
+        )
+    finished.sort(key=lambda result: result.score, reverse=True)
+    return finished[:beam_width]
+
+
+def _done(
+    finished: list[BeamResult], running_scores: list[float], length: int, width: int, penalty: float
+) -> bool:
+    """Stop once `width` hypotheses are finished and no running beam scores above the worst of them
+    (the 'heuristic' early stop of transformers)."""
+    if len(finished) < width:
+        return False
+    worst_kept = sorted((result.score for result in finished), reverse=True)[width - 1]
+    best_running = max(normalized_score(score, length, penalty) for score in running_scores)
+    return best_running <= worst_kept
