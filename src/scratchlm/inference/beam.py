@@ -47,11 +47,11 @@ def beam_search(
     if max_new_tokens < 1:
         raise ScratchLMError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     config = model.config
-    device = model.lm_head.weight.device
+    device = model.token_embedding.weight.device
     prompt, _ = fit_prompt(prompt_ids, config.context_length, truncate)
     total = min(config.context_length, len(prompt) + max_new_tokens)
     cache = KVCache.for_model(
-        config, beam_width, total, dtype=model.lm_head.weight.dtype, device=device
+        config, beam_width, total, dtype=model.token_embedding.weight.dtype, device=device
     )
     # Prefill the prompt once into row 0, then give every beam row the same history.
     logits = model(

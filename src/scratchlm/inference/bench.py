@@ -62,7 +62,7 @@ def time_batch_one(model: GPT, prompt: torch.Tensor, new_tokens: int) -> tuple[f
         model.config,
         1,
         prompt.shape[1] + new_tokens,
-        dtype=model.lm_head.weight.dtype,
+        dtype=model.token_embedding.weight.dtype,
         device=device,
     )
     synchronize(device)
@@ -109,7 +109,7 @@ def run_benchmark(
     seed: int = 0,
 ) -> BenchResult:
     config = model.config
-    device = model.lm_head.weight.device
+    device = model.token_embedding.weight.device
     if prompt_tokens + new_tokens > config.context_length:
         from scratchlm.errors import ScratchLMError
 
@@ -149,7 +149,7 @@ def run_benchmark(
             "new_tokens": new_tokens,
             "num_runs": num_runs,
             "device": str(device),
-            "dtype": str(model.lm_head.weight.dtype).replace("torch.", ""),
+            "dtype": str(model.token_embedding.weight.dtype).replace("torch.", ""),
             "n_params": sum(p.numel() for p in model.parameters()),
         },
     )

@@ -73,8 +73,10 @@ class Engine:
     def __init__(self, model: GPT, *, device: torch.device | str | None = None) -> None:
         self.model = model
         self.config = model.config
-        self.device = torch.device(device) if device is not None else model.lm_head.weight.device
-        self.dtype = model.lm_head.weight.dtype
+        self.device = (
+            torch.device(device) if device is not None else model.token_embedding.weight.device
+        )
+        self.dtype = model.token_embedding.weight.dtype
         self.finish_reason = "length"
         self.truncated_tokens = 0
 
@@ -215,9 +217,11 @@ class BatchDecoder:
     ) -> None:
         self.model = model
         self.config = model.config
-        self.device = torch.device(device) if device is not None else model.lm_head.weight.device
+        self.device = (
+            torch.device(device) if device is not None else model.token_embedding.weight.device
+        )
         self.max_len = min(max_len or self.config.context_length, self.config.context_length)
-        dtype = model.lm_head.weight.dtype
+        dtype = model.token_embedding.weight.dtype
         self.cache = KVCache.for_model(
             self.config, max_batch, self.max_len, dtype=dtype, device=self.device
         )

@@ -65,15 +65,15 @@ def speculative_generate(
     if draft_tokens < 1:
         raise ScratchLMError(f"--draft-tokens must be >= 1, got {draft_tokens}")
     stats = stats if stats is not None else SpeculativeStats()
-    device = target.lm_head.weight.device
+    device = target.token_embedding.weight.device
     max_len = min(target.config.context_length, draft.config.context_length)
     prompt, _ = fit_prompt(prompt_ids, max_len, truncate=False)
     vocab = target.config.vocab_size
     total = min(max_len, len(prompt) + max_new_tokens)
-    dtype = target.lm_head.weight.dtype
+    dtype = target.token_embedding.weight.dtype
     target_cache = KVCache.for_model(target.config, 1, max_len, dtype=dtype, device=device)
     draft_cache = KVCache.for_model(
-        draft.config, 1, max_len, dtype=draft.lm_head.weight.dtype, device=device
+        draft.config, 1, max_len, dtype=draft.token_embedding.weight.dtype, device=device
     )
     generator = make_generator(seed, device)
 
