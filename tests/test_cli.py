@@ -26,6 +26,10 @@ COMMANDS = [
     ["eval"],
     ["generate"],
     ["quickstart"],
+    ["bench"],
+    ["finetune"],
+    ["merge-lora"],
+    ["chat"],
 ]
 
 

@@ -195,18 +195,26 @@ def _base_type(annotation: Any) -> Any:
     return origin or annotation
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+def add_train_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    exclude: frozenset[str] = frozenset(),
+    shown_defaults: dict[str, Any] | None = None,
+) -> None:
     """One flag per TrainConfig field; defaults stay in TrainConfig (SUPPRESS here), so that
     `--config FILE` can sit between the defaults and the flags actually typed."""
     from scratchlm.training.run_config import TrainConfig
 
     for item in dataclasses.fields(TrainConfig):
+        if item.name in exclude:
+            continue
         kind = _base_type(item.type)
         if item.default is not dataclasses.MISSING:
             default: Any = item.default
         else:
             assert not isinstance(item.default_factory, dataclasses._MISSING_TYPE)
             default = item.default_factory()
+        default = (shown_defaults or {}).get(item.name, default)
         help_text = f"{item.metadata['help']} (default: {default})"
         if kind is bool:
             parser.add_argument(
@@ -229,11 +237,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             )
 
 
-def resolve_train_config(args: argparse.Namespace) -> Any:
+def resolve_train_config(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> Any:
     from scratchlm.training.run_config import TrainConfig, read_config_file
 
     given = {name: value for name, value in vars(args).items() if name in TrainConfig.field_names()}
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(defaults or {})
     if given.get("config"):
         values.update(read_config_file(given["config"]))
     values.update(given)
@@ -252,6 +260,53 @@ def command_train(args: argparse.Namespace) -> None:
     )
     print(f"checkpoint: {result.checkpoint}   (best: {result.run_dir / 'best'})")
     print(f'next: scratchlm generate --checkpoint {result.run_dir} --prompt "..."')
+
+
+# --- fine-tuning ----------------------------------------------------------------------------------
+
+FINETUNE_DEFAULTS: dict[str, Any] = {
+    "warmup_steps": 20,
+    "eval_every": 50,
+    "save_every": 200,
+    "sample_tokens": 48,
+    "tokenizer": "base",
+}
+FINETUNE_EXCLUDED = frozenset(
+    {"preset", "set", "tokenizer", "vocab_size", "tokenizer_sample_chars", "context_length"}
+)
+
+
+def lora_from_args(args: argparse.Namespace) -> Any:
+    from scratchlm.finetune.lora import LoRASettings
+
+    if not args.lora_rank:
+        return None
+    targets = tuple(target.strip() for target in args.lora_targets.split(",") if target.strip())
+    return LoRASettings(
+        rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout, targets=targets
+    )
+
+
+def command_finetune(args: argparse.Namespace) -> None:
+    from scratchlm.finetune.trainer import finetune
+
+    config = resolve_train_config(args, FINETUNE_DEFAULTS)
+    if config.max_steps is None and config.max_tokens is None and config.max_time is None:
+        config.max_steps = 300
+    result = finetune(config, base=args.checkpoint, lora=lora_from_args(args))
+    best = result.best_val_loss
+    print(
+        f"done: {result.steps} steps in {result.elapsed_s:.0f}s; best val loss {best if best is None else round(best, 4)}"
+    )
+    print(f"checkpoint: {result.checkpoint}   (best: {result.run_dir / 'best'})")
+    print(f"next: scratchlm chat --checkpoint {result.run_dir}")
+
+
+def command_merge_lora(args: argparse.Namespace) -> None:
+    from scratchlm.finetune.merge import merge_lora_checkpoint
+
+    out = merge_lora_checkpoint(args.checkpoint, args.out, base=args.base, force=args.force)
+    print(f"wrote {out}: a plain checkpoint with the adapters folded in")
 
 
 # --- inference and evaluation ---------------------------------------------------------------------
@@ -563,6 +618,7 @@ def command_quickstart(args: argparse.Namespace) -> None:
         seed=args.seed,
         device=args.device,
         corpus_mb=args.corpus_mb,
+        chat=not args.no_chat,
     )
 
 
@@ -672,6 +728,51 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(sub)
 
     sub = add(
+        "finetune",
+        command_finetune,
+        "fine-tune a checkpoint on chat data (JSONL) or text, fully or with LoRA",
+    )
+    sub.add_argument("--checkpoint", required=True, help="the base checkpoint or run directory")
+    sub.add_argument("--lora-rank", type=int, default=0, help="LoRA rank (0 = full fine-tuning)")
+    sub.add_argument(
+        "--lora-alpha", type=float, default=16.0, help="LoRA scale numerator (scale = alpha / rank)"
+    )
+    sub.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the LoRA input")
+    sub.add_argument(
+        "--lora-targets",
+        default="q_proj,k_proj,v_proj,o_proj",
+        help="comma-separated layers to adapt: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj",
+    )
+    add_train_arguments(
+        sub,
+        exclude=FINETUNE_EXCLUDED,
+        shown_defaults={
+            **FINETUNE_DEFAULTS,
+            "lr": "2e-4 full, 1e-3 LoRA",
+            "max_steps": "300 if no budget",
+        },
+    )
+
+    from scratchlm.chat.terminal import add_chat_arguments, command_chat
+
+    sub = add(
+        "chat", command_chat, "multi-turn chat in the terminal (the KV cache is kept across turns)"
+    )
+    add_chat_arguments(sub)
+
+    sub = add(
+        "merge-lora", command_merge_lora, "fold a LoRA run's adapters into a plain checkpoint"
+    )
+    sub.add_argument(
+        "--checkpoint", required=True, help="a LoRA fine-tuning checkpoint or run directory"
+    )
+    sub.add_argument("--out", required=True, help="output checkpoint directory")
+    sub.add_argument(
+        "--base", help="the base checkpoint (default: the one recorded in the LoRA checkpoint)"
+    )
+    sub.add_argument("--force", action="store_true", help="replace an existing --out")
+
+    sub = add(
         "eval",
         command_eval,
         "loss, perplexity and bits per byte on a text; or replies to a prompt suite",
@@ -770,6 +871,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", default="quickstart", help="run directory")
     sub.add_argument("--preset", default="tiny", help="model preset")
     sub.add_argument("--corpus-mb", type=int, default=20, help="size of the generated corpus in MB")
+    sub.add_argument("--no-chat", action="store_true", help="skip the chat fine-tuning stage")
     sub.add_argument("--seed", type=int, default=1337, help="random seed")
     sub.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     return parser

@@ -1,27 +1,39 @@
-"""`scratchlm quickstart`: from nothing to a model that writes stories, within a time budget.
+"""`scratchlm quickstart`: from nothing to a model that writes stories and answers in chat, within
+a time budget.
 
 Steps: generate the built-in story corpus (offline, deterministic), train a BPE tokenizer on it,
-train a small model for most of the budget, then print samples and the next commands to try.
-The corpus is simple on purpose: in a few CPU-minutes a ~1M parameter model learns its grammar
-and plots, which a real web corpus would need hours for.
+pretrain a small model for most of the budget, fine-tune it briefly on instructions generated from
+the same story world ("Tell me a story about a cat who finds a ball."), then print samples and the
+next commands. The corpus is simple on purpose: in a few CPU-minutes a ~1M parameter model learns
+its grammar and plots, which a real web corpus would need hours for.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+from scratchlm.chat_template import Message, end_of_turn_id, render
+from scratchlm.data.synthetic import generate_instruction_examples
 from scratchlm.errors import ScratchLMError
+from scratchlm.finetune.trainer import FinetuneTrainer
 from scratchlm.inference.engine import Engine
 from scratchlm.inference.sampling import SamplingSettings
+from scratchlm.io_utils import atomic_write_text
 from scratchlm.training.checkpoint import load_checkpoint
 from scratchlm.training.run_config import TrainConfig
 from scratchlm.training.trainer import Trainer
 
 SAMPLE_PROMPTS = ("Once upon a time", "One day, a little", "The dog")
-# Seconds kept back from the budget for tokenizer training, data preparation, evaluation and
-# samples, measured on a 2-core CPU (the first run also generates the corpus).
-SETUP_RESERVE_S = 40.0
+CHAT_PROMPTS = (
+    "Tell me a story about a cat who finds a ball.",
+    "Write a short story about a brave little fox.",
+)
+# Seconds of the budget for the chat fine-tune, and kept back for evaluation and samples.
+CHAT_STAGE_S = 60.0
+RESERVE_S = 20.0
+INSTRUCTION_EXAMPLES = 3000
 
 
 def run_quickstart(
@@ -33,6 +45,7 @@ def run_quickstart(
     device: str = "auto",
     corpus_mb: int = 20,
     vocab_size: int = 2048,
+    chat: bool = True,
 ) -> Path:
     if minutes <= 0:
         raise ScratchLMError(f"--minutes must be positive, got {minutes}")
@@ -42,8 +55,9 @@ def run_quickstart(
             f"{out} already holds a quickstart run; remove it, or pass --out with a new directory "
             f"(its model stays usable: scratchlm generate --checkpoint {out})"
         )
+    stages = 4 if chat else 3
     print(f"scratchlm quickstart: {minutes:g} minutes, preset {preset}, output {out}/")
-    print("1/3 corpus and tokenizer: built-in synthetic stories (offline, deterministic)")
+    print(f"1/{stages} corpus and tokenizer: built-in synthetic stories (offline, deterministic)")
     config = TrainConfig(
         preset=preset,
         data=f"synthetic:{corpus_mb}",
@@ -64,32 +78,56 @@ def run_quickstart(
     )
     trainer = Trainer(config)
     setup_s = time.perf_counter() - started
-    train_s = max(10.0, minutes * 60 - setup_s - SETUP_RESERVE_S / 2)
+    chat_s = min(CHAT_STAGE_S, minutes * 60 * 0.25) if chat else 0.0
+    train_s = max(10.0, minutes * 60 - setup_s - chat_s - RESERVE_S)
     trainer.max_time = train_s
-    trainer.max_steps = None
     trainer.config.max_time = f"{train_s:.0f}s"
-    print(f"2/3 training for {train_s:.0f}s (setup took {setup_s:.0f}s)")
+    print(f"2/{stages} pretraining for {train_s:.0f}s (setup took {setup_s:.0f}s)")
     result = trainer.run()
+    best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.3f}"
     print(
         f"    {result.steps} steps, {result.tokens:,} tokens, {result.tokens_per_s:,.0f} tokens/s, "
-        f"best validation loss {result.best_val_loss:.3f}"
+        f"best validation loss {best}"
     )
-    print("3/3 samples from the best checkpoint (temperature 0.7):")
-    loaded = load_checkpoint(out)
-    engine = Engine(loaded.model)
-    for index, prompt in enumerate(SAMPLE_PROMPTS):
-        ids = list(
-            engine.generate(
-                loaded.tokenizer.encode(prompt),
-                max_new_tokens=120,
-                sampling=SamplingSettings(temperature=0.7, top_k=40),
-                seed=seed + index,
-                stop_ids=frozenset({loaded.tokenizer.eos_id}),
-            )
+    chat_dir = out / "chat"
+    if chat:
+        print(
+            f"3/{stages} chat fine-tuning for {chat_s:.0f}s on {INSTRUCTION_EXAMPLES:,} generated instructions"
         )
-        print(f"\n--- {prompt!r}\n{prompt}{loaded.tokenizer.decode(ids, skip_special=True)}")
+        instructions = out / "instructions.jsonl"
+        atomic_write_text(
+            instructions,
+            "".join(
+                json.dumps(example) + "\n"
+                for example in generate_instruction_examples(INSTRUCTION_EXAMPLES, seed=seed)
+            ),
+        )
+        finetuner = FinetuneTrainer(
+            TrainConfig(
+                data=str(instructions),
+                out=str(chat_dir),
+                seed=seed,
+                device=device,
+                lr=1e-3,
+                warmup_steps=10,
+                eval_every=100,
+                save_every=1000,
+                sample_tokens=0,
+                val_fraction=0.05,
+                max_time=f"{chat_s:.0f}s",
+                quiet=True,
+            ),
+            base=str(out),
+        )
+        tuned = finetuner.run()
+        tuned_best = "n/a" if tuned.best_val_loss is None else f"{tuned.best_val_loss:.3f}"
+        print(f"    {tuned.steps} steps, assistant-token validation loss {tuned_best}")
+    print(f"{stages}/{stages} samples (temperature 0.7):")
+    show_samples(out, chat_dir if chat else None, seed)
     total = time.perf_counter() - started
     print(f"\ndone in {total / 60:.1f} minutes. Next:")
+    if chat:
+        print(f"  scratchlm chat --checkpoint {chat_dir}")
     print(f'  scratchlm generate --checkpoint {out} --prompt "Once upon a time" --temperature 0.7')
     print(f"  scratchlm eval --checkpoint {out} --data <text file>")
     print(f"  scratchlm info --checkpoint {out}")
@@ -97,3 +135,35 @@ def run_quickstart(
         "  scratchlm train --preset tiny --tokenizer char --data shakespeare --max-time 5m --out runs/shakespeare"
     )
     return out
+
+
+def show_samples(out: Path, chat_dir: Path | None, seed: int) -> None:
+    settings = SamplingSettings(temperature=0.7, top_k=40)
+    loaded = load_checkpoint(out)
+    engine = Engine(loaded.model)
+    tokenizer = loaded.tokenizer
+    for index, prompt in enumerate(SAMPLE_PROMPTS):
+        ids = list(
+            engine.generate(
+                tokenizer.encode(prompt),
+                max_new_tokens=120,
+                sampling=settings,
+                seed=seed + index,
+                stop_ids=frozenset({tokenizer.eos_id}),
+            )
+        )
+        print(f"\n--- {prompt!r}\n{prompt}{tokenizer.decode(ids, skip_special=True)}")
+    if chat_dir is None:
+        return
+    tuned = load_checkpoint(chat_dir)
+    engine = Engine(tuned.model)
+    stops = frozenset({tuned.tokenizer.eos_id, end_of_turn_id(tuned.tokenizer)})
+    for index, question in enumerate(CHAT_PROMPTS):
+        messages: list[Message] = [{"role": "user", "content": question}]
+        prompt_ids, _ = render(messages, tuned.tokenizer, add_generation_prompt=True)
+        reply = list(
+            engine.generate(
+                prompt_ids, max_new_tokens=200, sampling=settings, seed=seed + index, stop_ids=stops
+            )
+        )
+        print(f"\n--- chat\n> {question}\n{tuned.tokenizer.decode(reply, skip_special=True)}")

@@ -56,11 +56,15 @@ def evaluate_batches(
         inputs, targets = inputs.to(device), targets.to(device)
         with autocast or contextlib.nullcontext():
             logits = model(inputs)
+        # -100 marks positions without a target (fine-tuning prompts and padding)
         loss = F.cross_entropy(
-            logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
+            logits.float().view(-1, logits.shape[-1]),
+            targets.reshape(-1),
+            reduction="sum",
+            ignore_index=-100,
         )
         total_loss += float(loss)
-        total_tokens += targets.numel()
+        total_tokens += int((targets != -100).sum())
     model.train(was_training)
     if total_tokens == 0:
         return EvaluationResult(float("nan"), 0, total_bytes)

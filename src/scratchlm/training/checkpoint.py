@@ -62,8 +62,15 @@ def save_checkpoint(
     training: dict[str, Any] | None = None,
     trainer_state: dict[str, Any] | None = None,
     replace: bool = False,
+    weights: dict[str, torch.Tensor] | None = None,
+    extra_files: dict[str, bytes] | None = None,
+    extra_metadata: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a complete checkpoint directory atomically (built beside it, renamed into place)."""
+    """Write a complete checkpoint directory atomically (built beside it, renamed into place).
+
+    `weights` replaces the model's own state dict (LoRA saves merged weights in the plain layout);
+    `extra_files` are written beside them (e.g. adapter.safetensors); `extra_metadata` joins
+    config.json."""
     target = Path(directory)
     metadata = {
         "format_version": FORMAT_VERSION,
@@ -76,11 +83,13 @@ def save_checkpoint(
         },
         "chat_template_version": CHAT_TEMPLATE_VERSION,
         "training": training or {},
+        **(extra_metadata or {}),
     }
     with atomic_directory(target, replace=replace) as temp_dir:
-        save_file(
-            model_state_for_saving(model), str(temp_dir / WEIGHTS_FILE), metadata={"format": "pt"}
-        )
+        state = weights if weights is not None else model_state_for_saving(model)
+        save_file(state, str(temp_dir / WEIGHTS_FILE), metadata={"format": "pt"})
+        for name, content in (extra_files or {}).items():
+            (temp_dir / name).write_bytes(content)
         (temp_dir / TOKENIZER_FILE).write_text(tokenizer.to_json(), encoding="utf-8")
         if trainer_state is not None:
             torch.save(trainer_state, temp_dir / TRAINER_STATE_FILE)

@@ -41,7 +41,7 @@ from scratchlm.inference.engine import Engine
 from scratchlm.inference.sampling import SamplingSettings
 from scratchlm.io_utils import atomic_write_json
 from scratchlm.model import GPT, build_model, count_parameters
-from scratchlm.tokenizer import Tokenizer, train_bpe, train_char
+from scratchlm.tokenizer import END_OF_TURN_TOKEN, Tokenizer, train_bpe, train_char
 from scratchlm.training.checkpoint import (
     latest_checkpoint,
     load_model_state,
@@ -236,17 +236,11 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
 
         resume_from = self._check_run_directory()
-        if resume_from is not None:
-            self.tokenizer = Tokenizer.load(self.run_dir / "tokenizer.json")
-        else:
-            self.tokenizer = obtain_tokenizer(config, self.log)
-        data_dir = prepare_data(config, self.tokenizer, self.log)
-        self.train_shards = TokenShards.open(data_dir, "train")
-        self.val_shards = TokenShards.open(data_dir, "val")
-
-        self.model_config = build_model_config(config, self.tokenizer)
+        self.tokenizer = self.load_tokenizer(resume_from)
+        self.model_config = self.make_model_config()
+        self.setup_data()
         torch.manual_seed(config.seed)
-        self.model: GPT = build_model(self.model_config, self.device)
+        self.model: GPT = self.make_model()
         self.n_params = count_parameters(self.model)
         self.learning_rate = config.lr or default_learning_rate(self.n_params)
         self.optimizer = build_optimizer(
@@ -258,14 +252,7 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.autocast = autocast_context(self.precision, self.device)
-        context = self.model_config.context_length
-        self.loader = TokenWindowLoader(
-            self.train_shards,
-            context_length=context,
-            batch_size=config.batch_size,
-            seed=config.seed,
-        )
-        tokens_per_micro_batch = config.batch_size * context
+        tokens_per_micro_batch = config.batch_size * self.model_config.context_length
         self.accumulation = (
             max(1, math.ceil(config.tokens_per_step / tokens_per_micro_batch))
             if config.tokens_per_step
@@ -285,6 +272,71 @@ class Trainer:
             self.forward = torch.compile(self.model)
         if resume_from is not None:
             self._restore(resume_from)
+
+    # --- the parts a specialized trainer (fine-tuning) overrides ------------------------------
+    def load_tokenizer(self, resume_from: Path | None) -> Tokenizer:
+        if resume_from is not None:
+            return Tokenizer.load(self.run_dir / "tokenizer.json")
+        return obtain_tokenizer(self.config, self.log)
+
+    def make_model_config(self) -> ModelConfig:
+        return build_model_config(self.config, self.tokenizer)
+
+    def setup_data(self) -> None:
+        """Sets `self.loader` (next_batch / state_dict / load_state_dict) and the validation data."""
+        data_dir = prepare_data(self.config, self.tokenizer, self.log)
+        self.train_shards = TokenShards.open(data_dir, "train")
+        self.val_shards = TokenShards.open(data_dir, "val")
+        self.loader: Any = TokenWindowLoader(
+            self.train_shards,
+            context_length=self.model_config.context_length,
+            batch_size=self.config.batch_size,
+            seed=self.config.seed,
+        )
+        self.data_summary = (
+            f"train {self.train_shards.num_tokens:,} tokens, val {self.val_shards.num_tokens:,}"
+        )
+
+    def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter_eval_batches(
+            self.val_shards,
+            context_length=self.model_config.context_length,
+            batch_size=self.config.batch_size,
+            max_tokens=self.config.eval_tokens,
+        )
+
+    def val_bytes_per_token(self) -> float | None:
+        if self.val_shards.bytes and self.val_shards.num_tokens:
+            return float(self.val_shards.bytes / self.val_shards.num_tokens)
+        return None
+
+    def default_sample_prompt(self) -> list[int]:
+        """The start of the validation text: a real context, whatever the corpus looks like (a
+        lone EOS would make a one-document corpus predict EOS again)."""
+        length = min(16, self.model_config.context_length // 4, self.val_shards.num_tokens)
+        return [int(token) for token in self.val_shards.read(0, length)] or [self.tokenizer.eos_id]
+
+    def make_model(self) -> GPT:
+        return build_model(self.model_config, self.device)
+
+    def restore_model(self, checkpoint_dir: Path) -> None:
+        from safetensors.torch import load_file
+
+        load_model_state(
+            self.model,
+            load_file(str(checkpoint_dir / "model.safetensors"), device=str(self.device)),
+            source=checkpoint_dir,
+        )
+
+    def weights_for_saving(self) -> dict[str, torch.Tensor] | None:
+        """None: the model's own state dict."""
+        return None
+
+    def extra_checkpoint_files(self) -> dict[str, bytes]:
+        return {}
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        return {}
 
     # --- run directory ------------------------------------------------------------------------
     def _check_run_directory(self) -> Path | None:
@@ -319,13 +371,7 @@ class Trainer:
         return None
 
     def _restore(self, checkpoint_dir: Path) -> None:
-        from safetensors.torch import load_file
-
-        load_model_state(
-            self.model,
-            load_file(str(checkpoint_dir / "model.safetensors"), device=str(self.device)),
-            source=checkpoint_dir,
-        )
+        self.restore_model(checkpoint_dir)
         saved_config = json.loads((checkpoint_dir / "config.json").read_text(encoding="utf-8"))[
             "model"
         ]
@@ -389,6 +435,9 @@ class Trainer:
             training=self._training_summary(),
             trainer_state=self._trainer_state(),
             replace=True,
+            weights=self.weights_for_saving(),
+            extra_files=self.extra_checkpoint_files(),
+            extra_metadata=self.checkpoint_metadata(),
         )
         set_latest(self.run_dir, target)
         prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
@@ -396,18 +445,13 @@ class Trainer:
 
     # --- evaluation and samples ---------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        context = self.model_config.context_length
-        batches = iter_eval_batches(
-            self.val_shards,
-            context_length=context,
-            batch_size=self.config.batch_size,
-            max_tokens=self.config.eval_tokens,
-        )
+        batches = self.eval_batches()
         result = evaluate_batches(self.model, batches, device=self.device, autocast=self.autocast)
         metrics = {"val_loss": result.loss, "val_perplexity": result.perplexity}
-        if self.val_shards.bytes and self.val_shards.num_tokens:
+        bytes_per_token = self.val_bytes_per_token()
+        if bytes_per_token:
             # bytes per token of the whole split, applied to the evaluated part
-            bytes_evaluated = result.tokens * self.val_shards.bytes / self.val_shards.num_tokens
+            bytes_evaluated = result.tokens * bytes_per_token
             metrics["val_bits_per_byte"] = (
                 result.loss * result.tokens / (math.log(2) * bytes_evaluated)
             )
@@ -420,12 +464,7 @@ class Trainer:
         if prompt:
             prompt_ids = self.tokenizer.encode(prompt)
         else:
-            # The start of the validation text: a real context, whatever the corpus looks like (a
-            # lone EOS would make a one-document corpus predict EOS again).
-            length = min(16, self.model_config.context_length // 4, self.val_shards.num_tokens)
-            prompt_ids = [int(token) for token in self.val_shards.read(0, length)] or [
-                self.tokenizer.eos_id
-            ]
+            prompt_ids = self.default_sample_prompt()
             prompt = self.tokenizer.decode(prompt_ids, skip_special=True)
         was_training = self.model.training
         self.model.eval()
@@ -438,7 +477,9 @@ class Trainer:
                 ),
                 sampling=SamplingSettings(temperature=0.8, top_k=50),
                 seed=self.config.seed,
-                stop_ids=frozenset({self.tokenizer.eos_id}),
+                stop_ids=frozenset(
+                    {self.tokenizer.eos_id, self.tokenizer.special_id(END_OF_TURN_TOKEN)}
+                ),
                 truncate=True,
             )
         )
@@ -466,7 +507,10 @@ class Trainer:
             targets = targets.to(self.device, non_blocking=True)
             with self.autocast:
                 logits = self.forward(inputs)  # (B, T, padded_vocab)
-                loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1))
+                # ignore_index: fine-tuning masks prompt and padding positions with -100
+                loss = F.cross_entropy(
+                    logits.float().view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-100
+                )
             self.scaler.scale(loss / self.accumulation).backward()
             total_loss += loss.detach()
         if self.config.grad_clip > 0:
@@ -515,7 +559,7 @@ class Trainer:
             f"({self.tokenizer.kind}) | device {self.device}, {self.precision} | "
             f"{self.tokens_per_step:,} tokens/step ({self.config.batch_size} x "
             f"{self.model_config.context_length} x {self.accumulation}) | lr {self.learning_rate:g} | "
-            f"train {self.train_shards.num_tokens:,} tokens, val {self.val_shards.num_tokens:,}"
+            f"{self.data_summary}"
         )
         interactive = sys.stderr.isatty() and not config.quiet
         bar = tqdm(
@@ -616,6 +660,8 @@ class Trainer:
                 self.tokenizer,
                 training=self._training_summary({"val": evaluation}),
                 replace=True,
+                weights=self.weights_for_saving(),
+                extra_metadata=self.checkpoint_metadata(),
             )
         metrics.log(
             {

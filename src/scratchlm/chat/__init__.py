@@ -1,0 +1,9 @@
+"""`scratchlm chat`: a multi-turn terminal chat whose KV cache carries the conversation.
+
+`conversation` holds the messages and fits them to the context (no torch, no terminal);
+`commands` parses what the user types; `terminal` runs the loop and draws it (rich or plain text).
+"""
+
+from scratchlm.chat.conversation import Conversation, DroppedTurn
+
+__all__ = ["Conversation", "DroppedTurn"]

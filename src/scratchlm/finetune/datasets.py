@@ -1,0 +1,199 @@
+"""Supervised fine-tuning data: JSONL conversations -> (ids, loss mask) -> padded batches.
+
+Accepted record shapes (one JSON object per line, mixed freely):
+- Alpaca: {"instruction", "input" (optional), "output"}
+- OpenAI-style: {"messages": [{"role", "content"}, ...]} (multi-turn, optional system first)
+- prompt/completion: {"prompt", "completion"}
+Every conversation is rendered by the one chat template, so the loss falls only on assistant
+contents and their end marker. Batches are padded to their longest example (no packing: no
+example ever attends to another); padding and prompt positions get the target -100 (ignored).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from scratchlm.chat_template import Message, render, validate_messages
+from scratchlm.errors import ScratchLMError
+from scratchlm.tokenizer import Tokenizer
+
+IGNORE = -100
+SFT_KEYS = ({"instruction", "output"}, {"messages"}, {"prompt", "completion"})
+
+
+def record_to_messages(record: object, where: str) -> list[Message]:
+    if not isinstance(record, dict):
+        raise ScratchLMError(f"{where}: expected a JSON object per line")
+    if "messages" in record:
+        messages = record["messages"]
+        if not isinstance(messages, list):
+            raise ScratchLMError(f"{where}: 'messages' must be a list of {{role, content}} objects")
+        try:
+            validate_messages(messages)
+        except ScratchLMError as error:
+            raise ScratchLMError(f"{where}: {error}") from None
+        if not any(message["role"] == "assistant" for message in messages):
+            raise ScratchLMError(
+                f"{where}: the conversation has no assistant message to learn from"
+            )
+        return [Message(role=m["role"], content=m["content"]) for m in messages]
+    if "instruction" in record and "output" in record:
+        prompt = str(record["instruction"])
+        if record.get("input"):
+            prompt += "\n\n" + str(record["input"])
+        return [
+            Message(role="user", content=prompt),
+            Message(role="assistant", content=str(record["output"])),
+        ]
+    if "prompt" in record and "completion" in record:
+        return [
+            Message(role="user", content=str(record["prompt"])),
+            Message(role="assistant", content=str(record["completion"])),
+        ]
+    raise ScratchLMError(
+        f"{where}: unknown record shape with keys {sorted(record)}; use Alpaca "
+        '(instruction/input/output), {"messages": [...]} or prompt/completion'
+    )
+
+
+def is_sft_file(path: str | Path) -> bool:
+    """A .jsonl whose first record has one of the supervised shapes."""
+    file = Path(path)
+    if file.suffix != ".jsonl" or not file.is_file():
+        return False
+    with open(file, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    return False
+                return isinstance(record, dict) and any(keys <= set(record) for keys in SFT_KEYS)
+    return False
+
+
+def read_conversations(path: str | Path) -> list[list[Message]]:
+    file = Path(path)
+    if not file.is_file():
+        raise ScratchLMError(f"fine-tuning data {file} does not exist; pass a .jsonl file")
+    conversations = []
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ScratchLMError(f"{file} is not UTF-8; convert it (e.g. iconv -t utf-8)") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ScratchLMError(f"{file}:{number}: not valid JSON ({error.msg})") from None
+        conversations.append(record_to_messages(record, f"{file}:{number}"))
+    if not conversations:
+        raise ScratchLMError(f"{file} holds no examples")
+    return conversations
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    mask: list[int]
+
+
+def tokenize_conversations(
+    conversations: list[list[Message]], tokenizer: Tokenizer, context_length: int
+) -> tuple[list[Example], int]:
+    """Examples cut to context_length + 1 tokens; also how many were cut."""
+    examples, cut = [], 0
+    for messages in conversations:
+        ids, mask = render(messages, tokenizer)
+        if len(ids) > context_length + 1:
+            ids, mask = ids[: context_length + 1], mask[: context_length + 1]
+            cut += 1
+        if sum(mask[1:]) > 0:  # something left to learn after the cut
+            examples.append(Example(ids, mask))
+    return examples, cut
+
+
+def make_batch(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets), each (B, longest - 1); targets are -100 where nothing is learned."""
+    length = max(len(example.ids) for example in examples) - 1
+    inputs = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    targets = torch.full((len(examples), length), IGNORE, dtype=torch.long)
+    for row, example in enumerate(examples):
+        count = len(example.ids) - 1
+        inputs[row, :count] = torch.tensor(example.ids[:-1])
+        learned = torch.tensor(example.mask[1:], dtype=torch.bool)
+        targets[row, :count] = torch.where(learned, torch.tensor(example.ids[1:]), IGNORE)
+    return inputs, targets
+
+
+class SFTLoader:
+    """Shuffled batches of examples, a new order every epoch; exact resume from `state_dict`."""
+
+    def __init__(self, examples: list[Example], *, batch_size: int, seed: int, pad_id: int) -> None:
+        if not examples:
+            raise ScratchLMError("no training examples left after tokenization; check the data")
+        self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
+        self.epoch, self.cursor = 0, 0
+        self.order = self._order()
+
+    def _order(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(len(self.examples), generator=generator).tolist()
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cursor + self.batch_size > len(self.order):
+            if self.cursor == 0:  # fewer examples than a batch: use them all
+                chosen = self.order
+                self.epoch += 1
+                self.order = self._order()
+                return make_batch([self.examples[i] for i in chosen], self.pad_id)
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self.order = self._order()
+        chosen = self.order[self.cursor : self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        return make_batch([self.examples[i] for i in chosen], self.pad_id)
+
+    def state_dict(self) -> dict[str, int]:
+        return {
+            "epoch": self.epoch,
+            "cursor": self.cursor,
+            "seed": self.seed,
+            "examples": len(self.examples),
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state.get("examples") != len(self.examples) or state.get("seed") != self.seed:
+            raise ScratchLMError(
+                "--resume: the fine-tuning data or seed differ from the run's; resume with the same --data and --seed"
+            )
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        self.order = self._order()
+
+
+def eval_batches(
+    examples: list[Example], batch_size: int, pad_id: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, len(examples), batch_size):
+        yield make_batch(examples[start : start + batch_size], pad_id)
+
+
+def split_examples(
+    examples: list[Example], val_fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """A seeded split; at least one validation example when there are two or more."""
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+    count = (
+        min(len(examples) - 1, max(1, round(len(examples) * val_fraction)))
+        if len(examples) > 1
+        else 0
+    )
+    val = [examples[i] for i in sorted(order[:count])]
+    train = [examples[i] for i in sorted(order[count:])]
+    return train, val
