@@ -30,6 +30,7 @@ COMMANDS = [
     ["finetune"],
     ["merge-lora"],
     ["chat"],
+    ["serve"],
 ]
 
 

@@ -289,7 +289,13 @@ def lora_from_args(args: argparse.Namespace) -> Any:
 
 def command_finetune(args: argparse.Namespace) -> None:
     from scratchlm.finetune.trainer import finetune
+    from scratchlm.training.run_config import read_config_file
 
+    config_file = read_config_file(args.config) if getattr(args, "config", None) else {}
+    if "data" not in vars(args) and "data" not in config_file:
+        raise ScratchLMError(
+            "finetune needs --data: a JSONL of conversations (Alpaca, messages or prompt/completion) or a text file"
+        )
     config = resolve_train_config(args, FINETUNE_DEFAULTS)
     if config.max_steps is None and config.max_tokens is None and config.max_time is None:
         config.max_steps = 300
@@ -750,10 +756,19 @@ def build_parser() -> argparse.ArgumentParser:
             **FINETUNE_DEFAULTS,
             "lr": "2e-4 full, 1e-3 LoRA",
             "max_steps": "300 if no budget",
+            "data": "required",
         },
     )
 
     from scratchlm.chat.terminal import add_chat_arguments, command_chat
+    from scratchlm.server.cli import add_serve_arguments, command_serve
+
+    sub = add(
+        "serve",
+        command_serve,
+        "OpenAI-compatible HTTP server with continuous batching and a chat page",
+    )
+    add_serve_arguments(sub)
 
     sub = add(
         "chat", command_chat, "multi-turn chat in the terminal (the KV cache is kept across turns)"

@@ -5,7 +5,9 @@
 - `Engine.stream_text`: the same as text deltas that are valid UTF-8, with stop strings.
 - `BatchDecoder`: many sequences at once, each with its own prompt length, position, sampling
   settings, seed and stop state. Rows join (`add`) and leave (`remove`, or when finished) between
-  decode steps without disturbing the others — the core of continuous batching.
+  decode steps without disturbing the others — the core of continuous batching. With
+  `prefill_chunk`, a long prompt is prefilled a chunk per `step()`, interleaved with decoding, so
+  a newcomer's prompt never stalls the running rows for more than one chunk's forward.
 """
 
 from __future__ import annotations
@@ -189,6 +191,13 @@ class Row:
     last_token: int = 0
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None
+    # Prompt tokens not yet in the cache (chunked prefill); the row decodes once this is empty.
+    pending: list[int] = field(default_factory=list)
+    prompt: list[int] = field(default_factory=list)
+
+    @property
+    def prefilling(self) -> bool:
+        return bool(self.pending)
 
     def output(self) -> GenerationOutput:
         return GenerationOutput(
@@ -205,6 +214,11 @@ class BatchDecoder:
     Active rows always occupy cache rows 0..A-1: a new row is prefilled into slot A (a view of the
     shared cache), and a leaving row's slot is filled by moving the last row into it (one row copy),
     so each decode step runs one forward over a contiguous (A, 1) batch with per-row positions.
+
+    With `prefill_chunk`, `add` only registers the row; each `step` then prefills at most
+    `prefill_chunk` prompt tokens (over all waiting rows, oldest first) after the decode forward.
+    Rows still prefilling sit after the decoding rows (slots D..A-1), so the decode forward stays
+    one contiguous (D, 1) batch; a row whose prompt is complete swaps into slot D.
     """
 
     def __init__(
@@ -214,7 +228,11 @@ class BatchDecoder:
         max_batch: int,
         max_len: int | None = None,
         device: torch.device | str | None = None,
+        prefill_chunk: int | None = None,
     ) -> None:
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise ScratchLMError(f"prefill_chunk must be >= 1 (or None), got {prefill_chunk}")
+        self.prefill_chunk = prefill_chunk
         self.model = model
         self.config = model.config
         self.device = (
@@ -238,9 +256,20 @@ class BatchDecoder:
     def has_room(self) -> bool:
         return len(self.rows) < self.max_batch
 
+    @property
+    def decoding(self) -> int:
+        """How many rows have their whole prompt in the cache (they occupy slots 0..decoding-1)."""
+        return sum(1 for row in self.rows if not row.prefilling)
+
+    @property
+    def prefill_backlog(self) -> int:
+        """Prompt tokens still waiting to be prefilled."""
+        return sum(len(row.pending) for row in self.rows)
+
     @torch.inference_mode()
     def add(self, request: GenerationRequest) -> int:
-        """Prefill a new row and sample its first token; returns the row's handle."""
+        """Prefill a new row and sample its first token (or, with `prefill_chunk`, register it to
+        be prefilled by the next steps); returns the row's handle."""
         if not self.has_room:
             raise ScratchLMError(
                 f"the batch is full ({self.max_batch} rows); wait for a row to finish"
@@ -248,27 +277,50 @@ class BatchDecoder:
         if request.max_new_tokens < 1:
             raise ScratchLMError(f"max_new_tokens must be >= 1, got {request.max_new_tokens}")
         prompt, dropped = fit_prompt(request.prompt_ids, self.max_len, request.truncate)
-        slot = len(self.rows)
-        row_cache = self.cache.rows(slot, slot + 1)
-        inputs = torch.tensor([prompt], dtype=torch.long, device=self.device)
-        logits = self.model(inputs, kv_cache=row_cache, last_token_only=True)
-        counts = None
-        if request.sampling.uses_history:
-            counts = torch.zeros(1, self.config.vocab_size, dtype=torch.long, device=self.device)
-            counts[0].index_add_(0, inputs[0], torch.ones_like(inputs[0]))
         row = Row(
             handle=self._next_handle,
             request=request,
             prompt_len=len(prompt),
             truncated_tokens=dropped,
             generator=make_generator(request.seed, self.device),
-            counts=counts,
-            position=len(prompt),
+            counts=None,
+            prompt=prompt,
         )
         self._next_handle += 1
+        if self.prefill_chunk is not None:
+            row.pending = list(prompt)
+            self.rows.append(row)
+            return row.handle
+        slot = len(self.rows)
         self.rows.append(row)
-        self._accept(row, logits[:, -1, : self.config.vocab_size])
+        self._prefill(row, slot, prompt)
         return row.handle
+
+    def _prefill(self, row: Row, slot: int, tokens: list[int]) -> bool:
+        """Write `tokens` (the next part of the row's prompt) into its cache slot; once the prompt
+        is complete, sample the first token. Returns True when the prompt is complete."""
+        row_cache = self.cache.rows(slot, slot + 1)
+        inputs = torch.tensor([tokens], dtype=torch.long, device=self.device)
+        # From position 0 the model's own causal path serves (the same numbers as one full
+        # prefill); later chunks place their tokens explicitly after what the cache holds.
+        positions = None
+        if row.position > 0:
+            positions = torch.arange(
+                row.position, row.position + len(tokens), device=self.device
+            ).unsqueeze(0)
+        logits = self.model(inputs, positions=positions, kv_cache=row_cache, last_token_only=True)
+        row.position += len(tokens)
+        del row.pending[: len(tokens)]
+        if row.pending:
+            return False
+        if row.request.sampling.uses_history:
+            prompt = torch.tensor(row.prompt, dtype=torch.long, device=self.device)
+            row.counts = torch.zeros(
+                1, self.config.vocab_size, dtype=torch.long, device=self.device
+            )
+            row.counts[0].index_add_(0, prompt, torch.ones_like(prompt))
+        self._accept(row, logits[:, -1, : self.config.vocab_size])
+        return True
 
     def _accept(self, row: Row, logits: torch.Tensor) -> None:
         """Sample the row's next token from logits (1, vocab) and update its stop state."""
@@ -287,28 +339,49 @@ class BatchDecoder:
 
     @torch.inference_mode()
     def step(self) -> list[Row]:
-        """One decode step for every unfinished row; returns the rows that finished (and leaves
-        them out of the batch). Rows finished at prefill are returned by the next call."""
-        done = [row for row in self.rows if row.finish_reason is not None]
-        running = [row for row in self.rows if row.finish_reason is None]
-        if running:
-            count = len(running)
-            # Compact first so the running rows are cache rows 0..count-1.
-            for row in done:
-                self._drop(row)
-            inputs = torch.tensor([[row.last_token] for row in self.rows], device=self.device)
-            positions = torch.tensor([[row.position] for row in self.rows], device=self.device)
-            logits = self.model(inputs, positions=positions, kv_cache=self.cache.rows(0, count))
-            for index, row in enumerate(self.rows):
-                row.position += 1
-                self._accept(row, logits[index : index + 1, -1, : self.config.vocab_size])
-            newly_done = [row for row in self.rows if row.finish_reason is not None]
-            for row in newly_done:
-                self._drop(row)
-            return done + newly_done
+        """One decode step for every unfinished row (then, with `prefill_chunk`, one prefill
+        chunk); returns the rows that finished (and leaves them out of the batch). Rows finished
+        at an unchunked prefill are returned by the next call."""
+        done = [row for row in self.rows if not row.prefilling and row.finish_reason is not None]
+        # Compact first so the running rows are cache rows 0..count-1.
         for row in done:
             self._drop(row)
-        return done
+        count = self.decoding
+        newly_done: list[Row] = []
+        if count:
+            running = self.rows[:count]
+            inputs = torch.tensor([[row.last_token] for row in running], device=self.device)
+            positions = torch.tensor([[row.position] for row in running], device=self.device)
+            logits = self.model(inputs, positions=positions, kv_cache=self.cache.rows(0, count))
+            for index, row in enumerate(running):
+                row.position += 1
+                self._accept(row, logits[index : index + 1, -1, : self.config.vocab_size])
+            newly_done = [row for row in running if row.finish_reason is not None]
+            for row in newly_done:
+                self._drop(row)
+        return done + newly_done + self._prefill_step()
+
+    def _prefill_step(self) -> list[Row]:
+        """Spend up to `prefill_chunk` prompt tokens on the prefilling rows, oldest first; rows
+        whose prompt completes move into the decoding slots. Returns rows already finished by
+        their first token."""
+        budget = self.prefill_chunk or 0
+        finished: list[Row] = []
+        while budget > 0:
+            waiting = [row for row in self.rows if row.prefilling]
+            if not waiting:
+                break
+            row = min(waiting, key=lambda candidate: candidate.handle)
+            tokens = row.pending[:budget]
+            budget -= len(tokens)
+            slot = self.rows.index(row)
+            if not self._prefill(row, slot, tokens):
+                continue
+            self._swap(slot, self.decoding - 1)  # the first slot after the other decoding rows
+            if row.finish_reason is not None:
+                self._drop(row)
+                finished.append(row)
+        return finished
 
     def remove(self, handle: int) -> Row | None:
         """Take a row out now (e.g. its client disconnected); its slot is free for the next add."""
@@ -319,10 +392,35 @@ class BatchDecoder:
                 return row
         return None
 
+    def _move(self, source: int, target: int) -> None:
+        self.cache.copy_row(source, target)
+        self.rows[target] = self.rows[source]
+
+    def _swap(self, first: int, second: int) -> None:
+        if first == second:
+            return
+        cache = self.cache
+        for tensor in (cache.keys, cache.values):
+            saved = tensor[:, first].clone()
+            tensor[:, first] = tensor[:, second]
+            tensor[:, second] = saved
+        saved_length = cache.lengths[first].clone()
+        cache.lengths[first] = cache.lengths[second]
+        cache.lengths[second] = saved_length
+        self.rows[first], self.rows[second] = self.rows[second], self.rows[first]
+
     def _drop(self, row: Row) -> None:
+        """Free a row's slot, keeping decoding rows before prefilling ones (one or two row
+        copies)."""
         slot = self.rows.index(row)
         last = len(self.rows) - 1
-        if slot != last:
-            self.cache.copy_row(last, slot)
-            self.rows[slot] = self.rows[last]
+        if row.prefilling:
+            if slot != last:
+                self._move(last, slot)
+        else:
+            last_decoding = self.decoding - 1
+            if slot != last_decoding:
+                self._move(last_decoding, slot)
+            if last != last_decoding:
+                self._move(last, last_decoding)
         self.rows.pop()

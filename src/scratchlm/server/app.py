@@ -1,0 +1,583 @@
+"""The FastAPI application: OpenAI-compatible routes over a continuous-batching `Scheduler`.
+
+Every error, ours or the framework's, leaves as `{"error": {"message", "type", "param", "code"}}`
+with a 4xx status for caller mistakes, so OpenAI clients raise their usual exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, MutableMapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from scratchlm.chat_template import Message, end_of_turn_id, render
+from scratchlm.errors import ScratchLMError
+from scratchlm.inference.engine import GenerationRequest, fit_prompt
+from scratchlm.inference.sampling import SamplingSettings
+from scratchlm.inference.streaming import IncrementalDecoder, StopStringFilter
+from scratchlm.model import GPT
+from scratchlm.server.metrics import Metrics
+from scratchlm.server.scheduler import (
+    DoneEvent,
+    ErrorEvent,
+    Event,
+    Job,
+    QueueFull,
+    Scheduler,
+    TokensEvent,
+)
+from scratchlm.server.schemas import ChatCompletionRequest, CompletionRequest, GenerationFields
+from scratchlm.tokenizer import Tokenizer
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# How often a non-streaming request checks whether its client is still there.
+DISCONNECT_POLL_SECONDS = 0.5
+PLACEHOLDER_PAGE = (
+    "<!doctype html><html><head><meta charset='utf-8'><title>scratchlm</title></head><body>"
+    "<h1>scratchlm server</h1><p>The OpenAI-compatible API is at <code>/v1</code>.</p>"
+    "</body></html>"
+)
+
+
+@dataclass
+class ServerSettings:
+    model_name: str
+    api_key: str | None = None
+    max_batch: int = 8
+    max_queue: int = 64
+    max_tokens_limit: int | None = None  # None: the model's context length
+    cors_origins: list[str] = field(default_factory=list)
+    max_body_bytes: int = 1_000_000
+    prefill_chunk: int = 256
+    step_delay: float = 0.0  # seconds slept after each decode step; tests use it to hold rows
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        error_type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+        self.error_type, self.param, self.code = error_type, param, code
+
+
+class GenerationFailed(Exception):
+    """A row ended with an error inside the model (not the caller's fault)."""
+
+
+def error_body(
+    message: str, error_type: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over the limit with 413, whether or not Content-Length is sent
+    (chunked bodies are counted as they arrive), before any of it reaches JSON parsing."""
+
+    def __init__(self, app: Any, limit: int, metrics: Metrics) -> None:
+        self.app, self.limit, self.metrics = app, limit, metrics
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            total += len(body)
+            if total > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> MutableMapping[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # later calls watch for the client disconnecting
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        self.metrics.count_error(413)
+        response = JSONResponse(
+            error_body(
+                f"the request body is over the {self.limit}-byte limit; send a smaller request",
+                "invalid_request_error",
+                code="request_too_large",
+            ),
+            status_code=413,
+        )
+        await response(scope, receive, send)
+
+
+class ChoiceText:
+    """Token ids of one choice -> text deltas: valid UTF-8, cut at the first stop string (the same
+    pipeline as `TextStream`, driven by events instead of an iterator)."""
+
+    def __init__(self, tokenizer: Tokenizer, stop_strings: list[str]) -> None:
+        self.decoder = IncrementalDecoder(tokenizer)
+        self.filter = StopStringFilter(stop_strings)
+        self.tokens = 0
+        self.finish_reason: str | None = None
+
+    def feed(self, tokens: list[int]) -> str:
+        pieces = []
+        for token in tokens:
+            self.tokens += 1
+            pieces.append(self.filter.push(self.decoder.push(token)))
+            if self.filter.stopped:
+                self.finish_reason = "stop"
+                break
+        return "".join(pieces)
+
+    def finish(self, reason: str) -> str:
+        tail = self.filter.push(self.decoder.flush()) + self.filter.flush()
+        self.finish_reason = "stop" if self.filter.stopped else reason
+        return tail
+
+
+@dataclass
+class Prepared:
+    prompt_ids: list[int]
+    requests: list[GenerationRequest]
+    stop_strings: list[str]
+
+
+def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> FastAPI:
+    model.eval()
+    context_length = model.config.context_length
+    max_tokens_limit = settings.max_tokens_limit or context_length
+    metrics = Metrics()
+    scheduler = Scheduler(
+        model,
+        max_batch=settings.max_batch,
+        max_queue=settings.max_queue,
+        metrics=metrics,
+        prefill_chunk=settings.prefill_chunk,
+        step_delay=settings.step_delay,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scheduler.start()
+        yield
+        scheduler.stop()
+
+    app = FastAPI(title="scratchlm", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.scheduler = scheduler
+    app.state.metrics = metrics
+    app.state.settings = settings
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, metrics=metrics)
+
+    # --- errors ---------------------------------------------------------------------------
+    def error_response(
+        status: int,
+        message: str,
+        error_type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> JSONResponse:
+        metrics.count_error(status)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse(
+            error_body(message, error_type, param, code), status_code=status, headers=headers
+        )
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, error: APIError) -> JSONResponse:
+        return error_response(
+            error.status, error.message, error.error_type, error.param, error.code
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = error.errors()
+        first = problems[0] if problems else {}
+        location = [str(part) for part in first.get("loc", ()) if part != "body"]
+        param = ".".join(location) or None
+        if first.get("type") == "json_invalid":
+            message = f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}"
+        elif not location and first.get("type") in ("model_attributes_type", "dict_type"):
+            message = "the request body must be a JSON object"
+        else:
+            message = "; ".join(
+                f"{'.'.join(str(part) for part in problem.get('loc', ()) if part != 'body')}: "
+                f"{problem.get('msg', 'invalid')}"
+                for problem in problems
+            )
+        return error_response(400, message, param=param, code="invalid_value")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return error_response(error.status_code, str(error.detail), code=None)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
+        return error_response(500, f"internal error: {error}", "server_error")
+
+    # --- authentication -------------------------------------------------------------------
+    async def require_key(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), settings.api_key.encode()
+        ):
+            raise APIError(
+                401,
+                "missing or wrong API key; send 'Authorization: Bearer <key>'",
+                param=None,
+                code="invalid_api_key",
+            )
+
+    # --- plain routes ---------------------------------------------------------------------
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": settings.model_name,
+            "batch_size": scheduler.decoder.active,
+            "queue_depth": len(scheduler.waiting),
+        }
+
+    @app.get("/metrics", dependencies=[Depends(require_key)])
+    async def metrics_text() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models", dependencies=[Depends(require_key)])
+    async def models() -> dict[str, Any]:
+        metrics.count_request("models")
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": settings.model_name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "scratchlm",
+                    "context_length": context_length,
+                }
+            ],
+        }
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        page = STATIC_DIR / "index.html"
+        if page.is_file():
+            return FileResponse(page)
+        return HTMLResponse(PLACEHOLDER_PAGE)
+
+    if STATIC_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    # --- generation -----------------------------------------------------------------------
+    def prepare(
+        body: GenerationFields,
+        prompt_ids: list[int],
+        stop_ids: frozenset[int],
+        max_tokens: int | None,
+        prompt_param: str,
+    ) -> Prepared:
+        try:
+            fit_prompt(prompt_ids, context_length, truncate=False)
+        except ScratchLMError as error:
+            raise APIError(
+                400,
+                f"the prompt is {len(prompt_ids)} tokens but the model's context is "
+                f"{context_length} tokens (with room for at least one new token); shorten it to "
+                f"at most {context_length - 1} tokens",
+                param=prompt_param,
+                code="context_length_exceeded",
+            ) from error
+        if max_tokens is not None and max_tokens > max_tokens_limit:
+            raise APIError(
+                400,
+                f"max_tokens is {max_tokens} but this server allows at most {max_tokens_limit}",
+                param="max_tokens",
+                code="invalid_value",
+            )
+        try:
+            sampling = SamplingSettings(
+                temperature=body.temperature,
+                top_k=body.top_k,
+                top_p=body.top_p,
+                min_p=body.min_p,
+                repetition_penalty=body.repetition_penalty,
+                presence_penalty=body.presence_penalty,
+                frequency_penalty=body.frequency_penalty,
+            )
+        except ScratchLMError as error:
+            raise APIError(400, str(error).replace("--", "").replace("-", "_")) from error
+        # Generation also stops when the context is full (finish_reason "length").
+        new_tokens = max_tokens if max_tokens is not None else max_tokens_limit
+        requests = [
+            GenerationRequest(
+                prompt_ids,
+                max_new_tokens=new_tokens,
+                sampling=sampling,
+                # n choices must differ, and the same seed must give the same n choices.
+                seed=None if body.seed is None else body.seed + index,
+                stop_ids=stop_ids,
+            )
+            for index in range(body.n)
+        ]
+        return Prepared(prompt_ids, requests, body.stop_strings())
+
+    def submit(prepared: Prepared) -> tuple[list[Job], asyncio.Queue[Event]]:
+        try:
+            return scheduler.submit(prepared.requests)
+        except QueueFull as error:
+            raise APIError(429, str(error), error_type="server_busy", code="queue_full") from error
+
+    async def choice_events(
+        request: Request,
+        prepared: Prepared,
+        jobs: list[Job],
+        events: asyncio.Queue[Event],
+        choices: list[ChoiceText],
+        started: float,
+        poll_disconnect: bool,
+    ) -> AsyncIterator[tuple[int, str, str | None]]:
+        """(choice index, text delta, finish reason or None) until every choice has finished;
+        frees every unfinished row when the caller stops listening (disconnect or error)."""
+        unfinished = set(range(len(jobs)))
+        first_token_seen = False
+        try:
+            while unfinished:
+                if poll_disconnect:
+                    try:
+                        event = await asyncio.wait_for(events.get(), DISCONNECT_POLL_SECONDS)
+                    except TimeoutError:
+                        if await request.is_disconnected():
+                            return
+                        continue
+                else:
+                    event = await events.get()
+                index = event.index
+                if index not in unfinished:
+                    continue  # a row already ended by a stop string
+                choice = choices[index]
+                if isinstance(event, ErrorEvent):
+                    raise GenerationFailed(event.message)
+                if isinstance(event, TokensEvent):
+                    if not first_token_seen:
+                        first_token_seen = True
+                        metrics.observe_first_token(time.monotonic() - started)
+                    text = choice.feed(event.tokens)
+                    if choice.finish_reason is not None:  # a stop string: free the row now
+                        unfinished.discard(index)
+                        scheduler.cancel([jobs[index]])
+                        yield index, text, choice.finish_reason
+                    elif text:
+                        yield index, text, None
+                elif isinstance(event, DoneEvent):
+                    unfinished.discard(index)
+                    tail = choice.finish(event.finish_reason)
+                    yield index, tail, choice.finish_reason
+        finally:
+            if unfinished:
+                scheduler.cancel([jobs[index] for index in unfinished])
+
+    def usage(prepared: Prepared, choices: list[ChoiceText]) -> dict[str, int]:
+        completion = sum(choice.tokens for choice in choices)
+        prompt = len(prepared.prompt_ids)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+
+    async def respond(
+        request: Request, body: GenerationFields, prepared: Prepared, chat: bool
+    ) -> Response:
+        started = time.monotonic()
+        jobs, events = submit(prepared)
+        choices = [ChoiceText(tokenizer, prepared.stop_strings) for _ in jobs]
+        identifier = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        created = int(time.time())
+        base = {"id": identifier, "created": created, "model": settings.model_name}
+        if not body.stream:
+            texts = [""] * len(jobs)
+            try:
+                async for index, text, _ in choice_events(
+                    request, prepared, jobs, events, choices, started, poll_disconnect=True
+                ):
+                    texts[index] += text
+            except GenerationFailed as error:
+                raise APIError(500, str(error), error_type="server_error") from error
+            if await request.is_disconnected():
+                return Response(status_code=499)
+            result: list[dict[str, Any]] = []
+            for index, choice in enumerate(choices):
+                if chat:
+                    result.append(
+                        {
+                            "index": index,
+                            "message": {"role": "assistant", "content": texts[index]},
+                            "logprobs": None,
+                            "finish_reason": choice.finish_reason,
+                        }
+                    )
+                else:
+                    result.append(
+                        {
+                            "index": index,
+                            "text": texts[index],
+                            "logprobs": None,
+                            "finish_reason": choice.finish_reason,
+                        }
+                    )
+            return JSONResponse(
+                {
+                    **base,
+                    "object": "chat.completion" if chat else "text_completion",
+                    "choices": result,
+                    "usage": usage(prepared, choices),
+                }
+            )
+
+        include_usage = body.include_usage
+        chunk_object = "chat.completion.chunk" if chat else "text_completion"
+
+        def chunk(index: int, text: str | None, finish: str | None, role: bool = False) -> str:
+            choice: dict[str, Any] = {"index": index, "logprobs": None, "finish_reason": finish}
+            if chat:
+                delta: dict[str, Any] = {}
+                if role:
+                    delta["role"] = "assistant"
+                if text is not None:
+                    delta["content"] = text
+                choice["delta"] = delta
+            else:
+                choice["text"] = text or ""
+            payload: dict[str, Any] = {**base, "object": chunk_object, "choices": [choice]}
+            if include_usage:
+                payload["usage"] = None
+            return f"data: {json.dumps(payload)}\n\n"
+
+        async def stream() -> AsyncIterator[str]:
+            if chat:
+                for index in range(len(jobs)):
+                    yield chunk(index, "", None, role=True)
+            try:
+                async for index, text, finish in choice_events(
+                    request, prepared, jobs, events, choices, started, poll_disconnect=False
+                ):
+                    if finish is None:
+                        yield chunk(index, text, None)
+                    else:
+                        if text:
+                            yield chunk(index, text, None)
+                        yield chunk(index, None if chat else "", finish)
+            except GenerationFailed as error:
+                metrics.count_error(500)
+                yield f"data: {json.dumps(error_body(str(error), 'server_error'))}\n\n"
+                return
+            if include_usage:
+                payload = {
+                    **base,
+                    "object": chunk_object,
+                    "choices": [],
+                    "usage": usage(prepared, choices),
+                }
+                yield f"data: {json.dumps(payload)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            # Proxies must pass events through as they come.
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.post("/v1/completions", dependencies=[Depends(require_key)])
+    async def completions(request: Request, body: CompletionRequest) -> Response:
+        metrics.count_request("completions")
+        if isinstance(body.prompt, str):
+            # An empty prompt starts a document, as `scratchlm generate` does.
+            prompt_ids = tokenizer.encode(body.prompt) if body.prompt else [tokenizer.eos_id]
+        else:
+            prompt_ids = list(body.prompt)
+            if not prompt_ids:
+                raise APIError(400, "the prompt token list is empty", param="prompt")
+            if any(not 0 <= token < tokenizer.vocab_size for token in prompt_ids):
+                raise APIError(
+                    400,
+                    f"prompt token ids must be in [0, {tokenizer.vocab_size})",
+                    param="prompt",
+                )
+        prepared = prepare(
+            body, prompt_ids, frozenset({tokenizer.eos_id}), body.max_tokens, "prompt"
+        )
+        return await respond(request, body, prepared, chat=False)
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
+    async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
+        metrics.count_request("chat_completions")
+        messages: list[Message] = [
+            # "developer" is the newer OpenAI name for the system role.
+            {
+                "role": "system" if message.role == "developer" else message.role,
+                "content": message.text(),
+            }
+            for message in body.messages
+        ]
+        try:
+            prompt_ids, _ = render(messages, tokenizer, add_generation_prompt=True)
+        except ScratchLMError as error:
+            raise APIError(400, str(error), param="messages") from error
+        stop_ids = frozenset({end_of_turn_id(tokenizer), tokenizer.eos_id})
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        prepared = prepare(body, prompt_ids, stop_ids, max_tokens, "messages")
+        return await respond(request, body, prepared, chat=True)
+
+    return app

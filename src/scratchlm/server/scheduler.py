@@ -1,0 +1,208 @@
+"""Continuous batching: one thread owns the model and a `BatchDecoder`.
+
+Requests become `Job`s (one per choice: `n > 1` is n independent rows). The thread loops: free the
+rows of cancelled jobs, admit waiting jobs while the batch has room, run one `step()` (a decode
+forward plus at most one prefill chunk), and hand each job its new tokens through its asyncio
+queue. The HTTP side never touches the model, so a slow step never blocks the event loop, and a
+full waiting queue is refused at once (HTTP 429) instead of piling up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from scratchlm.inference.engine import BatchDecoder, GenerationRequest, Row
+from scratchlm.model import GPT
+from scratchlm.server.metrics import Metrics
+
+logger = logging.getLogger("scratchlm.server")
+
+
+class QueueFull(Exception):
+    """No room in the waiting queue for the request's rows."""
+
+
+@dataclass
+class TokensEvent:
+    index: int
+    tokens: list[int]
+
+
+@dataclass
+class DoneEvent:
+    index: int
+    finish_reason: str
+
+
+@dataclass
+class ErrorEvent:
+    index: int
+    message: str
+
+
+Event = TokensEvent | DoneEvent | ErrorEvent
+
+
+@dataclass
+class Job:
+    """One row's worth of work and the queue its events go to (on the HTTP side's loop)."""
+
+    index: int
+    request: GenerationRequest
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[Event]
+    handle: int | None = None
+    sent: int = 0  # tokens already handed over
+    cancelled: bool = False
+    submitted: float = field(default_factory=time.monotonic)
+
+    def emit(self, event: Event) -> None:
+        # A closed loop means nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        model: GPT,
+        *,
+        max_batch: int,
+        max_queue: int,
+        metrics: Metrics,
+        prefill_chunk: int = 256,
+        step_delay: float = 0.0,
+    ) -> None:
+        self.model = model
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self.prefill_chunk = prefill_chunk
+        self.step_delay = step_delay  # tests slow steps down to hold rows in the batch
+        self.decoder = self._new_decoder()
+        self.condition = threading.Condition()
+        self.waiting: deque[Job] = deque()
+        self.cancel_requests: list[Job] = []
+        self.jobs: dict[int, Job] = {}  # by BatchDecoder handle; owned by the thread
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, name="scratchlm-scheduler", daemon=True)
+
+    def _new_decoder(self) -> BatchDecoder:
+        return BatchDecoder(self.model, max_batch=self.max_batch, prefill_chunk=self.prefill_chunk)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self.condition:
+            self.stopping = True
+            self.condition.notify()
+        self.thread.join(timeout=10)
+
+    def submit(self, requests: list[GenerationRequest]) -> tuple[list[Job], asyncio.Queue[Event]]:
+        """Queue all of a request's rows or none (QueueFull); call from the event loop."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        jobs = [Job(index, request, loop, events) for index, request in enumerate(requests)]
+        with self.condition:
+            if self.stopping:
+                raise QueueFull("the server is shutting down")
+            # Rows that can start at once (free batch slots) do not count against the queue.
+            free_slots = max(0, self.max_batch - self.decoder.active)
+            if len(self.waiting) + len(jobs) - free_slots > self.max_queue:
+                raise QueueFull(
+                    f"the server is busy: {len(self.waiting)} rows are waiting (limit "
+                    f"--max-queue {self.max_queue}) and all {self.max_batch} batch slots are in "
+                    "use; retry later"
+                )
+            self.waiting.extend(jobs)
+            self.metrics.set_load(len(self.waiting), self.decoder.active)
+            self.condition.notify()
+        return jobs, events
+
+    def cancel(self, jobs: list[Job]) -> None:
+        """Free these rows now (the client went away or the text hit a stop string)."""
+        with self.condition:
+            for job in jobs:
+                if job.cancelled:
+                    continue
+                job.cancelled = True
+                if job in self.waiting:
+                    self.waiting.remove(job)
+                    self.metrics.count_cancelled()
+                else:
+                    self.cancel_requests.append(job)
+            self.condition.notify()
+
+    # --- the scheduler thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self.condition:
+                while (
+                    not self.stopping
+                    and not self.waiting
+                    and not self.cancel_requests
+                    and not self.decoder.active
+                ):
+                    self.condition.wait()
+                if self.stopping:
+                    return
+                cancels, self.cancel_requests = self.cancel_requests, []
+                for job in cancels:
+                    # A job is either in the batch (has a handle) or already finished.
+                    if job.handle is not None and self.decoder.remove(job.handle) is not None:
+                        self.jobs.pop(job.handle, None)
+                        self.metrics.count_cancelled()
+                admitted: list[Job] = []
+                while self.waiting and self.decoder.active + len(admitted) < self.max_batch:
+                    admitted.append(self.waiting.popleft())
+            for job in admitted:
+                try:
+                    job.handle = self.decoder.add(job.request)
+                except Exception as error:  # a bad row fails alone
+                    logger.exception("could not start a row")
+                    job.emit(ErrorEvent(job.index, f"generation failed: {error}"))
+                    continue
+                self.jobs[job.handle] = job
+                self.metrics.count_prompt(len(job.request.prompt_ids))
+            with self.condition:
+                self.metrics.set_load(len(self.waiting), self.decoder.active)
+            if not self.decoder.active:
+                continue
+            try:
+                finished = self.decoder.step()
+            except Exception as error:
+                # One forward serves every row, so every row in it fails; the server goes on with
+                # a fresh decoder for the next requests.
+                logger.exception("a decode step failed")
+                failed, self.jobs = list(self.jobs.values()), {}
+                self.decoder = self._new_decoder()  # before anyone hears of the failure
+                for job in failed:
+                    job.emit(ErrorEvent(job.index, f"generation failed: {error}"))
+                continue
+            self._deliver(list(self.decoder.rows) + finished, {row.handle for row in finished})
+            if self.step_delay:
+                time.sleep(self.step_delay)
+
+    def _deliver(self, rows: list[Row], finished: set[int]) -> None:
+        generated = 0
+        for row in rows:
+            job = self.jobs.get(row.handle)
+            if job is None:
+                continue
+            new_tokens = row.generated[job.sent :]
+            if new_tokens:
+                job.sent = len(row.generated)
+                generated += len(new_tokens)
+                job.emit(TokensEvent(job.index, new_tokens))
+            if row.handle in finished:
+                del self.jobs[row.handle]
+                job.emit(DoneEvent(job.index, row.finish_reason or "length"))
+        if generated:
+            self.metrics.count_generated(generated)

@@ -1,0 +1,104 @@
+"""The `serve` command's flags and a real `command_serve` process."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from scratchlm.errors import ScratchLMError
+from scratchlm.server.cli import add_serve_arguments, command_serve
+
+# Runs the command the way `scratchlm serve` does, without depending on the main CLI's wiring.
+LAUNCH = (
+    "import argparse, sys\n"
+    "from scratchlm.errors import ScratchLMError\n"
+    "from scratchlm.server.cli import add_serve_arguments, command_serve\n"
+    "parser = argparse.ArgumentParser(); add_serve_arguments(parser)\n"
+    "try:\n"
+    "    command_serve(parser.parse_args(sys.argv[1:]))\n"
+    "except ScratchLMError as error:\n"
+    "    print(f'error: {error}', file=sys.stderr); sys.exit(2)\n"
+)
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_defaults() -> None:
+    args = parse("--checkpoint", "ckpt")
+    assert (args.host, args.port, args.max_batch, args.max_queue) == ("127.0.0.1", 8000, 8, 64)
+    assert args.api_key is None and args.cors_origin == [] and args.max_tokens_limit is None
+    args = parse("--checkpoint", "c", "--cors-origin", "http://a", "--cors-origin", "http://b")
+    assert args.cors_origin == ["http://a", "http://b"]
+
+
+@pytest.mark.parametrize(
+    "flags", [("--max-batch", "0"), ("--max-queue", "-1"), ("--max-tokens-limit", "0")]
+)
+def test_bad_flags_are_user_errors(flags: tuple[str, str]) -> None:
+    with pytest.raises(ScratchLMError, match=flags[0]):
+        command_serve(parse("--checkpoint", "ckpt", *flags))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_serve_process_with_key_from_environment(server_checkpoint: Path) -> None:
+    port = free_port()
+    environment = {**os.environ, "SCRATCHLM_API_KEY": "from-env"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", LAUNCH, "--checkpoint", str(server_checkpoint), "--port", str(port)],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.2)
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="from-env", max_retries=0)
+        assert [model.id for model in client.models.list().data] == [server_checkpoint.name]
+        denied = httpx.get(f"http://127.0.0.1:{port}/v1/models")
+        assert denied.status_code == 401
+        # A second server on the same port is one clear line and exit code 2.
+        clash = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                LAUNCH,
+                "--checkpoint",
+                str(server_checkpoint),
+                "--port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert clash.returncode == 2 and "cannot listen" in clash.stderr
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
