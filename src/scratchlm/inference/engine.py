@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.inference.sampling import SamplingSettings, sample_next_token
+from scratchlm.inference.sampling import SamplingSettings, history_counts, sample_next_token
 from scratchlm.inference.streaming import TextStream
 from scratchlm.kv_cache import KVCache
 from scratchlm.model import GPT
@@ -110,14 +110,7 @@ class Engine:
         # Room for the whole generation (capped by the context); allocated once.
         total = min(self.config.context_length, len(prompt_ids) + max_new_tokens)
         cache = KVCache.for_model(self.config, 1, total, dtype=self.dtype, device=self.device)
-        counts = None
-        if sampling.uses_history:
-            counts = torch.zeros(1, self.config.vocab_size, dtype=torch.long, device=self.device)
-            counts[0].index_add_(
-                0,
-                torch.tensor(prompt_ids, device=self.device),
-                torch.ones(len(prompt_ids), dtype=torch.long, device=self.device),
-            )
+        counts = history_counts(prompt_ids, sampling, self.config.vocab_size, self.device)
         inputs = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
         self.finish_reason = "length"
         for produced in range(max_new_tokens):
@@ -313,12 +306,9 @@ class BatchDecoder:
         del row.pending[: len(tokens)]
         if row.pending:
             return False
-        if row.request.sampling.uses_history:
-            prompt = torch.tensor(row.prompt, dtype=torch.long, device=self.device)
-            row.counts = torch.zeros(
-                1, self.config.vocab_size, dtype=torch.long, device=self.device
-            )
-            row.counts[0].index_add_(0, prompt, torch.ones_like(prompt))
+        row.counts = history_counts(
+            row.prompt, row.request.sampling, self.config.vocab_size, self.device
+        )
         self._accept(row, logits[:, -1, : self.config.vocab_size])
         return True
 

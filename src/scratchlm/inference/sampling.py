@@ -65,6 +65,18 @@ class SamplingSettings:
 GREEDY = SamplingSettings(temperature=0.0, top_k=None)
 
 
+def history_counts(
+    token_ids: list[int], settings: SamplingSettings, vocab_size: int, device: torch.device
+) -> torch.Tensor | None:
+    """Occurrences of every token so far, (1, vocab), for the penalties; None when none apply."""
+    if not settings.uses_history:
+        return None
+    counts = torch.zeros(1, vocab_size, dtype=torch.long, device=device)
+    ids = torch.tensor(token_ids, dtype=torch.long, device=device)
+    counts[0].index_add_(0, ids, torch.ones_like(ids))
+    return counts
+
+
 def apply_penalties(
     logits: torch.Tensor, token_counts: torch.Tensor, settings: SamplingSettings
 ) -> torch.Tensor:

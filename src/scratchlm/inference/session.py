@@ -14,7 +14,7 @@ import torch
 
 from scratchlm.errors import ScratchLMError
 from scratchlm.inference.engine import make_generator
-from scratchlm.inference.sampling import SamplingSettings, sample_next_token
+from scratchlm.inference.sampling import SamplingSettings, history_counts, sample_next_token
 from scratchlm.kv_cache import KVCache
 from scratchlm.model import GPT
 
@@ -79,14 +79,7 @@ class DecodeSession:
         self.reused, self.last_prefill = common, len(prompt_ids) - common
         logits = self._feed(prompt_ids[common:])
         generator = make_generator(seed, self.device)
-        counts = None
-        if sampling.uses_history:
-            counts = torch.zeros(1, self.config.vocab_size, dtype=torch.long, device=self.device)
-            counts[0].index_add_(
-                0,
-                torch.tensor(prompt_ids, device=self.device),
-                torch.ones(len(prompt_ids), dtype=torch.long, device=self.device),
-            )
+        counts = history_counts(prompt_ids, sampling, self.config.vocab_size, self.device)
         self.finish_reason = "length"
         for produced in range(max_new_tokens):
             token = int(sample_next_token(logits, sampling, generator, counts).item())
