@@ -370,44 +370,43 @@ def prepare_dataset(
     success = False
     try:
         with atomic_directory(out_dir, replace=True) as work_dir:
-            train_writer = ShardWriter(work_dir, "train", dtype, shard_max_tokens)
-            train_filter = DocumentFilter(cleaning)
-            train = _tokenize_split(
-                train_documents,
-                train_writer,
-                runner,
-                train_filter,
-                _eos_id(tokenizer),
-                description="tokenizing train",
-                progress=progress,
-            )
-            if train.documents == 0:
-                raise ScratchLMError(
-                    f"{source} has no documents left after cleaning "
-                    f"({_describe_counts(train_filter.counts)}); check the source and --text-field, "
-                    "or relax the cleaning (e.g. a lower --min-chars)"
-                )
-            counts = {"train": train_filter.counts.to_dict()}
-            splits: dict[str, dict[str, Any]] = {}
-            if val_documents is not None:
-                val_writer = ShardWriter(work_dir, "val", dtype, shard_max_tokens)
-                val_filter = DocumentFilter(cleaning)
-                val = _tokenize_split(
-                    val_documents,
-                    val_writer,
+
+            def tokenize(split: str, documents: Iterable[Document], where: str, fix: str) -> Any:
+                """Tokenize one split into its own shards; a split left empty is an error."""
+                writer = ShardWriter(work_dir, split, dtype, shard_max_tokens)
+                document_filter = DocumentFilter(cleaning)
+                totals = _tokenize_split(
+                    documents,
+                    writer,
                     runner,
-                    val_filter,
+                    document_filter,
                     _eos_id(tokenizer),
-                    description="tokenizing val",
+                    description=f"tokenizing {split}",
                     progress=progress,
                 )
-                if val.documents == 0:
+                if totals.documents == 0:
                     raise ScratchLMError(
-                        f"the validation data ({val_source or source}) has no documents left after "
-                        f"cleaning ({_describe_counts(val_filter.counts)}); pass another "
-                        "--val-source or relax the cleaning"
+                        f"{where} has no documents left after cleaning "
+                        f"({_describe_counts(document_filter.counts)}); {fix}"
                     )
-                counts["val"] = val_filter.counts.to_dict()
+                counts[split] = document_filter.counts.to_dict()
+                return writer, totals
+
+            counts: dict[str, Any] = {}
+            train_writer, train = tokenize(
+                "train",
+                train_documents,
+                str(source),
+                "check the source and --text-field, or relax the cleaning (e.g. a lower --min-chars)",
+            )
+            splits: dict[str, dict[str, Any]] = {}
+            if val_documents is not None:
+                val_writer, val = tokenize(
+                    "val",
+                    val_documents,
+                    f"the validation data ({val_source or source})",
+                    "pass another --val-data or relax the cleaning",
+                )
                 splits["val"] = _split_record(val, val_writer.close())
             elif val_fraction > 0:
                 val_writer = ShardWriter(work_dir, "val", dtype, shard_max_tokens)
