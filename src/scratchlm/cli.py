@@ -761,6 +761,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     from scratchlm.chat.terminal import add_chat_arguments, command_chat
+    from scratchlm.export.hf import (
+        add_export_hf_arguments,
+        add_import_hf_arguments,
+        command_export_hf,
+        command_import_hf,
+    )
+
+    export_parser = commands.add_parser(
+        "export", help="export to Hugging Face (and GGUF/Ollama)", formatter_class=HelpFormatter
+    )
+    export_commands = export_parser.add_subparsers(
+        dest="export_command", metavar="FORMAT", required=True
+    )
+    sub = add(
+        "hf",
+        command_export_hf,
+        "a Hugging Face model directory (LlamaForCausalLM or GPT2LMHeadModel)",
+        export_commands,
+    )
+    add_export_hf_arguments(sub)
+    import_parser = commands.add_parser(
+        "import", help="import from Hugging Face", formatter_class=HelpFormatter
+    )
+    import_commands = import_parser.add_subparsers(
+        dest="import_command", metavar="FORMAT", required=True
+    )
+    sub = add(
+        "hf",
+        command_import_hf,
+        "a local Hugging Face llama or gpt2 directory into a checkpoint",
+        import_commands,
+    )
+    add_import_hf_arguments(sub)
     from scratchlm.server.cli import add_serve_arguments, command_serve
 
     sub = add(

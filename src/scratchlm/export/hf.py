@@ -7,14 +7,32 @@ RoPE convention. The vocabulary is exported at its padded size so the shapes mat
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+import json
+from pathlib import Path
+from typing import Any, cast
 
 import torch
+from safetensors.torch import load_file, save_file
 
-from scratchlm.config import ModelConfig
+from scratchlm.chat_template import JINJA_TEMPLATE
+from scratchlm.config import MlpKind, ModelConfig
 from scratchlm.errors import ScratchLMError
-from scratchlm.model import GPT
-from scratchlm.tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS
+from scratchlm.io_utils import atomic_directory
+from scratchlm.model import GPT, build_model
+from scratchlm.tokenizer import (
+    ASSISTANT_TOKEN,
+    BOS_TOKEN,
+    END_OF_TURN_TOKEN,
+    EOS_TOKEN,
+    PAD_TOKEN,
+    SPECIAL_TOKENS,
+    SYSTEM_TOKEN,
+    UNK_TOKEN,
+    USER_TOKEN,
+    Tokenizer,
+)
+from scratchlm.training.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 
 # ours -> Hugging Face Llama, "{i}" is the layer index
 LLAMA_KEY_MAP: dict[str, str] = {
@@ -120,3 +138,362 @@ def to_transformers_llama(model: GPT) -> Any:
         hf_model.tie_weights()
     moved: Any = hf_model
     return moved.to(model.lm_head.weight.device).eval()
+
+
+# --- GPT-2 layout ----------------------------------------------------------------------------------
+# Learned positions, LayerNorm with bias, GELU (exact or tanh), MHA, biases everywhere. Hugging Face's
+# GPT-2 stores linear weights as Conv1D, [in, out]: the transpose of ours; Q, K and V are one c_attn.
+GPT2_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
+
+
+def gpt2_blockers(config: ModelConfig) -> list[str]:
+    blockers = []
+    if config.position != "learned":
+        blockers.append(f"position={config.position} (GPT-2 needs learned)")
+    if config.norm != "layernorm" or not config.bias:
+        blockers.append("norm/bias (GPT-2 needs LayerNorm with bias and biased linears)")
+    if config.mlp not in GPT2_ACTIVATIONS:
+        blockers.append(f"mlp={config.mlp} (GPT-2 takes gelu or gelu_tanh)")
+    if config.n_kv_head != config.n_head:
+        blockers.append("grouped-query attention (GPT-2 is multi-head)")
+    if config.head_dim != config.d_model // config.n_head:
+        blockers.append("head_dim != d_model / n_head")
+    if config.qk_norm:
+        blockers.append("qk_norm=true")
+    if config.embedding_norm:
+        blockers.append("embedding_norm=true")
+    if config.logit_softcap is not None:
+        blockers.append("logit_softcap")
+    return blockers
+
+
+def gpt2_config(config: ModelConfig) -> dict[str, Any]:
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.padded_vocab_size,
+        "n_positions": config.context_length,
+        "n_embd": config.d_model,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": config.ffn_hidden,
+        "activation_function": GPT2_ACTIVATIONS[config.mlp],
+        "layer_norm_epsilon": config.norm_eps,
+        "initializer_range": config.init_std,
+        "tie_word_embeddings": config.tie_embeddings,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "bos_token_id": SPECIAL_TOKENS.index(BOS_TOKEN),
+        "eos_token_id": SPECIAL_TOKENS.index(EOS_TOKEN),
+        "pad_token_id": SPECIAL_TOKENS.index(PAD_TOKEN),
+    }
+
+
+def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    ours = model.state_dict()
+    converted = {
+        "transformer.wte.weight": ours["token_embedding.weight"],
+        "transformer.wpe.weight": ours["position_embedding.weight"],
+        "transformer.ln_f.weight": ours["final_norm.weight"],
+        "transformer.ln_f.bias": ours["final_norm.bias"],
+    }
+    for i in range(model.config.n_layer):
+        ours_prefix, theirs = f"blocks.{i}.", f"transformer.h.{i}."
+        for our_norm, their_norm in (("attention_norm", "ln_1"), ("mlp_norm", "ln_2")):
+            for part in ("weight", "bias"):
+                converted[f"{theirs}{their_norm}.{part}"] = ours[f"{ours_prefix}{our_norm}.{part}"]
+        qkv = [ours[f"{ours_prefix}attention.{name}_proj.weight"] for name in "qkv"]
+        converted[f"{theirs}attn.c_attn.weight"] = torch.cat(qkv, dim=0).t().contiguous()
+        converted[f"{theirs}attn.c_attn.bias"] = torch.cat(
+            [ours[f"{ours_prefix}attention.{name}_proj.bias"] for name in "qkv"]
+        )
+        for our_linear, their_linear in (
+            ("attention.o_proj", "attn.c_proj"),
+            ("mlp.up_proj", "mlp.c_fc"),
+            ("mlp.down_proj", "mlp.c_proj"),
+        ):
+            converted[f"{theirs}{their_linear}.weight"] = (
+                ours[f"{ours_prefix}{our_linear}.weight"].t().contiguous()
+            )
+            converted[f"{theirs}{their_linear}.bias"] = ours[f"{ours_prefix}{our_linear}.bias"]
+    if not model.config.tie_embeddings:
+        converted["lm_head.weight"] = ours["lm_head.weight"]
+    return converted
+
+
+def gpt2_to_ours(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """The reverse of `gpt2_state_dict`."""
+    d = config.d_model
+    ours = {
+        "token_embedding.weight": state["transformer.wte.weight"],
+        "position_embedding.weight": state["transformer.wpe.weight"],
+        "final_norm.weight": state["transformer.ln_f.weight"],
+        "final_norm.bias": state["transformer.ln_f.bias"],
+    }
+    for i in range(config.n_layer):
+        ours_prefix, theirs = f"blocks.{i}.", f"transformer.h.{i}."
+        for our_norm, their_norm in (("attention_norm", "ln_1"), ("mlp_norm", "ln_2")):
+            for part in ("weight", "bias"):
+                ours[f"{ours_prefix}{our_norm}.{part}"] = state[f"{theirs}{their_norm}.{part}"]
+        qkv_weight = state[f"{theirs}attn.c_attn.weight"].t()
+        qkv_bias = state[f"{theirs}attn.c_attn.bias"]
+        for index, name in enumerate("qkv"):
+            ours[f"{ours_prefix}attention.{name}_proj.weight"] = qkv_weight[
+                index * d : (index + 1) * d
+            ].contiguous()
+            ours[f"{ours_prefix}attention.{name}_proj.bias"] = qkv_bias[index * d : (index + 1) * d]
+        for our_linear, their_linear in (
+            ("attention.o_proj", "attn.c_proj"),
+            ("mlp.up_proj", "mlp.c_fc"),
+            ("mlp.down_proj", "mlp.c_proj"),
+        ):
+            ours[f"{ours_prefix}{our_linear}.weight"] = (
+                state[f"{theirs}{their_linear}.weight"].t().contiguous()
+            )
+            ours[f"{ours_prefix}{our_linear}.bias"] = state[f"{theirs}{their_linear}.bias"]
+    if not config.tie_embeddings:
+        ours["lm_head.weight"] = state["lm_head.weight"]
+    return ours
+
+
+def llama_to_ours(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """The reverse of `llama_state_dict`."""
+    ours: dict[str, torch.Tensor] = {}
+    for source, target in LLAMA_KEY_MAP.items():
+        layers = range(config.n_layer) if "{i}" in source else [0]
+        for layer in layers:
+            name = target.format(i=layer)
+            if name in state:
+                ours[source.format(i=layer)] = state[name]
+    if config.tie_embeddings:
+        ours.pop("lm_head.weight", None)
+    return ours
+
+
+# --- directories -------------------------------------------------------------------------------------
+
+
+def choose_layout(config: ModelConfig) -> str:
+    """'llama' or 'gpt2'; refuses a config neither expresses, naming what blocks it."""
+    if not llama_blockers(config):
+        return "llama"
+    if not gpt2_blockers(config):
+        return "gpt2"
+    raise ScratchLMError(
+        "this model cannot be exported to Hugging Face without changing its math: as Llama it has "
+        + ", ".join(llama_blockers(config))
+        + "; as GPT-2 it has "
+        + ", ".join(gpt2_blockers(config))
+    )
+
+
+def tokenizer_config(tokenizer: Tokenizer, context_length: int) -> dict[str, Any]:
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": BOS_TOKEN,
+        "eos_token": EOS_TOKEN,
+        "pad_token": PAD_TOKEN,
+        "unk_token": UNK_TOKEN,
+        "additional_special_tokens": [SYSTEM_TOKEN, USER_TOKEN, ASSISTANT_TOKEN, END_OF_TURN_TOKEN],
+        "chat_template": JINJA_TEMPLATE,
+        "model_max_length": context_length,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+    }
+
+
+def write_safetensors_shards(
+    directory: Path, state: dict[str, torch.Tensor], max_shard_bytes: int
+) -> None:
+    """One model.safetensors, or model-0000K-of-0000N.safetensors + an index past the size limit."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor.contiguous()
+        size += nbytes
+    if len(shards) == 1:
+        save_file(shards[0], str(directory / "model.safetensors"), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for index, shard in enumerate(shards, start=1):
+        file_name = f"model-{index:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(directory / file_name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, file_name))
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index_json = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index_json, indent=2))
+
+
+def export_hf(
+    checkpoint: str, out: str | Path, *, force: bool = False, max_shard_bytes: int = 2 * 2**30
+) -> Path:
+    """Write a Hugging Face model directory (weights, config, generation config, tokenizer)."""
+    loaded = load_checkpoint(checkpoint)
+    config, tokenizer = loaded.config, loaded.tokenizer
+    layout = choose_layout(config)
+    target = Path(out)
+    if target.exists() and not force:
+        raise ScratchLMError(
+            f"{target} already exists; pass --force to replace it or choose another --out"
+        )
+    if layout == "llama":
+        hf_config, state = llama_config(config), llama_state_dict(loaded.model)
+    else:
+        hf_config, state = gpt2_config(config), gpt2_state_dict(loaded.model)
+    hf_config["torch_dtype"] = "float32"
+    end_id = SPECIAL_TOKENS.index(END_OF_TURN_TOKEN)
+    generation = {
+        "bos_token_id": hf_config["bos_token_id"],
+        "eos_token_id": [hf_config["eos_token_id"], end_id],
+        "pad_token_id": hf_config["pad_token_id"],
+    }
+    special_map = {
+        k: v
+        for k, v in tokenizer_config(tokenizer, config.context_length).items()
+        if k.endswith("_token") or k == "additional_special_tokens"
+    }
+    with atomic_directory(target, replace=force) as directory:
+        write_safetensors_shards(
+            directory,
+            {name: tensor.detach().cpu() for name, tensor in state.items()},
+            max_shard_bytes,
+        )
+        (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
+        (directory / "generation_config.json").write_text(json.dumps(generation, indent=2))
+        (directory / "tokenizer.json").write_text(tokenizer.to_json())
+        (directory / "tokenizer_config.json").write_text(
+            json.dumps(tokenizer_config(tokenizer, config.context_length), indent=2)
+        )
+        (directory / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2))
+    return target
+
+
+def read_hf_state(directory: Path) -> dict[str, torch.Tensor]:
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (directory / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise ScratchLMError(
+            f"{directory} has no model.safetensors (or index); pass a Hugging Face model directory"
+        )
+    state: dict[str, torch.Tensor] = {}
+    for file_name in files:
+        state.update(load_file(str(directory / file_name)))
+    return state
+
+
+def import_hf(model_dir: str | Path, out: str | Path, *, force: bool = False) -> Path:
+    """Read a local Hugging Face Llama or GPT-2 directory into a scratchlm checkpoint."""
+    directory = Path(model_dir)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise ScratchLMError(f"{directory} has no config.json; pass a Hugging Face model directory")
+    hf = json.loads(config_path.read_text())
+    tokenizer = Tokenizer.load(directory / "tokenizer.json")
+    vocab = tokenizer.vocab_size
+    model_type = hf.get("model_type")
+    if model_type == "llama":
+        config = ModelConfig(
+            name="imported-llama",
+            vocab_size=vocab,
+            n_layer=hf["num_hidden_layers"],
+            d_model=hf["hidden_size"],
+            n_head=hf["num_attention_heads"],
+            n_kv_head=hf.get("num_key_value_heads", hf["num_attention_heads"]),
+            head_dim=hf.get("head_dim"),
+            ffn_hidden=hf["intermediate_size"],
+            context_length=hf["max_position_embeddings"],
+            position="rope",
+            rope_theta=float(
+                hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+            ),
+            norm="rmsnorm",
+            norm_eps=hf["rms_norm_eps"],
+            mlp="swiglu",
+            bias=False,
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            init_std=hf.get("initializer_range", 0.02),
+        )
+        convert = llama_to_ours
+    elif model_type == "gpt2":
+        activations = {value: key for key, value in GPT2_ACTIVATIONS.items()}
+        if hf.get("activation_function") not in activations:
+            raise ScratchLMError(
+                f"GPT-2 activation {hf.get('activation_function')!r} is not supported; gelu or gelu_new"
+            )
+        config = ModelConfig(
+            name="imported-gpt2",
+            vocab_size=vocab,
+            n_layer=hf["n_layer"],
+            d_model=hf["n_embd"],
+            n_head=hf["n_head"],
+            ffn_hidden=hf.get("n_inner") or 4 * hf["n_embd"],
+            context_length=hf["n_positions"],
+            position="learned",
+            norm="layernorm",
+            norm_eps=hf["layer_norm_epsilon"],
+            mlp=cast(MlpKind, activations[hf["activation_function"]]),
+            bias=True,
+            tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+            init_std=hf.get("initializer_range", 0.02),
+        )
+        convert = gpt2_to_ours
+    else:
+        raise ScratchLMError(
+            f"model_type {model_type!r} is not supported; scratchlm imports llama and gpt2 layouts"
+        )
+    if config.padded_vocab_size != hf.get("vocab_size"):
+        raise ScratchLMError(
+            f"{directory}: the embedding has {hf.get('vocab_size')} rows but the tokenizer's {vocab} tokens pad "
+            f"to {config.padded_vocab_size}; only vocabularies padded to a multiple of 64 import exactly"
+        )
+    target = Path(out)
+    if target.exists() and not force:
+        raise ScratchLMError(
+            f"{target} already exists; pass --force to replace it or choose another --out"
+        )
+    model = build_model(config, initialize=False)
+    load_model_state(model, convert(read_hf_state(directory), config), source=directory)
+    return save_checkpoint(
+        target, model, tokenizer, training={"imported_from": str(directory)}, replace=force
+    )
+
+
+# --- CLI ---------------------------------------------------------------------------------------------
+
+
+def add_export_hf_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
+    parser.add_argument("--out", required=True, help="output Hugging Face model directory")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out")
+
+
+def command_export_hf(args: argparse.Namespace) -> None:
+    out = export_hf(args.checkpoint, args.out, force=args.force)
+    layout = json.loads((out / "config.json").read_text())["architectures"][0]
+    print(
+        f"wrote {out} ({layout}); load it with AutoModelForCausalLM.from_pretrained({str(out)!r})"
+    )
+
+
+def add_import_hf_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", required=True, help="a local Hugging Face model directory (llama or gpt2)"
+    )
+    parser.add_argument("--out", required=True, help="output checkpoint directory")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out")
+
+
+def command_import_hf(args: argparse.Namespace) -> None:
+    out = import_hf(args.model, args.out, force=args.force)
+    print(
+        f"wrote {out}; fine-tune it with: scratchlm finetune --checkpoint {out} --data FILE --out DIR"
+    )
