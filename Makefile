@@ -14,9 +14,14 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
 	$(BIN)/python -m pip install --quiet -e .
 
+# llama-cpp-python (the GGUF parity tests' peer) builds from source: ~8 minutes on 2 cores the
+# first time; pip caches the wheel afterwards.
+LLAMA_CPP_PIN := llama-cpp-python==0.3.36
+
 install-dev: $(BIN)/python
 	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(BIN)/python -m pip install --quiet $(LLAMA_CPP_PIN)
 
 quickstart: install
 	$(BIN)/scratchlm quickstart

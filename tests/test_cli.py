@@ -31,6 +31,10 @@ COMMANDS = [
     ["merge-lora"],
     ["chat"],
     ["serve"],
+    ["export", "hf"],
+    ["export", "gguf"],
+    ["export", "ollama"],
+    ["import", "hf"],
 ]
 
 

@@ -781,6 +781,18 @@ def build_parser() -> argparse.ArgumentParser:
         export_commands,
     )
     add_export_hf_arguments(sub)
+    from scratchlm.export.gguf import add_export_gguf_arguments, command_export_gguf
+    from scratchlm.export.ollama import add_export_ollama_arguments, command_export_ollama
+
+    sub = add(
+        "gguf",
+        command_export_gguf,
+        "a GGUF file for llama.cpp (f32, f16, bf16 or q8_0)",
+        export_commands,
+    )
+    add_export_gguf_arguments(sub)
+    sub = add("ollama", command_export_ollama, "a GGUF plus an Ollama Modelfile", export_commands)
+    add_export_ollama_arguments(sub)
     import_parser = commands.add_parser(
         "import", help="import from Hugging Face", formatter_class=HelpFormatter
     )

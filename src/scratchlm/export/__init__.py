@@ -1,1 +1,1 @@
-"""Exports to other runtimes (Hugging Face transformers; GGUF and Ollama to come)."""
+"""Exports to other runtimes: Hugging Face transformers, GGUF (llama.cpp) and Ollama."""

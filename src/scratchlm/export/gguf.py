@@ -1,0 +1,282 @@
+"""GGUF export (llama.cpp, Ollama, LM Studio): one self-contained file with weights and tokenizer.
+
+Only Llama math is exported (the `llama` architecture of llama.cpp); other configs are refused
+with the option that blocks them (`llama_blockers`). Two details make the file reproduce our
+model exactly:
+
+- llama.cpp's `llama` architecture applies RoPE to interleaved pairs (x0, x1), (x2, x3), ...
+  while we rotate halves (x_i, x_{i + head_dim/2}). The query and key projection rows are
+  therefore permuted per head on export, the same permutation llama.cpp's convert_hf_to_gguf.py
+  applies to Hugging Face Llama weights.
+- The tokenizer is stored as a `gpt2` byte-level BPE with the `gpt-2` pre-tokenizer, which is our
+  tokenizer's regex; the token list is padded with unused tokens to the embedding's row count,
+  because llama.cpp requires one token per embedding row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scratchlm.chat_template import JINJA_TEMPLATE
+from scratchlm.config import ModelConfig
+from scratchlm.errors import ScratchLMError
+from scratchlm.export.hf import llama_blockers
+from scratchlm.io_utils import fsync_directory
+from scratchlm.model import GPT
+from scratchlm.tokenizer import (
+    BOS_TOKEN,
+    END_OF_TURN_TOKEN,
+    EOS_TOKEN,
+    PAD_TOKEN,
+    SPECIAL_TOKENS,
+    UNK_TOKEN,
+    Tokenizer,
+)
+
+GGUF_DTYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0")
+ARCHITECTURE = "llama"
+
+# ours -> GGUF (llama.cpp tensor names), "{i}" is the layer index
+GGUF_KEY_MAP: dict[str, str] = {
+    "token_embedding.weight": "token_embd.weight",
+    "blocks.{i}.attention_norm.weight": "blk.{i}.attn_norm.weight",
+    "blocks.{i}.attention.q_proj.weight": "blk.{i}.attn_q.weight",
+    "blocks.{i}.attention.k_proj.weight": "blk.{i}.attn_k.weight",
+    "blocks.{i}.attention.v_proj.weight": "blk.{i}.attn_v.weight",
+    "blocks.{i}.attention.o_proj.weight": "blk.{i}.attn_output.weight",
+    "blocks.{i}.mlp_norm.weight": "blk.{i}.ffn_norm.weight",
+    "blocks.{i}.mlp.gate_proj.weight": "blk.{i}.ffn_gate.weight",
+    "blocks.{i}.mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
+    "blocks.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
+    "final_norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+
+
+def _gguf() -> Any:
+    try:
+        import gguf
+    except ImportError:
+        raise ScratchLMError(
+            "GGUF export needs the `gguf` package; install it with `pip install gguf==0.19.0`"
+        ) from None
+    return gguf
+
+
+def check_exportable(config: ModelConfig) -> None:
+    blockers = llama_blockers(config)
+    if blockers:
+        raise ScratchLMError(
+            "this model cannot be exported to GGUF (llama.cpp's llama architecture): "
+            + ", ".join(blockers)
+            + "; train a llama-* (or tiny/small) preset to export it"
+        )
+
+
+def interleave_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Reorder a query/key projection's output rows from rotate-half to interleaved RoPE pairs.
+
+    Within each head, row j of the first half and row j of the second half form rotation pair j;
+    llama.cpp expects that pair at rows 2j and 2j + 1 (convert_hf_to_gguf.py `LlamaModel.permute`).
+    """
+    rows, columns = weight.shape
+    head_dim = rows // n_heads
+    return (
+        weight.reshape(n_heads, 2, head_dim // 2, columns)
+        .transpose(1, 2)
+        .reshape(rows, columns)
+        .contiguous()
+    )
+
+
+def gguf_tensors(model: GPT) -> dict[str, torch.Tensor]:
+    """Our weights under GGUF names, float32, RoPE rows permuted; a tied head is left out
+    (llama.cpp falls back to token_embd when `output.weight` is missing)."""
+    config = model.config
+    check_exportable(config)
+    assert config.n_kv_head is not None
+    state = {name: tensor.detach().float().cpu() for name, tensor in model.state_dict().items()}
+    converted: dict[str, torch.Tensor] = {}
+    for source, target in GGUF_KEY_MAP.items():
+        layers = range(config.n_layer) if "{i}" in source else [None]
+        for layer in layers:
+            source_name = source.format(i=layer) if layer is not None else source
+            target_name = target.format(i=layer) if layer is not None else target
+            tensor = state[source_name]
+            if source.endswith("q_proj.weight"):
+                tensor = interleave_rope_rows(tensor, config.n_head)
+            elif source.endswith("k_proj.weight"):
+                tensor = interleave_rope_rows(tensor, config.n_kv_head)
+            converted[target_name] = tensor
+    if config.tie_embeddings:
+        converted.pop("output.weight")
+    return converted
+
+
+def _encode_tensor(gguf: Any, tensor: torch.Tensor, dtype: str) -> tuple[np.ndarray, Any]:
+    """(data, raw type) for GGUFWriter.add_tensor. Norms (1-D) stay float32 like llama.cpp's
+    converter does: they are tiny and precision-sensitive."""
+    quant = gguf.GGMLQuantizationType
+    data = tensor.numpy().astype(np.float32)
+    if data.ndim == 1 or dtype == "f32":
+        return data, quant.F32
+    if dtype == "q8_0":
+        if data.shape[-1] % 32 == 0:
+            return gguf.quants.quantize(data, quant.Q8_0), quant.Q8_0
+        # Q8_0 works in blocks of 32 along a row; a row that does not split falls back to f16.
+        return data.astype(np.float16), quant.F16
+    if dtype == "bf16":
+        return gguf.quants.quantize(data, quant.BF16), quant.BF16
+    return data.astype(np.float16), quant.F16
+
+
+def tokenizer_vocabulary(
+    tokenizer: Tokenizer, padded_vocab_size: int
+) -> tuple[list[str], list[int], list[str]]:
+    """(tokens, token types, merges) in llama.cpp's `gpt2` tokenizer form, padded to the
+    embedding's row count with UNUSED tokens."""
+    gguf = _gguf()
+    if tokenizer.kind != "bpe":
+        raise ScratchLMError(
+            f"GGUF export needs a byte-level BPE tokenizer (this checkpoint uses {tokenizer.kind!r});"
+            " retrain with --tokenizer bpe"
+        )
+    model_json = json.loads(tokenizer.to_json())["model"]
+    vocab: dict[str, int] = tokenizer.backend.get_vocab(with_added_tokens=True)
+    by_id = {token_id: token for token, token_id in vocab.items()}
+    if sorted(by_id) != list(range(len(by_id))):
+        raise ScratchLMError("tokenizer.json has gaps in its token ids; retrain the tokenizer")
+    tokens = [by_id[index] for index in range(len(by_id))]
+    types = [
+        int(gguf.TokenType.CONTROL if index < len(SPECIAL_TOKENS) else gguf.TokenType.NORMAL)
+        for index in range(len(tokens))
+    ]
+    for index in range(len(tokens), padded_vocab_size):
+        tokens.append(f"[PAD{index}]")
+        types.append(int(gguf.TokenType.UNUSED))
+    # tokenizers writes merges as "a b" strings (older) or ["a", "b"] pairs (newer).
+    merges = [
+        merge if isinstance(merge, str) else " ".join(merge) for merge in model_json["merges"]
+    ]
+    return tokens, types, merges
+
+
+def write_gguf(model: GPT, tokenizer: Tokenizer, out: Path, *, dtype: str = "f32") -> None:
+    """Write the GGUF file to `out` (overwriting it; callers check first)."""
+    gguf = _gguf()
+    if dtype not in GGUF_DTYPES:
+        raise ScratchLMError(
+            f"unknown GGUF dtype {dtype!r}; choose one of {', '.join(GGUF_DTYPES)}"
+        )
+    config = model.config
+    check_exportable(config)
+    assert config.n_kv_head is not None and config.head_dim is not None
+    assert config.ffn_hidden is not None and config.padded_vocab_size is not None
+    tensors = gguf_tensors(model)
+    tokens, types, merges = tokenizer_vocabulary(tokenizer, config.padded_vocab_size)
+    file_types = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }
+
+    writer = gguf.GGUFWriter(str(out), ARCHITECTURE)
+    writer.add_name(config.name)
+    writer.add_file_type(int(file_types[dtype]))
+    writer.add_context_length(config.context_length)
+    writer.add_embedding_length(config.d_model)
+    writer.add_block_count(config.n_layer)
+    writer.add_feed_forward_length(config.ffn_hidden)
+    writer.add_head_count(config.n_head)
+    writer.add_head_count_kv(config.n_kv_head)
+    # Explicit so that a head_dim other than d_model / n_head survives.
+    writer.add_key_length(config.head_dim)
+    writer.add_value_length(config.head_dim)
+    writer.add_rope_dimension_count(config.head_dim)
+    writer.add_rope_freq_base(config.rope_theta)
+    writer.add_layer_norm_rms_eps(config.norm_eps)
+    writer.add_vocab_size(config.padded_vocab_size)
+
+    writer.add_tokenizer_model("gpt2")
+    # "gpt-2" selects GPT-2's pre-tokenizer regex, which is ours (others give different ids).
+    writer.add_tokenizer_pre("gpt-2")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(SPECIAL_TOKENS.index(BOS_TOKEN))
+    writer.add_eos_token_id(SPECIAL_TOKENS.index(EOS_TOKEN))
+    writer.add_pad_token_id(SPECIAL_TOKENS.index(PAD_TOKEN))
+    writer.add_unk_token_id(SPECIAL_TOKENS.index(UNK_TOKEN))
+    writer.add_eot_token_id(SPECIAL_TOKENS.index(END_OF_TURN_TOKEN))
+    # Our training never prepends bos nor appends eos to prompts.
+    writer.add_add_bos_token(False)
+    writer.add_add_eos_token(False)
+    writer.add_chat_template(JINJA_TEMPLATE)
+
+    for name, tensor in tensors.items():
+        data, raw_dtype = _encode_tensor(gguf, tensor, dtype)
+        writer.add_tensor(name, data, raw_dtype=raw_dtype)
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def export_gguf(
+    checkpoint: str | os.PathLike[str], out: Path, *, dtype: str = "f32", force: bool = False
+) -> Path:
+    """Export a checkpoint to one GGUF file; refuses non-Llama math and an existing `out`."""
+    from scratchlm.training.checkpoint import load_checkpoint
+
+    out = Path(out)
+    if dtype not in GGUF_DTYPES:
+        raise ScratchLMError(
+            f"unknown GGUF dtype {dtype!r}; choose one of {', '.join(GGUF_DTYPES)}"
+        )
+    if out.is_dir():
+        raise ScratchLMError(f"{out} is a directory; pass a file path such as {out / 'model.gguf'}")
+    if out.exists() and not force:
+        raise ScratchLMError(f"{out} already exists; pass --force to overwrite it")
+    loaded = load_checkpoint(checkpoint)
+    check_exportable(loaded.config)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the target and renamed: a failed export never leaves half a file at `out`.
+    handle, temp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(handle)
+    try:
+        write_gguf(loaded.model, loaded.tokenizer, Path(temp_name), dtype=dtype)
+        os.replace(temp_name, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+    fsync_directory(out.parent)
+    return out
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def add_export_gguf_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
+    parser.add_argument("--out", required=True, type=Path, help="the .gguf file to write")
+    parser.add_argument(
+        "--dtype", default="f32", choices=GGUF_DTYPES, help="weight type (norms stay f32)"
+    )
+    parser.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+
+def command_export_gguf(args: argparse.Namespace) -> None:
+    path = export_gguf(args.checkpoint, args.out, dtype=args.dtype, force=args.force)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {args.dtype})")

@@ -1,0 +1,130 @@
+"""Ollama export: a directory with the GGUF file, a Modelfile and a README.
+
+The Modelfile's TEMPLATE is our chat template written in Go template syntax (Ollama renders
+templates with Go's text/template, not Jinja). Ollama passes the conversation as `.Messages`, with
+the Modelfile's SYSTEM prepended as a system message when the request has none, so ranging over
+the messages and appending `<|assistant|>` gives exactly `chat_template.render_text(messages,
+add_generation_prompt=True)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from scratchlm.chat_template import Message, render_text
+from scratchlm.config import ModelConfig
+from scratchlm.errors import ScratchLMError
+from scratchlm.export.gguf import GGUF_DTYPES, check_exportable, export_gguf
+from scratchlm.io_utils import atomic_write_text
+from scratchlm.tokenizer import ASSISTANT_TOKEN, END_OF_TURN_TOKEN, EOS_TOKEN, USER_TOKEN
+
+GGUF_FILE = "model.gguf"
+MODELFILE = "Modelfile"
+README_FILE = "README.md"
+
+# `{{-` trims the newline Ollama would otherwise keep before the first message.
+OLLAMA_TEMPLATE = (
+    "{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}"
+    + END_OF_TURN_TOKEN
+    + "{{ end }}"
+    + ASSISTANT_TOKEN
+)
+# Generation ends at the end of the assistant's turn; the others guard a model that skips <|end|>.
+STOP_SEQUENCES: tuple[str, ...] = (END_OF_TURN_TOKEN, EOS_TOKEN, USER_TOKEN)
+SAMPLING_PARAMETERS: dict[str, float | int] = {"temperature": 0.7, "top_p": 0.9, "top_k": 40}
+
+
+def modelfile_text(config: ModelConfig, *, system: str | None = None) -> str:
+    """The Modelfile for a model exported beside it as model.gguf."""
+    lines = [f"FROM ./{GGUF_FILE}", "", f'TEMPLATE """{OLLAMA_TEMPLATE}"""', ""]
+    for name, value in SAMPLING_PARAMETERS.items():
+        lines.append(f"PARAMETER {name} {value}")
+    lines.append(f"PARAMETER num_ctx {config.context_length}")
+    for stop in STOP_SEQUENCES:
+        lines.append(f'PARAMETER stop "{stop}"')
+    if system is not None:
+        if '"""' in system:
+            raise ScratchLMError(
+                'the system prompt may not contain """ (it ends a Modelfile string)'
+            )
+        lines += ["", f'SYSTEM """{system}"""']
+    return "\n".join(lines) + "\n"
+
+
+def readme_text(name: str, *, dtype: str, system: str | None) -> str:
+    messages: list[Message] = []
+    if system is not None:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": "Hello!"})
+    example = render_text(messages, add_generation_prompt=True)
+    return (
+        f"# {name} for Ollama\n\n"
+        f"`{GGUF_FILE}` holds the weights ({dtype}) and tokenizer; `{MODELFILE}` adds the chat "
+        "template, stop sequences and sampling defaults.\n\n"
+        "```bash\n"
+        f"ollama create {name} -f {MODELFILE}\n"
+        f"ollama run {name}\n"
+        "```\n\n"
+        f"A conversation is rendered as `{example}` (the chat format the model was trained on).\n"
+    )
+
+
+def export_ollama(
+    checkpoint: str | os.PathLike[str],
+    out_dir: Path,
+    *,
+    dtype: str = "q8_0",
+    system: str | None = None,
+    force: bool = False,
+) -> Path:
+    """Write model.gguf, Modelfile and README.md into `out_dir`; returns the Modelfile's path."""
+    from scratchlm.training.checkpoint import read_metadata, resolve_checkpoint
+
+    out_dir = Path(out_dir)
+    if dtype not in GGUF_DTYPES:
+        raise ScratchLMError(
+            f"unknown GGUF dtype {dtype!r}; choose one of {', '.join(GGUF_DTYPES)}"
+        )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ScratchLMError(f"{out_dir} is a file; pass a directory for the Ollama export")
+    targets = [out_dir / GGUF_FILE, out_dir / MODELFILE, out_dir / README_FILE]
+    existing = [str(path) for path in targets if path.exists()]
+    if existing and not force:
+        raise ScratchLMError(f"{', '.join(existing)} already exist(s); pass --force to overwrite")
+    config = ModelConfig.from_dict(read_metadata(resolve_checkpoint(checkpoint))["model"])
+    check_exportable(config)  # before anything is written
+    modelfile = modelfile_text(config, system=system)
+    name = _model_name(config)
+    export_gguf(checkpoint, out_dir / GGUF_FILE, dtype=dtype, force=True)
+    atomic_write_text(out_dir / MODELFILE, modelfile)
+    atomic_write_text(out_dir / README_FILE, readme_text(name, dtype=dtype, system=system))
+    return out_dir / MODELFILE
+
+
+def _model_name(config: ModelConfig) -> str:
+    # Ollama model names are lowercase letters, digits, '-', '_' and '.'.
+    cleaned = "".join(
+        character if character.isalnum() or character in "-_." else "-"
+        for character in config.name.lower()
+    )
+    return cleaned.strip("-.") or "scratchlm"
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def add_export_ollama_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
+    parser.add_argument("--out", required=True, type=Path, help="directory to write into")
+    parser.add_argument("--dtype", default="q8_0", choices=GGUF_DTYPES, help="GGUF weight type")
+    parser.add_argument("--system", default=None, help="default system prompt (Modelfile SYSTEM)")
+    parser.add_argument("--force", action="store_true", help="overwrite existing files")
+
+
+def command_export_ollama(args: argparse.Namespace) -> None:
+    modelfile = export_ollama(
+        args.checkpoint, args.out, dtype=args.dtype, system=args.system, force=args.force
+    )
+    print(f"wrote {modelfile.parent}; run: ollama create NAME -f {modelfile}")

@@ -1,0 +1,122 @@
+"""Ollama export: the Modelfile, its Go template rendering our chat format, and refusals."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+from scratchlm.chat_template import Message, render_text
+from scratchlm.errors import ScratchLMError
+from scratchlm.export.ollama import (
+    OLLAMA_TEMPLATE,
+    add_export_ollama_arguments,
+    command_export_ollama,
+    export_ollama,
+)
+from scratchlm.model import build_model
+from scratchlm.tokenizer import Tokenizer
+from scratchlm.training.checkpoint import save_checkpoint
+from tests.conftest import tiny_config
+
+pytest.importorskip("gguf")
+
+
+def render_go_template(template: str, messages: list[Message]) -> str:
+    """The subset of Go's text/template our TEMPLATE uses: one `range .Messages` loop with
+    `.Role` and `.Content`, and `{{-` trimming the whitespace before it."""
+    match = re.fullmatch(
+        r"(.*?)\{\{-? ?range \.Messages \}\}(.*?)\{\{ end \}\}(.*)", template, re.S
+    )
+    assert match is not None, template
+    before, body, after = match.groups()
+    if "{{-" in template.split("range")[0]:
+        before = before.rstrip()
+    rendered = [
+        body.replace("{{ .Role }}", message["role"]).replace("{{ .Content }}", message["content"])
+        for message in messages
+    ]
+    assert "{{" not in before + after
+    return before + "".join(rendered) + after
+
+
+def make_checkpoint(directory: Path, tokenizer: Tokenizer, preset: str = "llama-15m") -> Path:
+    config = tiny_config(preset, vocab_size=tokenizer.vocab_size)
+    return save_checkpoint(directory, build_model(config), tokenizer)
+
+
+def test_template_renders_our_chat_format() -> None:
+    conversations: list[list[Message]] = [
+        [{"role": "user", "content": "Hi there"}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "What is 2+2?"},
+            {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "你好 😀\n<|end|> typed"},
+        ],
+    ]
+    for messages in conversations:
+        expected = render_text(messages, add_generation_prompt=True)
+        assert render_go_template(OLLAMA_TEMPLATE, messages) == expected
+
+
+def test_export_writes_gguf_modelfile_and_readme(tmp_path: Path, bpe_tokenizer: Tokenizer) -> None:
+    checkpoint = make_checkpoint(tmp_path / "ckpt", bpe_tokenizer)
+    out = tmp_path / "ollama"
+    modelfile = export_ollama(checkpoint, out, system="You are a storyteller.")
+    assert modelfile == out / "Modelfile"
+    assert (out / "model.gguf").read_bytes()[:4] == b"GGUF"
+    text = modelfile.read_text()
+    assert text.startswith("FROM ./model.gguf\n")
+    assert f'TEMPLATE """{OLLAMA_TEMPLATE}"""' in text
+    for line in (
+        "PARAMETER temperature 0.7",
+        "PARAMETER top_p 0.9",
+        "PARAMETER top_k 40",
+        "PARAMETER num_ctx 32",
+        'PARAMETER stop "<|end|>"',
+        'PARAMETER stop "<|endoftext|>"',
+        'PARAMETER stop "<|user|>"',
+        'SYSTEM """You are a storyteller."""',
+    ):
+        assert line in text.splitlines(), line
+    readme = (out / "README.md").read_text()
+    assert "ollama create" in readme and "-f Modelfile" in readme
+
+
+def test_no_system_line_without_system(tmp_path: Path, bpe_tokenizer: Tokenizer) -> None:
+    checkpoint = make_checkpoint(tmp_path / "ckpt", bpe_tokenizer)
+    modelfile = export_ollama(checkpoint, tmp_path / "ollama", dtype="f16")
+    assert "SYSTEM" not in modelfile.read_text()
+
+
+def test_refusals(tmp_path: Path, bpe_tokenizer: Tokenizer) -> None:
+    checkpoint = make_checkpoint(tmp_path / "ckpt", bpe_tokenizer)
+    out = tmp_path / "ollama"
+    out.mkdir()
+    (out / "Modelfile").write_text("mine")
+    with pytest.raises(ScratchLMError, match="--force"):
+        export_ollama(checkpoint, out)
+    assert (out / "Modelfile").read_text() == "mine"
+    export_ollama(checkpoint, out, force=True)
+    assert (out / "Modelfile").read_text().startswith("FROM")
+
+    akane = make_checkpoint(tmp_path / "akane", bpe_tokenizer, preset="akane-124m")
+    with pytest.raises(ScratchLMError, match="qk_norm"):
+        export_ollama(akane, tmp_path / "akane-out")
+    assert not (tmp_path / "akane-out" / "model.gguf").exists()
+    with pytest.raises(ScratchLMError, match='"""'):
+        export_ollama(checkpoint, tmp_path / "other", system='say """hi"""')
+
+
+def test_command_line_functions(tmp_path: Path, bpe_tokenizer: Tokenizer) -> None:
+    checkpoint = make_checkpoint(tmp_path / "ckpt", bpe_tokenizer)
+    parser = argparse.ArgumentParser()
+    add_export_ollama_arguments(parser)
+    out = tmp_path / "ollama"
+    args = parser.parse_args(["--checkpoint", str(checkpoint), "--out", str(out), "--system", "Hi"])
+    assert args.dtype == "q8_0"
+    command_export_ollama(args)
+    assert 'SYSTEM """Hi"""' in (out / "Modelfile").read_text()
