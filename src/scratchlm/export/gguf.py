@@ -1,13 +1,17 @@
 """GGUF export (llama.cpp, Ollama, LM Studio): one self-contained file with weights and tokenizer.
 
-Only Llama math is exported (the `llama` architecture of llama.cpp); other configs are refused
-with the option that blocks them (`llama_blockers`). Two details make the file reproduce our
-model exactly:
+Llama math is exported as llama.cpp's `llama` architecture and the GPT-2 layout (learned
+positions, biased LayerNorm and linears, tanh GELU, multi-head attention) as its `gpt2`
+architecture; other configs are refused with the options that block both (`llama_blockers`,
+`gpt2_blockers`). Exact GELU (`mlp="gelu"`) is refused: llama.cpp's gpt2 graph uses the tanh
+approximation. Three details make the file reproduce our model exactly:
 
 - llama.cpp's `llama` architecture applies RoPE to interleaved pairs (x0, x1), (x2, x3), ...
   while we rotate halves (x_i, x_{i + head_dim/2}). The query and key projection rows are
   therefore permuted per head on export, the same permutation llama.cpp's convert_hf_to_gguf.py
   applies to Hugging Face Llama weights.
+- llama.cpp's `gpt2` architecture takes one fused `attn_qkv` projection: our Q, K and V rows are
+  concatenated in that order (torch [out, in] layout, as GGUF stores every linear).
 - The tokenizer is stored as a `gpt2` byte-level BPE with the `gpt-2` pre-tokenizer, which is our
   tokenizer's regex; the token list is padded with unused tokens to the embedding's row count,
   because llama.cpp requires one token per embedding row.
@@ -29,7 +33,7 @@ import torch
 from scratchlm.chat_template import JINJA_TEMPLATE
 from scratchlm.config import ModelConfig
 from scratchlm.errors import ScratchLMError
-from scratchlm.export.hf import llama_blockers
+from scratchlm.export.hf import gpt2_blockers, llama_blockers
 from scratchlm.io_utils import fsync_directory
 from scratchlm.model import GPT
 from scratchlm.tokenizer import (
@@ -44,6 +48,7 @@ from scratchlm.tokenizer import (
 
 GGUF_DTYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0")
 ARCHITECTURE = "llama"
+GPT2_ARCHITECTURE = "gpt2"
 
 # ours -> GGUF (llama.cpp tensor names), "{i}" is the layer index
 GGUF_KEY_MAP: dict[str, str] = {
@@ -61,6 +66,25 @@ GGUF_KEY_MAP: dict[str, str] = {
     "lm_head.weight": "output.weight",
 }
 
+# ours -> GGUF for the GPT-2 layout (llama.cpp's `gpt2` architecture); Q, K and V are fused apart.
+GPT2_GGUF_KEY_MAP: dict[str, str] = {
+    "token_embedding.weight": "token_embd.weight",
+    "position_embedding.weight": "position_embd.weight",
+    "blocks.{i}.attention_norm.weight": "blk.{i}.attn_norm.weight",
+    "blocks.{i}.attention_norm.bias": "blk.{i}.attn_norm.bias",
+    "blocks.{i}.attention.o_proj.weight": "blk.{i}.attn_output.weight",
+    "blocks.{i}.attention.o_proj.bias": "blk.{i}.attn_output.bias",
+    "blocks.{i}.mlp_norm.weight": "blk.{i}.ffn_norm.weight",
+    "blocks.{i}.mlp_norm.bias": "blk.{i}.ffn_norm.bias",
+    "blocks.{i}.mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
+    "blocks.{i}.mlp.up_proj.bias": "blk.{i}.ffn_up.bias",
+    "blocks.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
+    "blocks.{i}.mlp.down_proj.bias": "blk.{i}.ffn_down.bias",
+    "final_norm.weight": "output_norm.weight",
+    "final_norm.bias": "output_norm.bias",
+    "lm_head.weight": "output.weight",
+}
+
 
 def _gguf() -> Any:
     try:
@@ -72,14 +96,29 @@ def _gguf() -> Any:
     return gguf
 
 
-def check_exportable(config: ModelConfig) -> None:
-    blockers = llama_blockers(config)
-    if blockers:
-        raise ScratchLMError(
-            "this model cannot be exported to GGUF (llama.cpp's llama architecture): "
-            + ", ".join(blockers)
-            + "; train a llama-* (or tiny/small) preset to export it"
-        )
+def gpt2_gguf_blockers(config: ModelConfig) -> list[str]:
+    """What keeps a config outside llama.cpp's `gpt2` architecture (empty when it exports)."""
+    blockers = gpt2_blockers(config)
+    if config.mlp == "gelu":
+        blockers.append("mlp=gelu (llama.cpp's gpt2 uses tanh GELU; train with mlp=gelu_tanh)")
+    return blockers
+
+
+def check_exportable(config: ModelConfig) -> str:
+    """The llama.cpp architecture the config exports as (`llama` or `gpt2`); refuses others."""
+    llama = llama_blockers(config)
+    if not llama:
+        return ARCHITECTURE
+    gpt2 = gpt2_gguf_blockers(config)
+    if not gpt2:
+        return GPT2_ARCHITECTURE
+    raise ScratchLMError(
+        "this model cannot be exported to GGUF: llama.cpp's llama architecture is blocked by "
+        + ", ".join(llama)
+        + "; its gpt2 architecture by "
+        + ", ".join(gpt2)
+        + "; train a llama-* (or tiny/small) preset, or a GPT-2 layout with mlp=gelu_tanh"
+    )
 
 
 def interleave_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -99,12 +138,14 @@ def interleave_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def gguf_tensors(model: GPT) -> dict[str, torch.Tensor]:
-    """Our weights under GGUF names, float32, RoPE rows permuted; a tied head is left out
-    (llama.cpp falls back to token_embd when `output.weight` is missing)."""
+    """Our weights under GGUF names, float32 (llama: RoPE rows permuted; gpt2: Q, K, V fused);
+    a tied head is left out (llama.cpp falls back to token_embd when `output.weight` is missing)."""
     config = model.config
-    check_exportable(config)
+    architecture = check_exportable(config)
     assert config.n_kv_head is not None
     state = {name: tensor.detach().float().cpu() for name, tensor in model.state_dict().items()}
+    if architecture == GPT2_ARCHITECTURE:
+        return _gpt2_tensors(config, state)
     converted: dict[str, torch.Tensor] = {}
     for source, target in GGUF_KEY_MAP.items():
         layers = range(config.n_layer) if "{i}" in source else [None]
@@ -117,6 +158,26 @@ def gguf_tensors(model: GPT) -> dict[str, torch.Tensor]:
             elif source.endswith("k_proj.weight"):
                 tensor = interleave_rope_rows(tensor, config.n_kv_head)
             converted[target_name] = tensor
+    if config.tie_embeddings:
+        converted.pop("output.weight")
+    return converted
+
+
+def _gpt2_tensors(config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    converted: dict[str, torch.Tensor] = {}
+    for source, target in GPT2_GGUF_KEY_MAP.items():
+        layers = range(config.n_layer) if "{i}" in source else [None]
+        for layer in layers:
+            if layer is None:
+                converted[target] = state[source]
+                continue
+            if source == "blocks.{i}.attention.o_proj.weight":  # attn_qkv goes before it
+                prefix = f"blocks.{layer}.attention."
+                for part in ("weight", "bias"):
+                    converted[f"blk.{layer}.attn_qkv.{part}"] = torch.cat(
+                        [state[f"{prefix}{name}_proj.{part}"] for name in "qkv"]
+                    ).contiguous()
+            converted[target.format(i=layer)] = state[source.format(i=layer)]
     if config.tie_embeddings:
         converted.pop("output.weight")
     return converted
@@ -178,7 +239,7 @@ def write_gguf(model: GPT, tokenizer: Tokenizer, out: Path, *, dtype: str = "f32
             f"unknown GGUF dtype {dtype!r}; choose one of {', '.join(GGUF_DTYPES)}"
         )
     config = model.config
-    check_exportable(config)
+    architecture = check_exportable(config)
     assert config.n_kv_head is not None and config.head_dim is not None
     assert config.ffn_hidden is not None and config.padded_vocab_size is not None
     tensors = gguf_tensors(model)
@@ -190,7 +251,7 @@ def write_gguf(model: GPT, tokenizer: Tokenizer, out: Path, *, dtype: str = "f32
         "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
     }
 
-    writer = gguf.GGUFWriter(str(out), ARCHITECTURE)
+    writer = gguf.GGUFWriter(str(out), architecture)
     writer.add_name(config.name)
     writer.add_file_type(int(file_types[dtype]))
     writer.add_context_length(config.context_length)
@@ -198,13 +259,16 @@ def write_gguf(model: GPT, tokenizer: Tokenizer, out: Path, *, dtype: str = "f32
     writer.add_block_count(config.n_layer)
     writer.add_feed_forward_length(config.ffn_hidden)
     writer.add_head_count(config.n_head)
-    writer.add_head_count_kv(config.n_kv_head)
-    # Explicit so that a head_dim other than d_model / n_head survives.
-    writer.add_key_length(config.head_dim)
-    writer.add_value_length(config.head_dim)
-    writer.add_rope_dimension_count(config.head_dim)
-    writer.add_rope_freq_base(config.rope_theta)
-    writer.add_layer_norm_rms_eps(config.norm_eps)
+    if architecture == GPT2_ARCHITECTURE:
+        writer.add_layer_norm_eps(config.norm_eps)
+    else:
+        writer.add_head_count_kv(config.n_kv_head)
+        # Explicit so that a head_dim other than d_model / n_head survives.
+        writer.add_key_length(config.head_dim)
+        writer.add_value_length(config.head_dim)
+        writer.add_rope_dimension_count(config.head_dim)
+        writer.add_rope_freq_base(config.rope_theta)
+        writer.add_layer_norm_rms_eps(config.norm_eps)
     writer.add_vocab_size(config.padded_vocab_size)
 
     writer.add_tokenizer_model("gpt2")
@@ -236,7 +300,8 @@ def write_gguf(model: GPT, tokenizer: Tokenizer, out: Path, *, dtype: str = "f32
 def export_gguf(
     checkpoint: str | os.PathLike[str], out: Path, *, dtype: str = "f32", force: bool = False
 ) -> Path:
-    """Export a checkpoint to one GGUF file; refuses non-Llama math and an existing `out`."""
+    """Export a checkpoint to one GGUF file; refuses a config that is neither Llama math nor the
+    GPT-2 layout with tanh GELU, and an existing `out`."""
     from scratchlm.training.checkpoint import load_checkpoint
 
     out = Path(out)
