@@ -11,7 +11,7 @@ import torch
 from scratchlm.chat_template import Message, render
 from scratchlm.cli import main
 from scratchlm.errors import ScratchLMError
-from scratchlm.export.hf import export_hf
+from scratchlm.export.hf import export_hf, load_or_adopt_tokenizer
 from scratchlm.inference.engine import Engine
 from scratchlm.inference.sampling import GREEDY
 from scratchlm.model import build_model
@@ -155,3 +155,65 @@ def test_refusals(tmp_path: Path, tokenizer: Tokenizer, capsys: pytest.CaptureFi
         )
         == 0
     )
+
+
+def test_import_of_a_foreign_model_keeps_its_function(tmp_path: Path) -> None:
+    """A GPT-2 style model with its own tokenizer (no scratchlm special tokens, vocab not padded):
+    the import adopts the tokenizer (our specials first, GPT-2's <|endoftext|> becomes ours) and
+    moves the embedding rows, so the imported model computes the same next-token scores."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    backend = HFTokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(
+        [MIXED * 20, "Tom loved to play with his red ball. " * 30], trainer=trainer
+    )
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    backend.save(str(foreign / "tokenizer.json"))
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=backend.get_vocab_size(),
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        activation_function="gelu_new",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    theirs = transformers.GPT2LMHeadModel(config).eval()
+    theirs.save_pretrained(foreign)
+    assert main(["import", "hf", "--model", str(foreign), "--out", str(tmp_path / "ours")]) == 0
+    ours = load_checkpoint(tmp_path / "ours")
+    assert ours.tokenizer.eos_id == 2 and ours.tokenizer.vocab_size == backend.get_vocab_size() + 7
+    text = "Tom loved to play 😀 with code: def f(x):"
+    old_ids = backend.encode(text).ids
+    new_ids = ours.tokenizer.encode(text)
+    assert ours.tokenizer.decode(new_ids) == text and len(new_ids) == len(old_ids)
+    # every old token id maps to one new id; compare the logits of the real tokens through the map
+    _, old_id_for_new = load_or_adopt_tokenizer(foreign)
+    assert old_id_for_new is not None
+    old_to_new = {old: new for new, old in enumerate(old_id_for_new) if old >= 0}
+    assert [old_to_new[i] for i in old_ids] == new_ids
+    columns_old = torch.tensor(sorted(old_to_new))
+    columns_new = torch.tensor([old_to_new[i] for i in sorted(old_to_new)])
+    with torch.no_grad():
+        reference = theirs(torch.tensor([old_ids])).logits[0][:, columns_old]
+        imported = ours.model(torch.tensor([new_ids]))[0][:, columns_new]
+    assert (reference - imported).abs().max() < 1e-4
+    # and it fine-tunes: the chat template works with the adopted tokenizer
+    _, mask = render(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        ours.tokenizer,
+    )
+    assert sum(mask) > 0

@@ -390,6 +390,75 @@ def read_hf_state(directory: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def load_or_adopt_tokenizer(directory: Path) -> tuple[Tokenizer, list[int] | None]:
+    """The model's tokenizer; a foreign one (without scratchlm's special tokens at ids 0-7) is
+    adopted: our special tokens take ids 0-7 and the foreign vocabulary follows in its own order
+    (a foreign token spelled like one of ours, e.g. GPT-2's <|endoftext|>, becomes ours). Returns
+    the tokenizer and, for an adopted one, the old id of every new id (-1 for a new token)."""
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        raise ScratchLMError(
+            f"{directory} has no tokenizer.json; scratchlm imports fast (tokenizers) vocabularies"
+        )
+    data = json.loads(path.read_text(encoding="utf-8"))
+    ours = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
+    vocab = data.get("model", {}).get("vocab")
+    if isinstance(vocab, dict) and all(vocab.get(token) == index for token, index in ours.items()):
+        return Tokenizer.from_json(path.read_text(encoding="utf-8")), None
+    if data.get("model", {}).get("type") != "BPE" or not isinstance(vocab, dict):
+        raise ScratchLMError(
+            f"{path}: only BPE tokenizers can be imported (this one is {data.get('model', {}).get('type')})"
+        )
+    old_ids = dict(vocab)
+    for added in data.get("added_tokens", []):
+        old_ids.setdefault(added["content"], added["id"])
+    new_vocab = dict(ours)
+    old_id_for_new = [old_ids.get(token, -1) for token in SPECIAL_TOKENS]
+    for token, old_id in sorted(old_ids.items(), key=lambda item: item[1]):
+        if token not in new_vocab:
+            new_vocab[token] = len(new_vocab)
+            old_id_for_new.append(old_id)
+    foreign_added = [
+        added for added in data.get("added_tokens", []) if added["content"] not in ours
+    ]
+    data["model"]["vocab"] = {
+        token: index for token, index in new_vocab.items() if token in vocab or token in ours
+    }
+    data["added_tokens"] = [
+        {
+            "id": index,
+            "content": token,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+        for token, index in ours.items()
+    ] + [{**added, "id": new_vocab[added["content"]]} for added in foreign_added]
+    data["post_processor"] = None  # scratchlm adds no bos/eos itself
+    return Tokenizer.from_json(json.dumps(data)), old_id_for_new
+
+
+def reindex_vocabulary_rows(
+    state: dict[str, torch.Tensor], old_id_for_new: list[int], config: ModelConfig
+) -> dict[str, torch.Tensor]:
+    """Move embedding (and untied head) rows to the adopted tokenizer's ids; new tokens start at the
+    mean embedding (a neutral guess that fine-tuning then refines); padding rows are zero."""
+    assert config.padded_vocab_size is not None
+    old_ids = torch.tensor(old_id_for_new)
+    known = old_ids >= 0
+    for name in ("token_embedding.weight", "lm_head.weight"):
+        if name not in state:
+            continue
+        old = state[name]
+        rows = torch.zeros(config.padded_vocab_size, old.shape[1], dtype=old.dtype)
+        rows[: len(old_id_for_new)][known] = old[old_ids[known]]
+        rows[: len(old_id_for_new)][~known] = old[old_ids[known]].mean(dim=0)
+        state[name] = rows
+    return state
+
+
 def import_hf(model_dir: str | Path, out: str | Path, *, force: bool = False) -> Path:
     """Read a local Hugging Face Llama or GPT-2 directory into a scratchlm checkpoint."""
     directory = Path(model_dir)
@@ -397,7 +466,7 @@ def import_hf(model_dir: str | Path, out: str | Path, *, force: bool = False) ->
     if not config_path.is_file():
         raise ScratchLMError(f"{directory} has no config.json; pass a Hugging Face model directory")
     hf = json.loads(config_path.read_text())
-    tokenizer = Tokenizer.load(directory / "tokenizer.json")
+    tokenizer, old_id_for_new = load_or_adopt_tokenizer(directory)
     vocab = tokenizer.vocab_size
     model_type = hf.get("model_type")
     if model_type == "llama":
@@ -450,10 +519,10 @@ def import_hf(model_dir: str | Path, out: str | Path, *, force: bool = False) ->
         raise ScratchLMError(
             f"model_type {model_type!r} is not supported; scratchlm imports llama and gpt2 layouts"
         )
-    if config.padded_vocab_size != hf.get("vocab_size"):
+    if old_id_for_new is None and config.padded_vocab_size != hf.get("vocab_size"):
         raise ScratchLMError(
             f"{directory}: the embedding has {hf.get('vocab_size')} rows but the tokenizer's {vocab} tokens pad "
-            f"to {config.padded_vocab_size}; only vocabularies padded to a multiple of 64 import exactly"
+            f"to {config.padded_vocab_size}; export the model again or check its tokenizer.json"
         )
     target = Path(out)
     if target.exists() and not force:
@@ -461,7 +530,10 @@ def import_hf(model_dir: str | Path, out: str | Path, *, force: bool = False) ->
             f"{target} already exists; pass --force to replace it or choose another --out"
         )
     model = build_model(config, initialize=False)
-    load_model_state(model, convert(read_hf_state(directory), config), source=directory)
+    state = convert(read_hf_state(directory), config)
+    if old_id_for_new is not None:
+        state = reindex_vocabulary_rows(state, old_id_for_new, config)
+    load_model_state(model, state, source=directory)
     return save_checkpoint(
         target, model, tokenizer, training={"imported_from": str(directory)}, replace=force
     )
