@@ -16,14 +16,18 @@ from scratchlm.tokenizer import Tokenizer
 pexpect = pytest.importorskip("pexpect")
 
 TIMEOUT_S = 120  # generous: CI machines are 2 shared cores
-STATS = r"cache: reused (\d+), prefilled (\d+)"
+# Wide enough that status lines never wrap; the patterns still allow a wrap (spaces, line breaks
+# and color codes) between words, since a long temp path can push a line past any width.
+COLUMNS = 200
+GAP = r"(?:\x1b\[[0-9;]*m|\s)+"
+STATS = rf"cache:{GAP}reused{GAP}(\d+),{GAP}prefilled{GAP}(\d+)"
 PROMPT = "you> "
 
 
 def terminal_env() -> dict[str, str]:
     return {
         **os.environ,
-        "COLUMNS": "100",
+        "COLUMNS": str(COLUMNS),
         "LINES": "50",
         "TERM": "xterm-256color",
         "PYTHONUNBUFFERED": "1",
@@ -39,7 +43,7 @@ def spawn_chat(checkpoint: Path, *extra: str) -> pexpect.spawn:
         # Ctrl-C makes the terminal drop output not yet read, which can cut a character in two.
         codec_errors="replace",
         timeout=TIMEOUT_S,
-        dimensions=(50, 100),
+        dimensions=(50, COLUMNS),
     )
     child.expect(PROMPT)
     return child
@@ -83,7 +87,7 @@ def test_two_turns_save_reset_load_and_quit(
     child.expect(PROMPT)
     child.sendline(f"/load {tmp_path / 'missing.json'}")
     # one message, and the chat goes on; rich may wrap the long path (and color codes) mid-sentence
-    child.expect(r"does\s+not(?:\x1b\[[0-9;]*m|\s)*exist")
+    child.expect(f"does{GAP}not{GAP}exist")
     child.expect(PROMPT)
     child.sendline(f"/load {saved}")
     child.expect("loaded 4 messages")
