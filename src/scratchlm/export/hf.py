@@ -51,6 +51,18 @@ LLAMA_KEY_MAP: dict[str, str] = {
 }
 
 
+def common_blockers(config: ModelConfig) -> list[str]:
+    """Options that neither Hugging Face layout (nor GGUF) can express."""
+    blockers = []
+    if config.qk_norm:
+        blockers.append("qk_norm=true")
+    if config.embedding_norm:
+        blockers.append("embedding_norm=true")
+    if config.logit_softcap is not None:
+        blockers.append("logit_softcap")
+    return blockers
+
+
 def llama_blockers(config: ModelConfig) -> list[str]:
     """The options that keep a config outside Llama math (empty when it exports losslessly)."""
     blockers = []
@@ -62,13 +74,7 @@ def llama_blockers(config: ModelConfig) -> list[str]:
         blockers.append(f"mlp={config.mlp} (Llama needs swiglu)")
     if config.bias:
         blockers.append("bias=true (Llama has no biases)")
-    if config.qk_norm:
-        blockers.append("qk_norm=true")
-    if config.embedding_norm:
-        blockers.append("embedding_norm=true")
-    if config.logit_softcap is not None:
-        blockers.append("logit_softcap")
-    return blockers
+    return blockers + common_blockers(config)
 
 
 def llama_config(config: ModelConfig) -> dict[str, Any]:
@@ -158,13 +164,7 @@ def gpt2_blockers(config: ModelConfig) -> list[str]:
         blockers.append("grouped-query attention (GPT-2 is multi-head)")
     if config.head_dim != config.d_model // config.n_head:
         blockers.append("head_dim != d_model / n_head")
-    if config.qk_norm:
-        blockers.append("qk_norm=true")
-    if config.embedding_norm:
-        blockers.append("embedding_norm=true")
-    if config.logit_softcap is not None:
-        blockers.append("logit_softcap")
-    return blockers
+    return blockers + common_blockers(config)
 
 
 def gpt2_config(config: ModelConfig) -> dict[str, Any]:
