@@ -35,6 +35,7 @@ COMMANDS = [
     ["export", "gguf"],
     ["export", "ollama"],
     ["import", "hf"],
+    ["report"],
 ]
 
 

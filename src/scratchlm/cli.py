@@ -614,6 +614,18 @@ def command_eval_prompts(args: argparse.Namespace) -> None:
     print(f"{len(prompts)} prompts x {1 + len(others)} checkpoint(s): wrote {markdown} and {jsonl}")
 
 
+def command_report(args: argparse.Namespace) -> None:
+    from scratchlm.report import write_report
+
+    paths = write_report(
+        args.run_dir, out=args.out, bench=not args.no_bench, bench_tokens=args.bench_tokens
+    )
+    print(f"wrote {paths.html}")
+    print(f"wrote {paths.markdown}")
+    if paths.speed.error:
+        print(f"inference speed not measured: {paths.speed.error}")
+
+
 def command_quickstart(args: argparse.Namespace) -> None:
     from scratchlm.quickstart import run_quickstart
 
@@ -921,6 +933,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_quantize_argument(sub)
     sub.add_argument("--compile", action="store_true", help="torch.compile the model")
     sub.add_argument("--json", action="store_true", help="print JSON")
+
+    sub = add(
+        "report",
+        command_report,
+        "one self-contained HTML (and Markdown) page per run: config, curves, samples, speed",
+    )
+    sub.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of a train run")
+    sub.add_argument("--out", help="output directory or NAME.html (none: into RUN_DIR)")
+    sub.add_argument("--no-bench", action="store_true", help="skip the inference speed measurement")
+    sub.add_argument(
+        "--bench-tokens", type=int, default=32, help="tokens to decode when measuring speed"
+    )
 
     sub = add(
         "quickstart",

@@ -84,6 +84,21 @@ def test_one_rank_with_two_micro_batches_sees_what_two_ranks_see(shards: TokenSh
     assert torch.equal(resumed.next_batch()[0], single.next_batch()[0])
 
 
+def test_two_ranks_match_one_rank_with_accumulation_across_epochs(shards: TokenShards) -> None:
+    # 1000 tokens / 8 = 123-124 windows per epoch; a step takes 8 (2 micro-batches of 4 on one
+    # rank, or 1 micro-batch on each of 2): epochs must roll over at the same step for both.
+    single = loader(shards, accumulation=2)
+    ranks = [loader(shards, rank=rank, world_size=2) for rank in range(2)]
+    epochs = set()
+    for _ in range(60):  # about 4 epochs
+        micro_batches = [single.next_batch()[0], single.next_batch()[0]]
+        per_rank = [rank_loader.next_batch()[0] for rank_loader in ranks]
+        assert torch.equal(torch.cat(micro_batches), torch.cat(per_rank))
+        epochs.add(single.epoch)
+    assert len(epochs) >= 3
+    assert single.state_dict() == ranks[0].state_dict()
+
+
 def test_epochs_roll_over_with_new_boundaries_and_order(tmp_path: Path) -> None:
     small = write_token_shards(
         tmp_path / "small", np.arange(100, dtype=np.uint16), shard_max_tokens=1000

@@ -7,6 +7,9 @@ window boundaries and a different order, yet any epoch can be regenerated exactl
 walks that order: at cursor c, rank r takes windows `order[c + r*B : c + (r+1)*B]` and the cursor
 advances by B * world_size. So one rank taking two micro-batches sees exactly the windows that two
 ranks taking one each see, and the (epoch, cursor) pair is all a checkpoint needs to resume exactly.
+A new epoch starts only at an optimizer-step boundary (every `accumulation` micro-batches), when
+fewer windows are left than one optimizer step takes: so the epoch boundaries, too, depend only on
+the global batch (B * world_size * accumulation), not on how it is split over ranks.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class TokenWindowLoader:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        accumulation: int = 1,
     ) -> None:
         if context_length < 1 or batch_size < 1:
             raise ScratchLMError(
@@ -51,6 +55,13 @@ class TokenWindowLoader:
         self.global_batch_windows = batch_size * world_size
         # Enough windows for one global batch at any shift in [0, context_length).
         needed = (self.global_batch_windows + 1) * context_length
+        # Windows one optimizer step takes. Epochs roll over at step boundaries, unless the data
+        # holds fewer windows than one step (then at micro-batch boundaries: tiny data still works).
+        step_windows = self.global_batch_windows * max(1, accumulation)
+        fewest_windows = (shards.num_tokens - context_length) // context_length
+        self.rollover_windows = (
+            step_windows if fewest_windows >= step_windows else self.global_batch_windows
+        )
         if shards.num_tokens < needed:
             ranks = f"{world_size} ranks x " if world_size > 1 else ""
             raise ScratchLMError(
@@ -80,7 +91,10 @@ class TokenWindowLoader:
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's next (inputs, targets), both (batch_size, context_length) int64."""
         self._prepare_epoch()
-        if len(self._order) - self.cursor < self.global_batch_windows:
+        left = len(self._order) - self.cursor
+        at_boundary = self.cursor % self.rollover_windows == 0
+        # (the second test only matters if a resume changed the global batch mid-epoch)
+        if (at_boundary and left < self.rollover_windows) or left < self.global_batch_windows:
             self.epoch += 1
             self.cursor = 0
             self._prepare_epoch()

@@ -134,12 +134,30 @@ def make_batch(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torc
 
 
 class SFTLoader:
-    """Shuffled batches of examples, a new order every epoch; exact resume from `state_dict`."""
+    """Shuffled batches of examples, a new order every epoch; exact resume from `state_dict`.
 
-    def __init__(self, examples: list[Example], *, batch_size: int, seed: int, pad_id: int) -> None:
+    Rank-aware like `TokenWindowLoader`: a global cursor walks the epoch's order, rank r takes
+    `order[cursor + r*B : cursor + (r+1)*B]`, and the cursor advances by B * world_size."""
+
+    def __init__(
+        self,
+        examples: list[Example],
+        *,
+        batch_size: int,
+        seed: int,
+        pad_id: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if not examples:
             raise ScratchLMError("no training examples left after tokenization; check the data")
+        if world_size > 1 and len(examples) < batch_size * world_size:
+            raise ScratchLMError(
+                f"{len(examples)} training examples cannot fill one batch of {batch_size} on each "
+                f"of {world_size} ranks; use a smaller --batch-size or fewer processes"
+            )
         self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.cursor = 0, 0
         self.order = self._order()
 
@@ -148,16 +166,18 @@ class SFTLoader:
         return torch.randperm(len(self.examples), generator=generator).tolist()
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.cursor + self.batch_size > len(self.order):
-            if self.cursor == 0:  # fewer examples than a batch: use them all
+        global_batch = self.batch_size * self.world_size
+        if self.cursor + global_batch > len(self.order):
+            if self.cursor == 0:  # fewer examples than a batch (one process): use them all
                 chosen = self.order
                 self.epoch += 1
                 self.order = self._order()
                 return make_batch([self.examples[i] for i in chosen], self.pad_id)
             self.epoch, self.cursor = self.epoch + 1, 0
             self.order = self._order()
-        chosen = self.order[self.cursor : self.cursor + self.batch_size]
-        self.cursor += self.batch_size
+        first = self.cursor + self.rank * self.batch_size
+        chosen = self.order[first : first + self.batch_size]
+        self.cursor += global_batch
         return make_batch([self.examples[i] for i in chosen], self.pad_id)
 
     def state_dict(self) -> dict[str, int]:

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save
 
 from scratchlm.chat_template import render
 from scratchlm.config import ModelConfig
+from scratchlm.errors import ScratchLMError
 from scratchlm.finetune import datasets
 from scratchlm.finetune.lora import (
     LoRASettings,
@@ -58,6 +59,16 @@ class FinetuneTrainer(Trainer):
         self.supervised = datasets.is_sft_file(config.data)
         if config.lr is None:
             config.lr = LORA_LR if lora else FULL_FINETUNE_LR
+        if lora is not None and config.fsdp:
+            raise ScratchLMError(
+                "--fsdp with LoRA is not supported (the adapters are small: DDP is the right "
+                "tool); drop --fsdp, or fine-tune all weights with --fsdp"
+            )
+        if self.supervised and config.token_weighting != "none":
+            raise ScratchLMError(
+                "--token-weighting needs pretraining text (token shards); chat fine-tuning data "
+                "already weighs only the assistant's tokens, drop --token-weighting"
+            )
         super().__init__(config, log=log)
 
     # --- hooks ------------------------------------------------------------------------------
@@ -93,6 +104,8 @@ class FinetuneTrainer(Trainer):
             batch_size=self.config.batch_size,
             seed=self.config.seed,
             pad_id=self.tokenizer.pad_id,
+            rank=self.distributed.rank,
+            world_size=self.distributed.world_size,
         )
         learned = sum(sum(example.mask[1:]) for example in train)
         self.data_summary = f"{len(train):,} training conversations ({learned:,} assistant tokens), {len(val):,} held out"

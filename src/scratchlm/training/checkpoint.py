@@ -8,10 +8,13 @@ arbitrary objects). A run directory holds `checkpoints/step_NNNNNN/`, `best/` an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,9 +96,75 @@ def save_checkpoint(
         (temp_dir / TOKENIZER_FILE).write_text(tokenizer.to_json(), encoding="utf-8")
         if trainer_state is not None:
             torch.save(trainer_state, temp_dir / TRAINER_STATE_FILE)
+        # Checksums catch what atomic renames cannot: a file truncated or corrupted later (a full
+        # disk, a bad copy, a storage fault). `verify_checkpoint` recomputes them.
+        metadata["checksums"] = {
+            child.name: file_sha256(child) for child in sorted(temp_dir.iterdir())
+        }
+        _test_pause("SCRATCHLM_TEST_PAUSE_IN_SAVE")
         # config.json last: a directory with a config.json was written completely.
         (temp_dir / CONFIG_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     return target
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _test_pause(variable: str) -> None:
+    """Test hook: sleep here for $variable seconds, so a crash test can kill a process in the
+    middle of a checkpoint write. Unset in normal use."""
+    seconds = os.environ.get(variable)
+    if seconds:
+        time.sleep(float(seconds))
+
+
+def verify_checkpoint(checkpoint_dir: Path) -> str | None:
+    """None if the checkpoint is complete and every file matches the checksum in its
+    config.json; otherwise what is wrong, in a few words. Checkpoints written before checksums
+    existed are accepted as long as their config.json parses."""
+    try:
+        metadata = json.loads((checkpoint_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"{CONFIG_FILE} is missing"
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return f"{CONFIG_FILE} is not valid JSON"
+    for name, expected in (metadata.get("checksums") or {}).items():
+        path = checkpoint_dir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if file_sha256(path) != expected:
+            return f"{name} does not match its checksum (truncated or corrupted)"
+    return None
+
+
+def latest_valid_checkpoint(
+    run_dir: Path, *, require: str | None = None, log: Callable[[str], None] = print
+) -> Path | None:
+    """The newest checkpoint of a run that passes `verify_checkpoint` (and holds the file
+    `require`, if given): the `latest` pointer's target first, then step checkpoints newest
+    first. Each damaged one is reported in one line and skipped."""
+    candidates: list[Path] = []
+    pointed = latest_checkpoint(run_dir)
+    if pointed is not None:
+        candidates.append(pointed)
+    candidates += [path for path in reversed(list_checkpoints(run_dir)) if path not in candidates]
+    for index, candidate in enumerate(candidates):
+        problem = verify_checkpoint(candidate)
+        if problem is None and require is not None and not (candidate / require).is_file():
+            problem = f"{require} is missing"
+        if problem is None:
+            return candidate
+        following = candidates[index + 1].name if index + 1 < len(candidates) else None
+        log(
+            f"checkpoint {candidate} is damaged ({problem}); "
+            + (f"using the previous one, {following}" if following else "no earlier one is left")
+        )
+    return None
 
 
 def is_checkpoint_dir(path: Path) -> bool:
@@ -131,10 +200,15 @@ def set_latest(run_dir: Path, checkpoint: Path) -> None:
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    """Remove all but the newest `keep` step checkpoints (the latest one is always kept)."""
+    """Remove all but the newest `keep` step checkpoints (the latest one is always kept), and
+    the half-built `.step_*.tmp` directories a killed process left behind (called right after a
+    save completes, when no other write is in flight)."""
     checkpoints = list_checkpoints(run_dir)
     for old in checkpoints[: max(0, len(checkpoints) - max(1, keep))]:
         shutil.rmtree(old, ignore_errors=True)
+    folder = run_dir / "checkpoints"
+    for leftover in folder.glob(".step_*.tmp") if folder.is_dir() else []:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:

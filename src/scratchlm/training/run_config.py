@@ -59,6 +59,11 @@ class TrainConfig:
     out: str | None = option(None, "run directory (default: runs/PRESET)")
     # optimization
     batch_size: int = option(16, "sequences per micro-batch")
+    micro_batch: str | None = option(
+        None,
+        "sequences per micro-batch: a number, or auto (the largest that fits the device; "
+        "overrides --batch-size; accumulation keeps --tokens-per-step)",
+    )
     tokens_per_step: int | None = option(
         None, "target tokens per optimizer step; gradient accumulation covers the rest"
     )
@@ -71,6 +76,26 @@ class TrainConfig:
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.95, "AdamW beta2")
     grad_clip: float = option(1.0, "gradient clipping norm (0 = off)")
+    token_weighting: str = option(
+        "none", "loss re-weighting: none, or inverse-freq (rare tokens weigh more; see docs)"
+    )
+    token_weighting_power: float = option(
+        0.5, "inverse-freq: a token's weight is (count + 1) ** -power, normalized"
+    )
+    # faults: loss spikes and overfitting
+    spike_factor: float = option(
+        3.0,
+        "backtrack when the loss exceeds this multiple of its moving average or is NaN/inf: "
+        "reload the last checkpoint, lower the learning rate, skip the batches (0 = off)",
+    )
+    spike_window: int = option(50, "steps in the loss moving average for --spike-factor")
+    spike_lr_factor: float = option(0.5, "multiply the learning rate by this at each backtrack")
+    max_backtracks: int = option(5, "give up after this many backtracks")
+    early_stop_patience: int | None = option(
+        None,
+        "stop when the validation loss has not improved for N evaluations; the final model "
+        "is then the best one (best/)",
+    )
     # budget
     max_steps: int | None = option(None, "stop after this many optimizer steps")
     max_tokens: int | None = option(None, "stop after this many training tokens")
@@ -97,6 +122,14 @@ class TrainConfig:
         "auto", "auto, fp32, bf16 or fp16 (auto: bf16/fp16 on GPU, fp32 on CPU)"
     )
     compile: bool = option(False, "torch.compile the model")
+    activation_checkpointing: bool = option(
+        False, "recompute each block's activations in backward: less memory, about a third more compute"
+    )
+    fsdp: bool = option(
+        False,
+        "under torchrun: shard parameters, gradients and optimizer state over the ranks (FSDP2) "
+        "instead of replicating the model (DDP)",
+    )
     threads: int | None = option(None, "CPU threads for PyTorch (default: PyTorch's choice)")
     wandb: str | None = option(None, "log to this Weights & Biases project (needs wandb)")
     quiet: bool = option(False, "no progress bar or sample printing")
@@ -104,10 +137,23 @@ class TrainConfig:
 
     def validate(self) -> None:
         problems = []
-        for name in ("batch_size", "eval_every", "save_every", "log_every", "keep_checkpoints"):
+        for name in (
+            "batch_size",
+            "eval_every",
+            "save_every",
+            "log_every",
+            "keep_checkpoints",
+            "spike_window",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be >= 1")
-        for name in ("max_steps", "max_tokens", "stop_after_steps", "tokens_per_step"):
+        for name in (
+            "max_steps",
+            "max_tokens",
+            "stop_after_steps",
+            "tokens_per_step",
+            "early_stop_patience",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"--{name.replace('_', '-')} must be >= 1")
@@ -123,6 +169,27 @@ class TrainConfig:
             problems.append("--lr must be positive")
         if self.max_time is not None:
             parse_duration(self.max_time)
+        if self.micro_batch is not None and not (
+            str(self.micro_batch) == "auto"
+            or (str(self.micro_batch).isdigit() and int(self.micro_batch) >= 1)
+        ):
+            problems.append(
+                f"--micro-batch must be auto or a positive number (got {self.micro_batch!r})"
+            )
+        if self.token_weighting not in ("none", "inverse-freq"):
+            problems.append(
+                f"--token-weighting must be none or inverse-freq (got {self.token_weighting!r})"
+            )
+        if self.token_weighting_power < 0:
+            problems.append("--token-weighting-power must be >= 0")
+        if self.spike_factor != 0 and self.spike_factor <= 1:
+            problems.append(
+                f"--spike-factor must be above 1, or 0 to turn it off (got {self.spike_factor})"
+            )
+        if not 0 < self.spike_lr_factor <= 1:
+            problems.append(f"--spike-lr-factor must be in (0, 1] (got {self.spike_lr_factor})")
+        if self.max_backtracks < 0:
+            problems.append("--max-backtracks must be >= 0")
         if problems:
             raise ScratchLMError("; ".join(problems))
 

@@ -3,7 +3,15 @@
 `train(TrainConfig)` runs one run directory from start to finish (or resumes it). Everything that
 can be restored is saved in each step checkpoint's trainer_state.pt (optimizer, scaler, RNG, data
 position, step, tokens, elapsed time), so a resumed run continues exactly where it stopped: on CPU,
-N steps + resume + N steps gives bit-identical weights to 2N steps.
+N steps + resume + N steps gives bit-identical weights to 2N steps, and a run killed with SIGKILL
+at any moment and resumed ends bit-identical too (it redoes the steps after its last checkpoint).
+
+Under torchrun the same loop runs data parallel (DDP, or FSDP2 with --fsdp; see distributed.py):
+every rank reads its own slice of each global batch, only rank 0 logs and writes files, and
+checkpoints are world-size independent. Faults are handled in the loop: a loss spike or NaN
+backtracks to the last checkpoint with a lower learning rate (`--spike-factor`), a stalled
+validation loss stops the run (`--early-stop-patience`), and running out of memory names the flag
+to change.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import json
 import math
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +31,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.fsdp import FSDPModule
 from tqdm import tqdm
 
 from scratchlm.config import ModelConfig, preset_config
@@ -42,17 +52,34 @@ from scratchlm.inference.sampling import SamplingSettings
 from scratchlm.io_utils import atomic_write_json
 from scratchlm.model import GPT, build_model, count_parameters
 from scratchlm.tokenizer import END_OF_TURN_TOKEN, Tokenizer, train_bpe, train_char
+from scratchlm.training import distributed
 from scratchlm.training.checkpoint import (
-    latest_checkpoint,
+    TRAINER_STATE_FILE,
+    latest_valid_checkpoint,
     load_model_state,
     load_trainer_state,
+    model_state_for_saving,
     prune_checkpoints,
     save_checkpoint,
     set_latest,
 )
+from scratchlm.training.hardware import (
+    describe_hardware,
+    mfu,
+    model_flops_per_token,
+    peak_flops,
+)
+from scratchlm.training.memory import (
+    apply_activation_checkpointing,
+    auto_micro_batch,
+    derive_accumulation,
+    is_out_of_memory,
+    out_of_memory_message,
+)
 from scratchlm.training.metrics import MetricsLogger, plot_loss_curve
 from scratchlm.training.optim import build_optimizer, learning_rate_at
 from scratchlm.training.run_config import TrainConfig, parse_duration, parse_model_overrides
+from scratchlm.training.token_weights import cached_token_weights, weighted_cross_entropy
 
 DEFAULT_MAX_STEPS = 2000
 RUN_CONFIG_FILE = "run_config.json"
@@ -204,11 +231,37 @@ class TrainingResult:
 
 @dataclass
 class RunState:
+    """Everything about the run's progress that a checkpoint restores (besides model, optimizer,
+    loader and RNG)."""
+
     step: int = 0
     tokens: int = 0
     elapsed: float = 0.0
     best_val_loss: float = math.inf
     finished: bool = False
+    best_step: int = 0
+    evals_since_best: int = 0  # for --early-stop-patience
+    stopped_early: bool = False
+    lr_scale: float = 1.0  # multiplied by --spike-lr-factor at each backtrack
+    backtracks: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunState:
+        known = {item.name for item in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+
+class _NoMetrics:
+    """What ranks other than 0 log to: nothing."""
+
+    def log(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def build_model_config(config: TrainConfig, tokenizer: Tokenizer) -> ModelConfig:
@@ -225,23 +278,60 @@ class Trainer:
     def __init__(self, config: TrainConfig, *, log: Callable[[str], None] = print) -> None:
         config.validate()
         self.config = config
-        self.log = log if not config.quiet else (lambda message: None)
+        self.distributed, device_name = distributed.init_distributed(config.device)
+        self.is_main = self.distributed.is_main
+        self.log = log if not config.quiet and self.is_main else (lambda message: None)
         self.run_dir = Path(config.out or f"runs/{config.preset}")
-        self.device = select_device(config.device)
+        self.device = select_device(device_name)
         self.precision = select_precision(config.precision, self.device)
         if config.threads:
             torch.set_num_threads(config.threads)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        if config.fsdp and not self.distributed.enabled:
+            self.log("note: --fsdp shards over torchrun's processes; one process trains unsharded")
+        self.fsdp = config.fsdp and self.distributed.enabled
+        # Test hook: (step, micro-batch loss) -> the loss to use (crash and spike tests).
+        self.loss_hook: Callable[[int, torch.Tensor], torch.Tensor] | None = None
 
         resume_from = self._check_run_directory()
-        self.tokenizer = self.load_tokenizer(resume_from)
-        self.model_config = self.make_model_config()
-        self.setup_data()
+        # Rank 0 trains the tokenizer and tokenizes the data first (both cached on disk); the
+        # other ranks wait, then find the caches.
+        with distributed.main_process_first(self.distributed):
+            self.tokenizer = self.load_tokenizer(resume_from)
+            self.model_config = self.make_model_config()
+            self._fit_micro_batch()
+            self.accumulation = derive_accumulation(
+                config.tokens_per_step,
+                config.batch_size,
+                self.model_config.context_length,
+                self.distributed.world_size,
+            )
+            self.token_weights: torch.Tensor | None = None
+            self.setup_data()
+        self.tokens_per_step = (
+            config.batch_size
+            * self.model_config.context_length
+            * self.accumulation
+            * self.distributed.world_size
+        )
         torch.manual_seed(config.seed)
-        self.model: GPT = self.make_model()
-        self.n_params = count_parameters(self.model)
+        model = self.make_model()  # identical on every rank: same seed
+        self.n_params = count_parameters(model)
+        self.model: GPT = model
+        if resume_from is not None:
+            self.restore_model(resume_from)  # before wrapping: a plain module loads plainly
+        if config.activation_checkpointing:
+            apply_activation_checkpointing(model)
+        self.wrapped: Any = model  # what the training forward calls: the model, DDP or FSDP
+        if self.fsdp:
+            distributed.shard_model(model, self.precision)
+        elif self.distributed.enabled:
+            self.wrapped = distributed.wrap_data_parallel(model, self.distributed, self.device)
+        if self.distributed.rank > 0:
+            # Dropout masks must differ between ranks; rank 0 keeps the single-process stream.
+            torch.manual_seed(config.seed + 1_000_003 * self.distributed.rank)
         self.learning_rate = config.lr or default_learning_rate(self.n_params)
         self.optimizer = build_optimizer(
             self.model,
@@ -252,13 +342,6 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.autocast = autocast_context(self.precision, self.device)
-        tokens_per_micro_batch = config.batch_size * self.model_config.context_length
-        self.accumulation = (
-            max(1, math.ceil(config.tokens_per_step / tokens_per_micro_batch))
-            if config.tokens_per_step
-            else 1
-        )
-        self.tokens_per_step = tokens_per_micro_batch * self.accumulation
         self.max_steps = config.max_steps
         if config.max_steps is None and config.max_tokens is None and config.max_time is None:
             self.max_steps = DEFAULT_MAX_STEPS
@@ -267,11 +350,56 @@ class Trainer:
             )
         self.max_time = parse_duration(config.max_time) if config.max_time is not None else None
         self.state = RunState()
-        self.forward: Callable[[torch.Tensor], torch.Tensor] = self.model
+        self.recent_losses: deque[float] = deque(maxlen=config.spike_window)
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = self.wrapped
         if config.compile:
-            self.forward = torch.compile(self.model)
+            self.forward = torch.compile(self.wrapped)
+        self.flops_per_token = model_flops_per_token(self.model_config)
+        self.peak_flops, self.peak_flops_source = peak_flops(self.device, self.precision)
         if resume_from is not None:
-            self._restore(resume_from)
+            self._restore(resume_from, model_restored=True)
+
+    def _fit_micro_batch(self) -> None:
+        """Resolve --micro-batch (a number, or auto: the largest that fits) into batch_size."""
+        config = self.config
+        if config.micro_batch is None:
+            return
+        if str(config.micro_batch) != "auto":
+            config.batch_size = int(config.micro_batch)
+            return
+        context = self.model_config.context_length
+        per_step = config.tokens_per_step or config.batch_size * context
+        ceiling = max(1, per_step // (context * self.distributed.world_size))
+        probe = self._memory_probe if self.device.type == "cuda" else None
+        config.batch_size, explanation = auto_micro_batch(
+            self.model_config,
+            self.device,
+            precision=self.precision,
+            activation_checkpointing=config.activation_checkpointing,
+            max_micro_batch=ceiling,
+            probe=probe,
+        )
+        if config.tokens_per_step is None:
+            # auto picks the micro-batch; the step keeps the tokens --batch-size asked for
+            config.tokens_per_step = per_step
+        self.log(f"micro-batch auto: {explanation}")
+
+    def _memory_probe(self, batch_size: int) -> None:
+        """One forward and backward at `batch_size` on the GPU (raises torch.OutOfMemoryError)."""
+        model = self.make_model()
+        if self.config.activation_checkpointing:
+            apply_activation_checkpointing(model)
+        context = self.model_config.context_length
+        inputs = torch.zeros((batch_size, context), dtype=torch.long, device=self.device)
+        try:
+            with autocast_context(self.precision, self.device):
+                logits = model(inputs)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), inputs.flatten())
+            loss.backward()
+        finally:
+            del model
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     # --- the parts a specialized trainer (fine-tuning) overrides ------------------------------
     def load_tokenizer(self, resume_from: Path | None) -> Tokenizer:
@@ -283,7 +411,8 @@ class Trainer:
         return build_model_config(self.config, self.tokenizer)
 
     def setup_data(self) -> None:
-        """Sets `self.loader` (next_batch / state_dict / load_state_dict) and the validation data."""
+        """Sets `self.loader` (next_batch / state_dict / load_state_dict), the validation data,
+        and `self.token_weights` (None unless --token-weighting)."""
         data_dir = prepare_data(self.config, self.tokenizer, self.log)
         self.train_shards = TokenShards.open(data_dir, "train")
         self.val_shards = TokenShards.open(data_dir, "val")
@@ -292,10 +421,21 @@ class Trainer:
             context_length=self.model_config.context_length,
             batch_size=self.config.batch_size,
             seed=self.config.seed,
+            rank=self.distributed.rank,
+            world_size=self.distributed.world_size,
+            accumulation=self.accumulation,
         )
         self.data_summary = (
             f"train {self.train_shards.num_tokens:,} tokens, val {self.val_shards.num_tokens:,}"
         )
+        if self.config.token_weighting == "inverse-freq":
+            assert self.model_config.padded_vocab_size is not None
+            self.token_weights = cached_token_weights(
+                data_dir,
+                self.train_shards,
+                self.model_config.padded_vocab_size,
+                self.config.token_weighting_power,
+            ).to(self.device)
 
     def eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return iter_eval_batches(
@@ -322,11 +462,15 @@ class Trainer:
     def restore_model(self, checkpoint_dir: Path) -> None:
         from safetensors.torch import load_file
 
-        load_model_state(
-            self.model,
-            load_file(str(checkpoint_dir / "model.safetensors"), device=str(self.device)),
-            source=checkpoint_dir,
-        )
+        device = "cpu" if self.fsdp else str(self.device)
+        state = load_file(str(checkpoint_dir / "model.safetensors"), device=device)
+        if self.fsdp and isinstance(self.model, FSDPModule):
+            # every rank reads the full weights and keeps its own shard
+            if self.model_config.tie_embeddings:
+                state["lm_head.weight"] = state["token_embedding.weight"]
+            distributed.load_full_model_state(self.model, state)
+            return
+        load_model_state(self.model, state, source=checkpoint_dir)
 
     def weights_for_saving(self) -> dict[str, torch.Tensor] | None:
         """None: the model's own state dict."""
@@ -340,38 +484,48 @@ class Trainer:
 
     # --- run directory ------------------------------------------------------------------------
     def _check_run_directory(self) -> Path | None:
-        existing = latest_checkpoint(self.run_dir) if self.run_dir.is_dir() else None
-        if self.config.resume:
-            if existing is None:
+        """The checkpoint to resume from (None: start at step 0), after refusing mismatches."""
+        has_run = self.run_dir.is_dir() and (
+            (self.run_dir / RUN_CONFIG_FILE).is_file() or (self.run_dir / "checkpoints").is_dir()
+        )
+        if not self.config.resume:
+            if has_run:
                 raise ScratchLMError(
-                    f"--resume: {self.run_dir} has no checkpoint to resume from; drop --resume to "
-                    "start a new run there, or pass the --out of an earlier run"
+                    f"{self.run_dir} already holds a training run; pass --resume to continue it, "
+                    "or choose a new --out"
                 )
-            saved_path = self.run_dir / RUN_CONFIG_FILE
-            if saved_path.is_file():
-                saved = json.loads(saved_path.read_text(encoding="utf-8"))
-                for name in ("preset", "set", "context_length", "tokenizer", "vocab_size", "seed"):
-                    ours = getattr(self.config, name)
-                    if (
-                        name in saved
-                        and saved[name] != ours
-                        and not (name == "tokenizer" and Path(str(ours)).name == "tokenizer.json")
-                    ):
-                        raise ScratchLMError(
-                            f"--resume with a different --{name.replace('_', '-')} ({ours!r}) than "
-                            f"the run was started with ({saved[name]!r}); resume with the original "
-                            "settings or start a new run with another --out"
-                        )
-            return existing
-        if existing is not None:
+            return None
+        if not has_run:
             raise ScratchLMError(
-                f"{self.run_dir} already holds a training run; pass --resume to continue it, or "
-                "choose a new --out"
+                f"--resume: {self.run_dir} has no checkpoint to resume from; drop --resume to "
+                "start a new run there, or pass the --out of an earlier run"
             )
-        return None
+        saved_path = self.run_dir / RUN_CONFIG_FILE
+        if saved_path.is_file():
+            saved = json.loads(saved_path.read_text(encoding="utf-8"))
+            for name in ("preset", "set", "context_length", "tokenizer", "vocab_size", "seed"):
+                ours = getattr(self.config, name)
+                if (
+                    name in saved
+                    and saved[name] != ours
+                    and not (name == "tokenizer" and Path(str(ours)).name == "tokenizer.json")
+                ):
+                    raise ScratchLMError(
+                        f"--resume with a different --{name.replace('_', '-')} ({ours!r}) than "
+                        f"the run was started with ({saved[name]!r}); resume with the original "
+                        "settings or start a new run with another --out"
+                    )
+        checkpoint = latest_valid_checkpoint(self.run_dir, require=TRAINER_STATE_FILE, log=self.log)
+        if checkpoint is None:
+            # Killed before its first checkpoint was complete: nothing is lost by starting over.
+            self.log(f"--resume: {self.run_dir} has no complete checkpoint yet; starting at step 0")
+        return checkpoint
 
-    def _restore(self, checkpoint_dir: Path) -> None:
-        self.restore_model(checkpoint_dir)
+    def _restore(
+        self, checkpoint_dir: Path, *, model_restored: bool = False, restore_loader: bool = True
+    ) -> None:
+        if not model_restored:
+            self.restore_model(checkpoint_dir)
         saved_config = json.loads((checkpoint_dir / "config.json").read_text(encoding="utf-8"))[
             "model"
         ]
@@ -380,25 +534,41 @@ class Trainer:
                 f"--resume: the model flags describe a different model than {checkpoint_dir}; "
                 "resume with the original --preset/--set/--context-length"
             )
-        state = load_trainer_state(checkpoint_dir, self.device)
-        self.optimizer.load_state_dict(state["optimizer"])
+        state = load_trainer_state(checkpoint_dir, "cpu")
+        distributed.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.loader.load_state_dict(state["loader"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if self.device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
-        self.state = RunState(
-            step=int(state["step"]),
-            tokens=int(state["tokens"]),
-            elapsed=float(state["elapsed"]),
-            best_val_loss=float(state["best_val_loss"]),
-            finished=bool(state.get("finished", False)),
-        )
+        if restore_loader:
+            self.loader.load_state_dict(state["loader"])
+        self._restore_rng(state["rng"], step=int(state["step"]))
+        self.state = RunState.from_dict(state.get("run", {}))
+        # checkpoints from before RunState was saved whole
+        self.state.step = int(state["step"])
+        self.state.tokens = int(state["tokens"])
+        self.state.elapsed = float(state["elapsed"])
+        self.state.best_val_loss = float(state["best_val_loss"])
+        self.state.finished = bool(state.get("finished", False))
         self.log(f"resuming {self.run_dir} from {checkpoint_dir.name} (step {self.state.step})")
 
+    def _restore_rng(self, saved: dict[str, Any], *, step: int) -> None:
+        """Each rank gets back its own generator state when the world size is unchanged; with a
+        different world size rank 0 takes the saved single stream and the others reseed."""
+        rank, world_size = self.distributed.rank, self.distributed.world_size
+        per_rank = saved.get("per_rank")
+        if per_rank is not None and len(per_rank) == world_size:
+            torch.set_rng_state(per_rank[rank].cpu())
+        elif rank == 0:
+            torch.set_rng_state(saved["torch"].cpu())
+        else:
+            torch.manual_seed(self.config.seed + 1_000_003 * rank + step)
+        if self.device.type == "cuda" and "cuda" in saved and rank == 0:
+            torch.cuda.set_rng_state(saved["cuda"].cpu(), self.device)
+
     def _trainer_state(self) -> dict[str, Any]:
-        rng = {"torch": torch.get_rng_state()}
+        """Everything but the weights; every rank must call it (FSDP gathers the optimizer)."""
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if self.distributed.enabled:
+            rng["per_rank"] = distributed.gather_objects(torch.get_rng_state(), self.distributed)
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
@@ -407,11 +577,24 @@ class Trainer:
             "elapsed": self.state.elapsed,
             "best_val_loss": self.state.best_val_loss,
             "finished": self.state.finished,
-            "optimizer": self.optimizer.state_dict(),
+            "run": self.state.to_dict(),
+            "optimizer": distributed.full_optimizer_state(self.model, self.optimizer),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "loader": self.loader.state_dict(),
             "rng": rng,
+            "world_size": self.distributed.world_size,
         }
+
+    def _weights(self) -> dict[str, torch.Tensor] | None:
+        """The weights to save (every rank must call it: FSDP gathers its shards; ranks other
+        than 0 get an empty dict)."""
+        if self.fsdp:
+            state = distributed.full_model_state(self.model)
+            if self.model_config.tie_embeddings:
+                state.pop("lm_head.weight", None)
+            return {name: tensor.contiguous() for name, tensor in state.items()}
+        custom = self.weights_for_saving()
+        return custom if custom is not None else model_state_for_saving(self.model)
 
     def _training_summary(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
@@ -427,21 +610,40 @@ class Trainer:
         }
 
     def save(self) -> Path:
+        """A step checkpoint (collective: every rank calls it; rank 0 writes)."""
         target = self.run_dir / "checkpoints" / f"step_{self.state.step:06d}"
-        save_checkpoint(
-            target,
-            self.model,
-            self.tokenizer,
-            training=self._training_summary(),
-            trainer_state=self._trainer_state(),
-            replace=True,
-            weights=self.weights_for_saving(),
-            extra_files=self.extra_checkpoint_files(),
-            extra_metadata=self.checkpoint_metadata(),
-        )
-        set_latest(self.run_dir, target)
-        prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
+        weights = self._weights()
+        trainer_state = self._trainer_state()
+        if self.is_main:
+            save_checkpoint(
+                target,
+                self.model,
+                self.tokenizer,
+                training=self._training_summary(),
+                trainer_state=trainer_state,
+                replace=True,
+                weights=weights,
+                extra_files=self.extra_checkpoint_files(),
+                extra_metadata=self.checkpoint_metadata(),
+            )
+            set_latest(self.run_dir, target)
+            prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
+        distributed.barrier(self.distributed)  # nobody reads a checkpoint before it is complete
         return target
+
+    def save_best(self, evaluation: dict[str, float]) -> None:
+        weights = self._weights()
+        if self.is_main:
+            save_checkpoint(
+                self.run_dir / "best",
+                self.model,
+                self.tokenizer,
+                training=self._training_summary({"val": evaluation}),
+                replace=True,
+                weights=weights,
+                extra_metadata=self.checkpoint_metadata(),
+            )
+        distributed.barrier(self.distributed)
 
     # --- evaluation and samples ---------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -469,7 +671,13 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         engine = Engine(self.model)
-        ids = list(
+        with self.autocast:
+            ids = self._generate_sample(engine, prompt_ids)
+        self.model.train(was_training)
+        return prompt + self.tokenizer.decode(ids, skip_special=True)
+
+    def _generate_sample(self, engine: Engine, prompt_ids: list[int]) -> list[int]:
+        return list(
             engine.generate(
                 prompt_ids,
                 max_new_tokens=min(
@@ -483,8 +691,6 @@ class Trainer:
                 truncate=True,
             )
         )
-        self.model.train(was_training)
-        return prompt + self.tokenizer.decode(ids, skip_special=True)
 
     # --- the loop -----------------------------------------------------------------------------
     def progress(self) -> float:
@@ -497,71 +703,196 @@ class Trainer:
             fractions.append(self.state.elapsed / self.max_time)
         return max(fractions)
 
-    def train_step(self, learning_rate: float) -> float:
+    def train_step(self, learning_rate: float) -> tuple[float, float, str | None]:
+        """One optimizer step over `accumulation` micro-batches on every rank.
+
+        Returns (mean loss over ranks and micro-batches, gradient norm, spike reason). When the
+        loss or gradient is a spike ("spike", "nan") the step is not applied: the gradients are
+        dropped and the caller backtracks."""
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
         total_loss = torch.zeros((), device=self.device)
-        for _ in range(self.accumulation):
+        vocab = self.model_config.padded_vocab_size
+        assert vocab is not None
+        for micro_step in range(self.accumulation):
             inputs, targets = self.loader.next_batch()
             inputs = inputs.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
-            with self.autocast:
-                logits = self.forward(inputs)  # (B, T, padded_vocab)
-                # ignore_index: fine-tuning masks prompt and padding positions with -100
-                loss = F.cross_entropy(
-                    logits.float().view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-100
-                )
-            self.scaler.scale(loss / self.accumulation).backward()
+            last = micro_step == self.accumulation - 1
+            # Only the last micro-batch all-reduces gradients; the others accumulate locally.
+            with distributed.gradient_sync(self.wrapped, self.fsdp, last):
+                with self.autocast:
+                    logits = self.forward(inputs)  # (B, T, padded_vocab)
+                    # ignore_index: fine-tuning masks prompt and padding positions with -100
+                    loss = weighted_cross_entropy(
+                        logits.float().view(-1, vocab), targets.view(-1), self.token_weights
+                    )
+                if self.loss_hook is not None:
+                    loss = self.loss_hook(self.state.step + 1, loss)
+                self.scaler.scale(loss / self.accumulation).backward()
             total_loss += loss.detach()
-        if self.config.grad_clip > 0:
+        mean_loss = float(distributed.all_reduce_mean(total_loss, self.distributed))
+        mean_loss /= self.accumulation
+        reason = self._spike_reason(mean_loss)
+        grad_norm = float("nan")
+        if reason is None:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+            clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            full_norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+            grad_norm = float(full_norm)
+            if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+                reason = "nan"  # a finite loss with a NaN gradient would poison the weights
+        if reason is None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.recent_losses.append(mean_loss)
         self.optimizer.zero_grad(set_to_none=True)
-        return float(total_loss) / self.accumulation
+        return mean_loss, grad_norm, reason
 
-    def run(self) -> TrainingResult:
-        config = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save(self.run_dir / "tokenizer.json")
+    def _spike_reason(self, loss: float) -> str | None:
+        """ "nan" for a NaN/inf loss, "spike" for one above --spike-factor x its moving average
+        (once the average holds a few steps), else None."""
+        if not math.isfinite(loss):
+            return "nan"
+        if self.config.spike_factor <= 0 or len(self.recent_losses) < min(
+            10, self.config.spike_window
+        ):
+            return None
+        average = sum(self.recent_losses) / len(self.recent_losses)
+        return "spike" if loss > self.config.spike_factor * average else None
+
+    def _backtrack(self, loss: float, reason: str, metrics: Any) -> None:
+        """Reload the last checkpoint, keep the data position (so the offending batches are
+        skipped), and lower the learning rate."""
+        spiked_at = self.state.step + 1
+        average = sum(self.recent_losses) / len(self.recent_losses) if self.recent_losses else None
+        if self.config.spike_factor <= 0:
+            raise ScratchLMError(
+                f"training diverged: the loss is {loss} at step {spiked_at}; lower --lr, raise "
+                "--warmup-steps, use --precision fp32, or turn backtracking on with --spike-factor 3"
+            )
+        if self.state.backtracks >= self.config.max_backtracks:
+            raise ScratchLMError(
+                f"training diverged: a loss {reason} at step {spiked_at} (loss {loss:.4g}) after "
+                f"{self.state.backtracks} backtracks; lower --lr, raise --warmup-steps, or allow "
+                "more with --max-backtracks"
+            )
+        checkpoint = latest_valid_checkpoint(self.run_dir, require=TRAINER_STATE_FILE, log=self.log)
+        if checkpoint is None:
+            raise ScratchLMError(
+                f"a loss {reason} at step {spiked_at} but no checkpoint to backtrack to in "
+                f"{self.run_dir}; lower --lr or raise --warmup-steps"
+            )
+        carried = (self.state.backtracks + 1, self.state.lr_scale * self.config.spike_lr_factor)
+        self._restore(checkpoint, restore_loader=False)
+        self.state.backtracks, self.state.lr_scale = carried
+        event = {
+            "kind": "backtrack",
+            "step": spiked_at,
+            "restored_step": self.state.step,
+            "loss": loss if math.isfinite(loss) else str(loss),
+            "moving_average": average,
+            "reason": reason,
+            "lr_scale": self.state.lr_scale,
+            "backtracks": self.state.backtracks,
+        }
+        metrics.log(event)
+        self.log(
+            f"backtrack {self.state.backtracks}/{self.config.max_backtracks}: loss {reason} at "
+            f"step {spiked_at} ({loss:.4g}"
+            + (f" vs moving average {average:.4g}" if average is not None else "")
+            + f"); reloaded {checkpoint.name}, learning rate x{self.state.lr_scale:g}, "
+            "skipping the batches since"
+        )
+
+    def _write_run_config(self) -> None:
         atomic_write_json(
             self.run_dir / RUN_CONFIG_FILE,
             {
-                **config.to_dict(),
+                **self.config.to_dict(),
                 "resolved": {
                     "model": self.model_config.to_dict(),
                     "learning_rate": self.learning_rate,
+                    "batch_size": self.config.batch_size,
                     "accumulation": self.accumulation,
                     "tokens_per_step": self.tokens_per_step,
                     "max_steps": self.max_steps,
                     "device": str(self.device),
                     "precision": self.precision,
                     "n_params": self.n_params,
+                    "world_size": self.distributed.world_size,
+                    "parallelism": "fsdp"
+                    if self.fsdp
+                    else "ddp"
+                    if self.distributed.enabled
+                    else "none",
+                    "hardware": describe_hardware(self.device),
+                    "peak_flops": self.peak_flops,
+                    "peak_flops_source": self.peak_flops_source,
+                    "flops_per_token": self.flops_per_token,
                 },
             },
         )
-        if self.state.finished and self.progress() >= 1.0:
+
+    def run(self) -> TrainingResult:
+        try:
+            return self._run()
+        except Exception as error:
+            if is_out_of_memory(error):
+                raise ScratchLMError(
+                    out_of_memory_message(
+                        self.config.batch_size,
+                        self.accumulation,
+                        activation_checkpointing=self.config.activation_checkpointing,
+                        fsdp=self.fsdp,
+                        device=self.device,
+                    )
+                ) from None
+            raise
+        finally:
+            distributed.shutdown(self.distributed)
+
+    def _run(self) -> TrainingResult:
+        config = self.config
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.tokenizer.save(self.run_dir / "tokenizer.json")
+            self._write_run_config()
+        if self.state.finished and (self.progress() >= 1.0 or self.state.stopped_early):
+            how = " (stopped early)" if self.state.stopped_early else ""
             self.log(
-                f"{self.run_dir} already finished at step {self.state.step}; nothing to do "
+                f"{self.run_dir} already finished at step {self.state.step}{how}; nothing to do "
                 "(raise --max-steps/--max-tokens/--max-time to train further)"
             )
-            finished_checkpoint = latest_checkpoint(self.run_dir)
+            finished_checkpoint = latest_valid_checkpoint(self.run_dir, log=self.log)
             assert finished_checkpoint is not None
             return self._result(finished_checkpoint, float("nan"), 0.0)
         self.state.finished = False
-        metrics = MetricsLogger(
-            self.run_dir, wandb_project=config.wandb, run_config=config.to_dict()
+        metrics: Any = (
+            MetricsLogger(self.run_dir, wandb_project=config.wandb, run_config=config.to_dict())
+            if self.is_main
+            else _NoMetrics()
+        )
+        ranks = (
+            f" | {self.distributed.world_size} ranks ({'FSDP' if self.fsdp else 'DDP'}, "
+            f"{self.distributed.backend})"
+            if self.distributed.enabled
+            else ""
         )
         self.log(
             f"model {self.model_config.name}: {self.n_params:,} parameters, context "
             f"{self.model_config.context_length}, vocab {self.tokenizer.vocab_size} "
-            f"({self.tokenizer.kind}) | device {self.device}, {self.precision} | "
+            f"({self.tokenizer.kind}) | device {self.device}, {self.precision}{ranks} | "
             f"{self.tokens_per_step:,} tokens/step ({self.config.batch_size} x "
-            f"{self.model_config.context_length} x {self.accumulation}) | lr {self.learning_rate:g} | "
-            f"{self.data_summary}"
+            f"{self.model_config.context_length} x {self.accumulation}"
+            + (f" x {self.distributed.world_size} ranks" if self.distributed.enabled else "")
+            + f") | lr {self.learning_rate:g} | {self.data_summary}"
         )
-        interactive = sys.stderr.isatty() and not config.quiet
+        if self.config.spike_factor > 0 and self.state.step == 0:
+            # A loss spike before the first periodic checkpoint backtracks to this one.
+            self.save()
+        interactive = sys.stderr.isatty() and not config.quiet and self.is_main
         bar = tqdm(
             total=1000,
             disable=not interactive,
@@ -576,7 +907,7 @@ class Trainer:
         checkpoint: Path | None = None
         try:
             while self.progress() < 1.0:
-                learning_rate = learning_rate_at(
+                learning_rate = self.state.lr_scale * learning_rate_at(
                     self.state.step,
                     self.progress(),
                     peak=self.learning_rate,
@@ -585,12 +916,11 @@ class Trainer:
                     min_ratio=config.min_lr_ratio,
                     decay_fraction=config.decay_fraction,
                 )
-                loss = self.train_step(learning_rate)
-                if not math.isfinite(loss):
-                    raise ScratchLMError(
-                        f"training diverged: the loss is {loss} at step {self.state.step + 1}; "
-                        "lower --lr, raise --warmup-steps, or use --precision fp32"
-                    )
+                loss, grad_norm, spike = self.train_step(learning_rate)
+                if spike is not None:
+                    self._backtrack(loss, spike, metrics)
+                    started = time.perf_counter() - self.state.elapsed
+                    continue
                 self.state.step += 1
                 self.state.tokens += self.tokens_per_step
                 self.state.elapsed = time.perf_counter() - started
@@ -600,6 +930,9 @@ class Trainer:
                     now = time.perf_counter()
                     tokens_per_s = window_tokens / max(now - window_start, 1e-9)
                     window_tokens, window_start = 0, now
+                    peak = (
+                        self.peak_flops * self.distributed.world_size if self.peak_flops else None
+                    )
                     metrics.log(
                         {
                             "kind": "train",
@@ -607,7 +940,9 @@ class Trainer:
                             "tokens": self.state.tokens,
                             "loss": loss,
                             "lr": learning_rate,
+                            "grad_norm": grad_norm,
                             "tokens_per_s": tokens_per_s,
+                            "mfu": mfu(tokens_per_s, self.flops_per_token, peak),
                             "elapsed_s": self.state.elapsed,
                         }
                     )
@@ -622,16 +957,20 @@ class Trainer:
                         )
                 bar.n = min(1000, int(self.progress() * 1000))
                 bar.refresh()
-                done = self.progress() >= 1.0
+                # every rank must agree on stopping (time budgets differ slightly per rank)
+                done = bool(distributed.broadcast_object(self.progress() >= 1.0, self.distributed))
                 paused = config.stop_after_steps is not None and step >= config.stop_after_steps
                 if step % config.eval_every == 0 or done or paused:
                     self._evaluate_and_sample(metrics, bar, step)
+                    done = done or self.state.stopped_early
                 if done:
                     self.state.finished = True
                 if step % config.save_every == 0 or done or paused:
                     checkpoint = self.save()
                 if paused and not done:
                     self.log(f"paused after step {step}; continue with --resume")
+                    break
+                if done:
                     break
         except KeyboardInterrupt:
             bar.close()
@@ -642,27 +981,53 @@ class Trainer:
             raise
         finally:
             bar.close()
-        metrics.close()
-        plot_loss_curve(self.run_dir)
         if checkpoint is None:
             checkpoint = self.save()
-        return self._result(checkpoint, loss, tokens_per_s)
+        final = checkpoint
+        if self.state.stopped_early and (self.run_dir / "best").is_dir():
+            final = self.run_dir / "best"
+            self.log(
+                f"early stop at step {self.state.step}: the validation loss did not improve for "
+                f"{config.early_stop_patience} evaluations; the final model is best/ (step "
+                f"{self.state.best_step}, val loss {self.state.best_val_loss:.4f})"
+            )
+        metrics.log(
+            {
+                "kind": "end",
+                "step": self.state.step,
+                "tokens": self.state.tokens,
+                "elapsed_s": self.state.elapsed,
+                "final_train_loss": loss,
+                "best_val_loss": None
+                if math.isinf(self.state.best_val_loss)
+                else self.state.best_val_loss,
+                "best_step": self.state.best_step,
+                "stopped_early": self.state.stopped_early,
+                "backtracks": self.state.backtracks,
+                "reason": "early stop"
+                if self.state.stopped_early
+                else "finished"
+                if self.state.finished
+                else "paused",
+            }
+        )
+        metrics.close()
+        if self.is_main:
+            plot_loss_curve(self.run_dir)
+        return self._result(final, loss, tokens_per_s)
 
-    def _evaluate_and_sample(self, metrics: MetricsLogger, bar: tqdm, step: int) -> None:
+    def _evaluate_and_sample(self, metrics: Any, bar: tqdm, step: int) -> None:
+        # Every rank evaluates and samples (an FSDP forward needs all of them); rank 0 reports.
         evaluation = self.evaluate()
         sample = self.sample()
         improved = evaluation["val_loss"] < self.state.best_val_loss
         if improved:
             self.state.best_val_loss = evaluation["val_loss"]
-            save_checkpoint(
-                self.run_dir / "best",
-                self.model,
-                self.tokenizer,
-                training=self._training_summary({"val": evaluation}),
-                replace=True,
-                weights=self.weights_for_saving(),
-                extra_metadata=self.checkpoint_metadata(),
-            )
+            self.state.best_step = step
+            self.state.evals_since_best = 0
+            self.save_best(evaluation)
+        else:
+            self.state.evals_since_best += 1
         metrics.log(
             {
                 "kind": "eval",
@@ -673,7 +1038,8 @@ class Trainer:
                 "elapsed_s": self.state.elapsed,
             }
         )
-        plot_loss_curve(self.run_dir)
+        if self.is_main:
+            plot_loss_curve(self.run_dir)
         line = (
             f"eval step {step}: val loss {evaluation['val_loss']:.4f} "
             f"(ppl {evaluation['val_perplexity']:.2f}"
@@ -690,6 +1056,18 @@ class Trainer:
         if sample:
             self.log("  sample: " + sample.strip().replace("\n", "\n          ")[:600])
         bar.refresh()
+        patience = self.config.early_stop_patience
+        if patience is not None and self.state.evals_since_best >= patience:
+            self.state.stopped_early = True
+            metrics.log(
+                {
+                    "kind": "early_stop",
+                    "step": step,
+                    "best_step": self.state.best_step,
+                    "best_val_loss": self.state.best_val_loss,
+                    "patience": patience,
+                }
+            )
 
     def _result(self, checkpoint: Path, loss: float, tokens_per_s: float) -> TrainingResult:
         average = self.state.tokens / self.state.elapsed if self.state.elapsed > 0 else 0.0

@@ -1,0 +1,371 @@
+"""What the report says, independent of how it is drawn: rows of (label, text) and chart specs.
+
+The HTML and Markdown renderers both consume these, so the two pages always hold the same facts.
+Values are formatted to plain text here; each renderer escapes for its own format.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from scratchlm.report.run import RunData, finite, mfu_series, series, summary
+from scratchlm.report.speed import InferenceSpeed
+from scratchlm.report.svg import COLORS, Event, Series
+
+NOT_RECORDED = "not recorded"
+Rows = list[tuple[str, str]]
+
+
+def format_value(value: Any, none: str = NOT_RECORDED) -> str:
+    """Plain text for a JSON value; `none` is what null means where it is shown (in a config,
+    null is a setting: "none"; in a metric it is a gap: "not recorded")."""
+    if value is None:
+        return none
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value != 0 and (abs(value) >= 1e6 or abs(value) < 1e-3):
+            return f"{value:.4g}"
+        return f"{value:.4f}".rstrip("0").rstrip(".") if value != int(value) else f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(format_value(item) for item in value) if value else "none"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return NOT_RECORDED
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{seconds:.1f}s"
+
+
+def format_rate(value: Any, unit: str = "tokens/s") -> str:
+    number = finite(value)
+    return NOT_RECORDED if number is None else f"{number:,.0f} {unit}"
+
+
+def format_flops(value: Any) -> str:
+    number = finite(value)
+    if number is None:
+        return NOT_RECORDED
+    for threshold, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if number >= threshold:
+            return f"{number / threshold:.3g} {prefix}FLOP"
+    return f"{number:.3g} FLOP"
+
+
+# --- tables ---------------------------------------------------------------------------------------
+def summary_rows(run: RunData) -> Rows:
+    facts = summary(run)
+    best = facts["best_val_loss"]
+    best_text = (
+        f"{format_value(best)} at step {format_value(facts['best_step'])}"
+        if best is not None
+        else NOT_RECORDED
+    )
+    if facts["best_val_perplexity"] is not None:
+        best_text += f" (perplexity {format_value(facts['best_val_perplexity'])}"
+        if facts["best_val_bits_per_byte"] is not None:
+            best_text += f", {format_value(facts['best_val_bits_per_byte'])} bits/byte"
+        best_text += ")"
+    early = facts["early_stop"]
+    if early:
+        early_text = (
+            f"yes, at step {format_value(early.get('step'))} (best step "
+            f"{format_value(early.get('best_step'))}, patience {format_value(early.get('patience'))})"
+        )
+    else:
+        early_text = format_value(facts["stopped_early"])
+    mfu_text = (
+        f"{facts['median_mfu_percent']:.2f}%"
+        if facts["median_mfu_percent"] is not None
+        else NOT_RECORDED
+    )
+    return [
+        ("steps", format_value(facts["steps"])),
+        ("tokens", format_value(facts["tokens"])),
+        ("training time", format_duration(facts["elapsed_s"])),
+        ("final train loss", format_value(facts["final_train_loss"])),
+        ("final validation loss", format_value(facts["final_val_loss"])),
+        ("best validation loss", best_text),
+        ("average throughput", format_rate(facts["average_tokens_per_s"])),
+        ("median logged throughput", format_rate(facts["median_logged_tokens_per_s"])),
+        ("median MFU", mfu_text),
+        ("backtracks", format_value(facts["backtracks"])),
+        ("stopped early", early_text),
+        (
+            "run status",
+            # The last end record wins: a paused run that was resumed and finished says so.
+            f"ended: {format_value(facts['stop_reason'], none='reason not recorded')}"
+            if facts["ended"]
+            else "no end record (still running, interrupted, or an older trainer)",
+        ),
+    ]
+
+
+def settings_rows(run: RunData) -> Rows:
+    return [(key, format_value(value, none="none")) for key, value in run.settings.items()]
+
+
+def resolved_rows(run: RunData) -> Rows:
+    """What the trainer derived (learning rate, accumulation, ...), minus the model and machine."""
+    skip = {"model", "hardware", "peak_flops", "peak_flops_source", "flops_per_token", "world_size"}
+    rows = []
+    for key, value in run.resolved.items():
+        if key in skip:
+            continue
+        rows.append((key, format_value(value, none="none")))
+    return rows
+
+
+def model_rows(run: RunData) -> Rows:
+    return [(key, format_value(value, none="none")) for key, value in run.model.items()]
+
+
+def flops_per_token(run: RunData) -> tuple[float | None, str]:
+    """The recorded training FLOPs per token, else computed here from the model config."""
+    recorded = finite(run.resolved.get("flops_per_token"))
+    if recorded is not None:
+        return recorded, "recorded by the trainer"
+    if not run.model:
+        return None, NOT_RECORDED
+    from scratchlm.config import ModelConfig
+    from scratchlm.errors import ScratchLMError
+    from scratchlm.training.hardware import model_flops_per_token
+
+    try:
+        return model_flops_per_token(ModelConfig.from_dict(run.model)), "computed by the report"
+    except (ScratchLMError, TypeError):
+        return None, NOT_RECORDED
+
+
+def hardware_rows(run: RunData) -> Rows:
+    hardware = run.hardware
+    rows: Rows = []
+    if not hardware:
+        rows.append(("hardware", f"{NOT_RECORDED} (run written before hardware was logged)"))
+    labels = {
+        "device": "device",
+        "cpu_model": "CPU",
+        "cpu_count": "CPU cores (logical)",
+        "torch_threads": "torch threads",
+        "ram_gb": "RAM (GiB)",
+        "gpu_name": "GPU",
+        "gpu_count": "GPUs",
+        "gpu_memory_gb": "GPU memory (GiB)",
+        "cpu_flags_of_note": "CPU flags of note",
+        "torch_version": "torch",
+        "python_version": "Python",
+        "platform": "platform",
+    }
+    for key, label in labels.items():
+        if key in hardware:
+            rows.append((label, format_value(hardware[key])))
+    for key, value in hardware.items():
+        if key not in labels:
+            rows.append((key, format_value(value)))
+    if "device" not in hardware and "device" in run.resolved:
+        rows.append(("device", format_value(run.resolved["device"])))
+    rows.append(("precision", format_value(run.resolved.get("precision"))))
+    rows.append(("processes (world size)", format_value(run.resolved.get("world_size"))))
+    peak = finite(run.resolved.get("peak_flops"))
+    source = run.resolved.get("peak_flops_source")
+    peak_text = f"{format_flops(peak)}/s" if peak is not None else NOT_RECORDED
+    if source:
+        peak_text += f" ({source})"
+    rows.append(("peak FLOP/s per device", peak_text))
+    per_token, origin = flops_per_token(run)
+    rows.append(
+        (
+            "training FLOPs per token",
+            f"{format_flops(per_token)} ({origin})" if per_token is not None else NOT_RECORDED,
+        )
+    )
+    return rows
+
+
+BACKTRACK_COLUMNS = (
+    "step",
+    "restored step",
+    "reason",
+    "loss",
+    "moving average",
+    "new lr scale",
+    "backtracks so far",
+)
+
+
+def backtrack_rows(run: RunData) -> list[list[str]]:
+    keys = ("step", "restored_step", "reason", "loss", "moving_average", "lr_scale", "backtracks")
+    return [[format_value(record.get(key)) for key in keys] for record in run.backtracks]
+
+
+EVAL_COLUMNS = ("step", "tokens", "val loss", "perplexity", "bits/byte", "time")
+
+
+@dataclass
+class Evaluation:
+    cells: list[str]
+    sample: str | None
+
+
+def evaluations(run: RunData) -> list[Evaluation]:
+    result = []
+    for record in run.evals:
+        sample = record.get("sample")
+        result.append(
+            Evaluation(
+                cells=[
+                    format_value(record.get("step")),
+                    format_value(record.get("tokens")),
+                    format_value(record.get("val_loss")),
+                    format_value(record.get("val_perplexity")),
+                    format_value(record.get("val_bits_per_byte")),
+                    format_duration(finite(record.get("elapsed_s"))),
+                ],
+                sample=str(sample) if sample else None,
+            )
+        )
+    return result
+
+
+def speed_rows(speed: InferenceSpeed) -> Rows:
+    if speed.skipped:
+        return [("inference speed", "not measured (--no-bench)")]
+    if speed.error is not None:
+        rows = [("inference speed", f"not measured: {speed.error}")]
+        if speed.checkpoint:
+            rows.insert(0, ("checkpoint", speed.checkpoint))
+        return rows
+    values = speed.values
+    setting = (
+        f"{format_value(values.get('prompt_tokens'))} prompt tokens, "
+        f"{format_value(values.get('new_tokens'))} new tokens, greedy, batch 1, "
+        f"{format_value(values.get('num_runs'))} timed run(s) after a warm-up"
+    )
+    return [
+        ("checkpoint", format_value(speed.checkpoint)),
+        ("measured", setting),
+        (
+            "on",
+            f"{values.get('device', '?')}, {values.get('dtype', '?')} weights, "
+            f"{format_value(values.get('threads'))} threads (this machine, at report time)",
+        ),
+        ("prefill", format_rate(values.get("prefill_tokens_per_s"))),
+        ("decode (batch 1)", format_rate(values.get("decode_tokens_per_s"))),
+        (
+            "time to first token",
+            f"{values['time_to_first_token_s'] * 1000:.1f} ms"
+            if finite(values.get("time_to_first_token_s")) is not None
+            else NOT_RECORDED,
+        ),
+        ("parameters", format_value(values.get("n_params"))),
+    ]
+
+
+# --- charts ---------------------------------------------------------------------------------------
+@dataclass
+class Chart:
+    plot_id: str
+    title: str
+    y_label: str
+    series: list[Series]
+    events: list[Event] = field(default_factory=list)
+    y_min: float | None = None
+    note: str = ""
+
+
+def backtrack_events(run: RunData) -> list[Event]:
+    events = []
+    for record in run.backtracks:
+        step = finite(record.get("step"))
+        if step is None:
+            continue
+        events.append(
+            Event(
+                x=step,
+                kind="backtrack",
+                label=(
+                    f"backtrack at step {format_value(record.get('step'))} "
+                    f"({format_value(record.get('reason'))}): restored step "
+                    f"{format_value(record.get('restored_step'))}, lr scale "
+                    f"{format_value(record.get('lr_scale'))}"
+                ),
+            )
+        )
+    return events
+
+
+def charts(run: RunData) -> list[Chart]:
+    """Loss, learning rate and tokens/s always (empty ones say "not recorded"); MFU and gradient
+    norm when the run logged them."""
+    events = backtrack_events(run)
+    result = [
+        Chart(
+            "loss",
+            "Loss",
+            "loss (nats/token)",
+            [
+                Series("train loss", series(run.train, "loss"), COLORS[0]),
+                Series("validation loss", series(run.evals, "val_loss"), COLORS[1], markers=True),
+            ],
+            events,
+        ),
+        Chart(
+            "lr",
+            "Learning rate",
+            "learning rate",
+            [Series("lr", series(run.train, "lr"), COLORS[2])],
+            events,
+            y_min=0.0,
+        ),
+        Chart(
+            "tokens-per-s",
+            "Throughput",
+            "tokens/s",
+            [Series("tokens/s", series(run.train, "tokens_per_s"), COLORS[3])],
+            events,
+            y_min=0.0,
+        ),
+    ]
+    mfu_points, origin = mfu_series(run)
+    if mfu_points:
+        result.append(
+            Chart(
+                "mfu",
+                "Model FLOPs utilization",
+                "MFU (%)",
+                [Series("MFU %", mfu_points, COLORS[4])],
+                events,
+                y_min=0.0,
+                note=origin,
+            )
+        )
+    grad_norms = series(run.train, "grad_norm")
+    if grad_norms:
+        result.append(
+            Chart(
+                "grad-norm",
+                "Gradient norm",
+                "gradient norm",
+                [Series("grad norm", grad_norms, COLORS[0])],
+                events,
+                y_min=0.0,
+            )
+        )
+    return result

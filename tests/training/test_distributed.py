@@ -1,0 +1,156 @@
+"""torchrun on CPU with gloo: DDP and FSDP2 match one process with the same global batch, and
+their checkpoints resume on a different number of ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from scratchlm.data.synthetic import generate_stories
+
+pytestmark = pytest.mark.xdist_group("torchrun")
+
+TINY_MODEL = ["n_layer=2", "d_model=64", "n_head=4", "n_kv_head=2", "ffn_hidden=128"]
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "stories.txt"
+    path.write_text("\n<|endoftext|>\n".join(generate_stories(300, seed=5)), encoding="utf-8")
+    return path
+
+
+def train_arguments(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--preset",
+        "tiny",
+        *[item for assignment in TINY_MODEL for item in ("--set", assignment)],
+        "--context-length",
+        "64",
+        "--data",
+        str(corpus),
+        "--tokenizer",
+        "char",
+        "--out",
+        str(out),
+        "--batch-size",
+        "4",
+        # one process: 4 x 64 x 2 micro-batches; two processes: 4 x 64 x 1 each
+        "--tokens-per-step",
+        "512",
+        "--max-steps",
+        str(STEPS),
+        "--eval-every",
+        "6",
+        "--eval-tokens",
+        "2048",
+        "--sample-tokens",
+        "8",
+        "--log-every",
+        "1",
+        "--warmup-steps",
+        "2",
+        "--lr",
+        "3e-3",
+        "--seed",
+        "7",
+        "--threads",
+        "1",
+        "--data-workers",
+        "1",
+        "--quiet",
+        *extra,
+    ]
+
+
+def run(arguments: list[str], processes: int = 1) -> None:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if processes == 1:
+        command = [sys.executable, "-m", "scratchlm", *arguments]
+    else:
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            "-m",
+            "scratchlm",
+            *arguments,
+        ]
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    """The last logged loss of each step (a resumed run logs its redone steps again)."""
+    losses: dict[int, float] = {}
+    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record["kind"] == "train":
+            losses[record["step"]] = record["loss"]
+    return losses
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    pointer = (run_dir / "latest").read_text(encoding="utf-8").strip()
+    return load_file(str(run_dir / pointer / "model.safetensors"))
+
+
+def assert_same_training(reference: Path, other: Path) -> None:
+    expected, found = train_losses(reference), train_losses(other)
+    assert sorted(found) == list(range(1, STEPS + 1))
+    for step in expected:
+        # same windows, same updates; only the order of float sums differs (all-reduce)
+        assert found[step] == pytest.approx(expected[step], rel=1e-4, abs=1e-5), step
+    reference_weights, other_weights = final_weights(reference), final_weights(other)
+    assert reference_weights.keys() == other_weights.keys()
+    for name, tensor in reference_weights.items():
+        torch.testing.assert_close(other_weights[name], tensor, rtol=1e-3, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def single_process_run(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("single") / "run"
+    run(train_arguments(corpus, out))
+    config = json.loads((out / "run_config.json").read_text(encoding="utf-8"))["resolved"]
+    assert config["accumulation"] == 2 and config["world_size"] == 1
+    return out
+
+
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
+def test_two_ranks_match_one_process_and_resume_on_one(
+    corpus: Path, single_process_run: Path, tmp_path: Path, parallelism: str
+) -> None:
+    extra = ["--fsdp"] if parallelism == "fsdp" else []
+    # Two ranks train the first half and stop; one process resumes their checkpoint.
+    out = tmp_path / parallelism
+    run(train_arguments(corpus, out, "--stop-after-steps", str(STEPS // 2), *extra), processes=2)
+    config = json.loads((out / "run_config.json").read_text(encoding="utf-8"))["resolved"]
+    assert config["world_size"] == 2 and config["accumulation"] == 1
+    assert config["parallelism"] == parallelism
+    halfway = train_losses(out)
+    assert sorted(halfway) == list(range(1, STEPS // 2 + 1))
+    run(train_arguments(corpus, out, "--resume", *extra))
+    assert_same_training(single_process_run, out)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # only rank 0 logged: one record per step before the resume
+    assert sum(1 for record in records if record["kind"] == "train" and record["step"] == 1) == 1
+
+
+def test_one_process_checkpoint_resumes_on_two_ranks(
+    corpus: Path, single_process_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "grow"
+    run(train_arguments(corpus, out, "--stop-after-steps", str(STEPS // 2)))
+    run(train_arguments(corpus, out, "--resume"), processes=2)
+    assert_same_training(single_process_run, out)

@@ -1,0 +1,331 @@
+"""Training under faults: SIGKILL at random moments, damaged checkpoints, loss spikes and NaNs,
+and overfitting (early stopping)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from scratchlm.data.synthetic import generate_stories
+from scratchlm.errors import ScratchLMError
+from scratchlm.training.run_config import TrainConfig
+from scratchlm.training.trainer import Trainer
+
+TINY_MODEL = ["n_layer=2", "d_model=64", "n_head=4", "ffn_hidden=128"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "stories.txt"
+    path.write_text("\n<|endoftext|>\n".join(generate_stories(400, seed=9)), encoding="utf-8")
+    return path
+
+
+def tiny_run(corpus: Path, out: Path, **overrides: Any) -> TrainConfig:
+    values: dict[str, Any] = {
+        "preset": "tiny",
+        "set": TINY_MODEL,
+        "context_length": 64,
+        "data": str(corpus),
+        "tokenizer": "char",
+        "out": str(out),
+        "batch_size": 8,
+        "max_steps": 30,
+        "eval_every": 10,
+        "eval_tokens": 2048,
+        "sample_tokens": 8,
+        "save_every": 5,
+        "log_every": 1,
+        "warmup_steps": 3,
+        "lr": 3e-3,
+        "quiet": True,
+        "data_workers": 1,
+        "seed": 21,
+    }
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def records(run_dir: Path, kind: str) -> list[dict[str, Any]]:
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [record for record in map(json.loads, lines) if record["kind"] == kind]
+
+
+def latest_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    pointer = (run_dir / "latest").read_text(encoding="utf-8").strip()
+    return load_file(str(run_dir / pointer / "model.safetensors"))
+
+
+def assert_identical(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> None:
+    assert expected.keys() == found.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(found[name], tensor), name
+
+
+# --- SIGKILL at random moments ----------------------------------------------------------------
+
+
+def cli_arguments(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "scratchlm",
+        "train",
+        "--preset",
+        "tiny",
+        *[item for assignment in TINY_MODEL for item in ("--set", assignment)],
+        "--context-length",
+        "64",
+        "--data",
+        str(corpus),
+        "--tokenizer",
+        "char",
+        "--out",
+        str(out),
+        "--batch-size",
+        "8",
+        "--dropout",
+        "0.1",  # restoring the RNG state matters
+        "--max-steps",
+        "60",
+        "--save-every",
+        "7",
+        "--eval-every",
+        "20",
+        "--eval-tokens",
+        "2048",
+        "--sample-tokens",
+        "8",
+        "--log-every",
+        "1",
+        "--lr",
+        "3e-3",
+        "--seed",
+        "5",
+        "--threads",
+        "1",
+        "--data-workers",
+        "1",
+        "--quiet",
+        *extra,
+    ]
+
+
+def logged_steps(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    steps = [0]
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by the kill
+            continue
+        if record.get("kind") == "train":
+            steps.append(record["step"])
+    return steps[-1]
+
+
+def kill_when(process: subprocess.Popen[bytes], ready: Any, timeout: float = 120.0) -> bool:
+    """SIGKILL the process once ready() holds; False if it finished first."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        if ready():
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return True
+        time.sleep(0.01)
+    process.wait(timeout=60)
+    return False
+
+
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(
+    corpus: Path, tmp_path: Path
+) -> None:
+    straight = tmp_path / "straight"
+    subprocess.run(cli_arguments(corpus, straight), check=True, capture_output=True)
+
+    crashed = tmp_path / "crashed"
+    rng = random.Random(1234)
+    kills = 0
+    # 1) during start-up, before any checkpoint exists
+    process = subprocess.Popen(cli_arguments(corpus, crashed), stderr=subprocess.DEVNULL)
+    kills += kill_when(process, lambda: (crashed / "run_config.json").is_file())
+    # 2) at random training steps
+    for _ in range(3):
+        target = logged_steps(crashed) + rng.randint(2, 12)
+        process = subprocess.Popen(
+            cli_arguments(corpus, crashed, "--resume"), stderr=subprocess.DEVNULL
+        )
+        kills += kill_when(process, lambda target=target: logged_steps(crashed) >= target)
+    # 3) in the middle of writing a checkpoint (the test hook pauses inside the write)
+    checkpoints = crashed / "checkpoints"
+    process = subprocess.Popen(
+        cli_arguments(corpus, crashed, "--resume"),
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "SCRATCHLM_TEST_PAUSE_IN_SAVE": "2"},
+    )
+    mid_write = kill_when(
+        process,
+        lambda: (
+            checkpoints.is_dir()
+            and any(path.name.endswith(".tmp") for path in checkpoints.iterdir())
+        ),
+    )
+    assert mid_write, "the run finished before a checkpoint write could be interrupted"
+    kills += 1
+    assert kills >= 4
+    # then to the end
+    finish = subprocess.run(
+        cli_arguments(corpus, crashed, "--resume"), capture_output=True, text=True
+    )
+    assert finish.returncode == 0, finish.stderr[-2000:]
+    assert_identical(latest_weights(straight), latest_weights(crashed))
+    # nothing half-written is left behind, and --resume of the finished run is a no-op
+    assert not [path for path in checkpoints.iterdir() if path.name.endswith(".tmp")]
+    again = subprocess.run(
+        cli_arguments(corpus, crashed, "--resume"), capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
+# --- damaged checkpoints ------------------------------------------------------------------------
+
+
+def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(
+    corpus: Path, tmp_path: Path
+) -> None:
+    Trainer(tiny_run(corpus, tmp_path / "straight", max_steps=20)).run()
+    damaged = tmp_path / "interrupted"
+    Trainer(tiny_run(corpus, damaged, max_steps=20, stop_after_steps=15)).run()
+    weights = damaged / "checkpoints" / "step_000015" / "model.safetensors"
+    content = bytearray(weights.read_bytes())
+    content[-100] ^= 0xFF  # one flipped byte inside a tensor: safetensors itself cannot tell
+    weights.write_bytes(bytes(content))
+    messages: list[str] = []
+    trainer = Trainer(
+        tiny_run(corpus, damaged, max_steps=20, resume=True, quiet=False), log=messages.append
+    )
+    assert trainer.state.step == 10
+    damaged_lines = [line for line in messages if "is damaged" in line]
+    assert len(damaged_lines) == 1 and "step_000010" in damaged_lines[0]
+    assert "checksum" in damaged_lines[0]
+    trainer.run()
+    assert_identical(latest_weights(tmp_path / "straight"), latest_weights(damaged))
+
+
+def test_a_truncated_trainer_state_falls_back_too(corpus: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    Trainer(tiny_run(corpus, run_dir, max_steps=20, stop_after_steps=10)).run()
+    state = run_dir / "checkpoints" / "step_000010" / "trainer_state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    trainer = Trainer(tiny_run(corpus, run_dir, max_steps=20, resume=True))
+    assert trainer.state.step == 5
+
+
+# --- loss spikes and NaNs -----------------------------------------------------------------------
+
+
+def test_spike_and_nan_backtrack_with_a_halved_learning_rate(corpus: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    trainer = Trainer(tiny_run(corpus, run_dir, max_steps=30))
+    injected: list[int] = []
+
+    def hook(step: int, loss: torch.Tensor) -> torch.Tensor:
+        # each fault fires once: after the backtrack the same step number trains normally
+        if step == 17 and 17 not in injected:
+            injected.append(17)
+            return loss * 20.0
+        if step == 24 and 24 not in injected:
+            injected.append(24)
+            return loss * float("nan")
+        return loss
+
+    trainer.loss_hook = hook
+    result = trainer.run()
+    assert result.steps == 30 and injected == [17, 24]
+    events = records(run_dir, "backtrack")
+    assert [(event["reason"], event["step"], event["restored_step"]) for event in events] == [
+        ("spike", 17, 15),
+        ("nan", 24, 20),
+    ]
+    assert [event["lr_scale"] for event in events] == [0.5, 0.25]
+    # The file holds steps 1-16 at scale 1, 16-23 after the first backtrack (restored at 15),
+    # 21-30 after the second (restored at 20): the same step's learning rate halves each time.
+    rates: dict[int, list[float]] = {}
+    for record in records(run_dir, "train"):
+        rates.setdefault(record["step"], []).append(record["lr"])
+    assert len(rates[16]) == 2 and rates[16][1] == pytest.approx(0.5 * rates[16][0])
+    assert len(rates[21]) == 2 and rates[21][1] == pytest.approx(0.5 * rates[21][0])
+    assert len(rates[30]) == 1
+    final = latest_weights(run_dir)
+    assert all(torch.isfinite(tensor).all() for tensor in final.values())
+    assert records(run_dir, "end")[-1]["backtracks"] == 2
+
+
+def test_backtracking_gives_up_after_the_limit(corpus: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_run(corpus, tmp_path / "run", max_backtracks=2))
+    trainer.loss_hook = lambda step, loss: loss * float("nan") if step > 8 else loss
+    with pytest.raises(ScratchLMError, match="after 2 backtracks"):
+        trainer.run()
+    assert len(records(tmp_path / "run", "backtrack")) == 2
+
+
+def test_without_backtracking_a_nan_stops_the_run(corpus: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_run(corpus, tmp_path / "run", spike_factor=0))
+    trainer.loss_hook = lambda step, loss: loss * float("nan") if step == 4 else loss
+    with pytest.raises(ScratchLMError, match="diverged"):
+        trainer.run()
+
+
+# --- early stopping -----------------------------------------------------------------------------
+
+
+class ScriptedValidation(Trainer):
+    """Validation losses from a script: the training is real, the overfitting is staged."""
+
+    script = (3.0, 2.5, 2.6, 2.7, 2.8, 2.9)
+
+    def evaluate(self) -> dict[str, float]:
+        real = super().evaluate()
+        index = self.state.step // self.config.eval_every - 1
+        loss = self.script[index]
+        return {**real, "val_loss": loss, "val_perplexity": math.exp(loss)}
+
+
+def test_early_stopping_keeps_the_best_model(corpus: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    config = tiny_run(corpus, run_dir, max_steps=60, eval_every=5, early_stop_patience=2)
+    result = ScriptedValidation(config).run()
+    # evals at 5 (3.0), 10 (2.5, best), 15 (2.6), 20 (2.7): two without improvement -> stop
+    assert result.steps == 20
+    assert result.checkpoint == run_dir / "best"
+    assert result.best_val_loss == 2.5
+    best = json.loads((run_dir / "best" / "config.json").read_text(encoding="utf-8"))
+    assert best["training"]["step"] == 10
+    (stop,) = records(run_dir, "early_stop")
+    assert stop == {
+        "kind": "early_stop",
+        "step": 20,
+        "best_step": 10,
+        "best_val_loss": 2.5,
+        "patience": 2,
+    }
+    assert records(run_dir, "end")[-1]["stopped_early"] is True
+    # resuming a run that stopped early is a no-op
+    again = ScriptedValidation(
+        tiny_run(corpus, run_dir, max_steps=60, eval_every=5, early_stop_patience=2, resume=True)
+    ).run()
+    assert again.steps == 20

@@ -1,0 +1,520 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from scratchlm.config import ModelConfig, preset_config
+from scratchlm.errors import ScratchLMError
+from scratchlm.inference.engine import Engine
+from scratchlm.inference.sampling import SamplingSettings
+from scratchlm.model import GPT, build_model
+from scratchlm.training.memory import (
+    CPU_SAFETY_FRACTION,
+    TensorMemoryTracker,
+    apply_activation_checkpointing,
+    auto_micro_batch,
+    available_memory_bytes,
+    derive_accumulation,
+    estimate_training_bytes,
+    has_activation_checkpointing,
+    is_out_of_memory,
+    layer_activation_bytes_per_token,
+    micro_batch_candidates,
+    out_of_memory_message,
+    search_micro_batch,
+)
+from tests.conftest import tiny_config
+
+# --- activation checkpointing ---------------------------------------------------------------------
+
+
+def seeded_model(config: ModelConfig, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return build_model(config)
+
+
+def loss_and_gradients(
+    model: GPT, inputs: torch.Tensor, targets: torch.Tensor, seed: int = 1
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.train()
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # the same dropout masks for both models
+    logits = model(inputs)
+    loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+    loss.backward()
+    gradients = {}
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, name
+        gradients[name] = parameter.grad.clone()
+    return loss.detach(), gradients
+
+
+@pytest.mark.parametrize(
+    ("preset", "dropout"), [("tiny", 0.0), ("akane-124m", 0.0), ("aksis-small", 0.0), ("tiny", 0.2)]
+)
+def test_checkpointing_gives_identical_gradients(preset: str, dropout: float) -> None:
+    config = tiny_config(preset, dropout=dropout)
+    plain, checkpointed = seeded_model(config), seeded_model(config)
+    apply_activation_checkpointing(checkpointed)
+    assert has_activation_checkpointing(checkpointed)
+    assert not has_activation_checkpointing(plain)
+    inputs = torch.randint(0, config.vocab_size, (3, config.context_length))
+    targets = torch.randint(0, config.vocab_size, (3, config.context_length))
+    loss_plain, grads_plain = loss_and_gradients(plain, inputs, targets)
+    loss_checkpointed, grads_checkpointed = loss_and_gradients(checkpointed, inputs, targets)
+    assert torch.equal(loss_plain, loss_checkpointed)
+    assert grads_plain.keys() == grads_checkpointed.keys()
+    for name, gradient in grads_plain.items():
+        # Bit-identical: the recomputation repeats the same kernels (and, with dropout, the same
+        # RNG state) on the same inputs.
+        assert torch.equal(gradient, grads_checkpointed[name]), name
+
+
+def test_checkpointing_keeps_state_dict_keys_and_loads_both_ways() -> None:
+    config = tiny_config()
+    plain, checkpointed = seeded_model(config, 0), seeded_model(config, 1)
+    apply_activation_checkpointing(checkpointed)
+    apply_activation_checkpointing(checkpointed)  # twice: still one layer of checkpointing
+    assert list(plain.state_dict()) == list(checkpointed.state_dict())
+    checkpointed.load_state_dict(plain.state_dict())
+    plain.load_state_dict(checkpointed.state_dict())
+    inputs = torch.randint(0, config.vocab_size, (2, 16))
+    plain.eval(), checkpointed.eval()
+    assert torch.equal(plain(inputs), checkpointed(inputs))
+
+
+def test_checkpointing_passes_inference_through() -> None:
+    """Eval mode, no_grad and a KV cache skip the checkpoint: generation is unchanged (even with
+    the model left in train mode, the cached decode path must not checkpoint)."""
+    config = tiny_config()
+    plain, checkpointed = seeded_model(config), seeded_model(config)
+    apply_activation_checkpointing(checkpointed)
+    generated = []
+    for model in (plain, checkpointed):
+        model.eval()
+        ids = Engine(model).generate(
+            [1, 2, 3], max_new_tokens=8, sampling=SamplingSettings(temperature=0.0)
+        )
+        generated.append(list(ids))
+    assert generated[0] == generated[1]
+    checkpointed.train()
+    calls = []
+    original = torch.utils.checkpoint.checkpoint
+
+    def spy(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("scratchlm.training.memory.checkpoint", spy)
+        inputs = torch.randint(0, config.vocab_size, (1, 8))
+        with torch.no_grad():
+            checkpointed(inputs)
+        assert calls == []
+        checkpointed(inputs).sum().backward()
+        assert len(calls) == config.n_layer
+
+
+def test_checkpointing_lowers_peak_memory() -> None:
+    config = preset_config("tiny", n_layer=6, context_length=128, vocab_size=512)
+    inputs = torch.randint(0, config.vocab_size, (8, config.context_length))
+    peaks = []
+    for checkpointing in (False, True):
+        model = seeded_model(config)
+        if checkpointing:
+            apply_activation_checkpointing(model)
+        model.train()
+        with TensorMemoryTracker() as tracker:
+            model(inputs).float().logsumexp(-1).mean().backward()
+        peaks.append(tracker.peak)
+    plain, checkpointed = peaks
+    layer = layer_activation_bytes_per_token(config, "fp32") * inputs.numel()
+    # Saves at least 4 of the 6 layers' activations (one is recomputed, block inputs are kept).
+    assert plain - checkpointed > 4 * layer * 0.9, (plain, checkpointed, layer)
+
+
+def test_checkpointing_composes_with_fsdp2(tmp_path: Path) -> None:
+    distributed = pytest.importorskip("torch.distributed")
+    if not distributed.is_available() or not distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    config = tiny_config()
+    reference, sharded = seeded_model(config), seeded_model(config)
+    inputs = torch.randint(0, config.vocab_size, (2, config.context_length))
+    targets = torch.randint(0, config.vocab_size, (2, config.context_length))
+    _, expected = loss_and_gradients(reference, inputs, targets)
+    distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+    )
+    try:
+        apply_activation_checkpointing(sharded)  # first checkpointing, then sharding
+        mesh = init_device_mesh("cpu", (1,))
+        for block in sharded.blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(sharded, mesh=mesh)
+        keys = list(sharded.state_dict())
+        _, gradients = loss_and_gradients(sharded, inputs, targets)
+    finally:
+        distributed.destroy_process_group()
+    assert keys == list(reference.state_dict())
+    for name, gradient in expected.items():
+        full = gradients[name]
+        full = full.full_tensor() if hasattr(full, "full_tensor") else full
+        assert torch.equal(gradient, full), name
+
+
+# --- the estimate ---------------------------------------------------------------------------------
+
+
+def saved_activation_bytes(config: ModelConfig, batch: int, precision: str) -> int:
+    """Bytes of the distinct storages autograd saves for backward, weights excluded."""
+    model = seeded_model(config)
+    model.train()
+    weights = {parameter.untyped_storage().data_ptr() for parameter in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    inputs = torch.randint(0, config.vocab_size, (batch, config.context_length))
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor),
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"),
+    ):
+        model(inputs)
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides"),
+    [
+        ("tiny", {}),
+        ("small", {}),  # GQA
+        ("akane-124m", {}),  # QK-norm, embedding norm
+        ("aksis-small", {}),  # LayerNorm, GELU, biases, learned positions
+        ("tiny", {"mlp": "relu2"}),
+        ("tiny", {"dropout": 0.1}),  # math-path attention on CPU
+    ],
+)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_layer_activation_formula_matches_autograd(
+    preset: str, overrides: dict[str, object], precision: str
+) -> None:
+    """Per token and layer, the formula is within 10% above what autograd really keeps: the
+    difference between 2 and 1 layers and between batch 3 and 1 cancels weights, weight copies,
+    logits and everything outside the blocks."""
+    base = tiny_config(preset, **overrides).replace(
+        d_model=64, head_dim=None, ffn_hidden=None, context_length=48
+    )
+    measured: dict[tuple[int, int], int] = {}
+    for layers in (1, 2):
+        for batch in (1, 3):
+            config = base.replace(n_layer=layers)
+            measured[layers, batch] = saved_activation_bytes(config, batch, precision)
+    per_token = (measured[2, 3] - measured[1, 3] - measured[2, 1] + measured[1, 1]) / (
+        2 * base.context_length
+    )
+    estimate = layer_activation_bytes_per_token(base, precision)
+    assert per_token <= estimate <= 1.1 * per_token, (estimate, per_token)
+
+
+@pytest.mark.parametrize(
+    ("micro_batch", "precision", "checkpointing"),
+    [(1, "fp32", False), (8, "fp32", False), (8, "bf16", False), (8, "fp32", True)],
+)
+def test_estimate_covers_the_peak_of_live_tensors(
+    micro_batch: int, precision: str, checkpointing: bool
+) -> None:
+    """Two real training steps (model, fused AdamW, forward, loss, backward, step) never hold more
+    tensor bytes than the estimate, and the estimate is not wildly above (calibration of the
+    RSS, which adds the allocator's and PyTorch's overhead: benchmarks/memory_estimate.py)."""
+    from scratchlm.training.optim import build_optimizer
+    from scratchlm.training.token_weights import weighted_cross_entropy
+
+    config = preset_config("tiny", n_layer=3, context_length=64, vocab_size=1000)
+    inputs = torch.randint(0, config.vocab_size, (micro_batch, config.context_length))
+    torch.manual_seed(0)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    with TensorMemoryTracker() as tracker:
+        model = build_model(config)
+        if checkpointing:
+            apply_activation_checkpointing(model)
+        optimizer = build_optimizer(
+            model, learning_rate=1e-3, weight_decay=0.1, betas=(0.9, 0.95), device=inputs.device
+        )
+        for _ in range(2):
+            with autocast:
+                logits = model(inputs)
+                loss = weighted_cross_entropy(logits, inputs, None)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            del logits, loss
+    estimate = estimate_training_bytes(
+        config, micro_batch, precision=precision, activation_checkpointing=checkpointing
+    )
+    tensors = estimate["total"] - estimate["runtime"]
+    assert tracker.peak <= tensors <= 1.6 * tracker.peak, (tensors, tracker.peak)
+
+
+def test_estimate_parts_scale_as_documented() -> None:
+    config = preset_config("small")
+    one = estimate_training_bytes(config, 1, precision="fp32", activation_checkpointing=False)
+    four = estimate_training_bytes(config, 4, precision="fp32", activation_checkpointing=False)
+    assert one["parameters"] == 4 * config.n_params == four["parameters"]
+    assert one["optimizer"] == 2 * one["parameters"]
+    assert four["activations"] == 4 * one["activations"]
+    assert four["logits"] == 4 * one["logits"]
+    assert one["total"] == sum(value for key, value in one.items() if key != "total")
+    checkpointed = estimate_training_bytes(
+        config, 4, precision="fp32", activation_checkpointing=True
+    )
+    assert checkpointed["activations"] < four["activations"] / 2
+    bf16 = estimate_training_bytes(config, 4, precision="bf16", activation_checkpointing=False)
+    assert bf16["activations"] < four["activations"] and bf16["weight_copies"] > 0
+    with pytest.raises(ScratchLMError, match="precision"):
+        estimate_training_bytes(config, 1, precision="auto", activation_checkpointing=False)
+    with pytest.raises(ScratchLMError, match="micro_batch"):
+        estimate_training_bytes(config, 0, precision="fp32", activation_checkpointing=False)
+
+
+# --- choosing the micro-batch ---------------------------------------------------------------------
+
+
+def test_candidates_are_powers_of_two_then_the_maximum() -> None:
+    assert micro_batch_candidates(1) == [1]
+    assert micro_batch_candidates(16) == [1, 2, 4, 8, 16]
+    assert micro_batch_candidates(24) == [1, 2, 4, 8, 16, 24]
+    with pytest.raises(ScratchLMError):
+        micro_batch_candidates(0)
+
+
+class FakeDevice:
+    """A probe that runs out of memory above `capacity` sequences, and records its calls."""
+
+    def __init__(self, capacity: int, error: type[BaseException] = torch.OutOfMemoryError) -> None:
+        self.capacity = capacity
+        self.error = error
+        self.calls: list[int] = []
+        self.releases = 0
+
+    def probe(self, batch: int) -> None:
+        self.calls.append(batch)
+        if batch > self.capacity:
+            raise self.error("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    def release(self) -> None:
+        self.releases += 1
+
+
+@pytest.mark.parametrize(
+    ("capacity", "maximum", "expected"),
+    [
+        (100, 64, 64),  # 64 fits and so do 71 (10% more)
+        (71, 64, 64),
+        (70, 64, 32),  # 64 fits, 71 does not: step down to keep the headroom
+        (40, 64, 32),  # 32 fits, 64 does not, 36 fits
+        (35, 64, 16),  # 32 fits, 36 does not
+        (1, 64, 1),  # 1 fits, 2 does not: 1 with little headroom
+        (1000, 24, 24),  # a non-power-of-two maximum is kept when it fits
+    ],
+)
+def test_search_finds_the_largest_fitting_candidate_with_headroom(
+    capacity: int, maximum: int, expected: int
+) -> None:
+    device = FakeDevice(capacity)
+    chosen, explanation = search_micro_batch(device.probe, maximum, release=device.release)
+    assert chosen == expected, (chosen, explanation)
+    assert chosen <= capacity / 1.1 or chosen == 1
+    assert str(chosen) in explanation
+    assert device.releases == sum(1 for batch in device.calls if batch > capacity)
+    # doubling: never more than log2(max) + 2 probes
+    assert len(device.calls) <= math.log2(maximum) + 3
+
+
+def test_search_accepts_runtime_errors_that_say_out_of_memory() -> None:
+    device = FakeDevice(8, RuntimeError)
+    assert search_micro_batch(device.probe, 64, release=device.release)[0] == 4
+
+
+def test_search_lets_other_errors_through_and_fails_when_nothing_fits() -> None:
+    def broken(batch: int) -> None:
+        raise ValueError("shape mismatch")
+
+    with pytest.raises(ValueError, match="shape mismatch"):
+        search_micro_batch(broken, 8, release=lambda: None)
+    device = FakeDevice(0)
+    with pytest.raises(ScratchLMError, match="--activation-checkpointing"):
+        search_micro_batch(device.probe, 8, release=device.release)
+
+
+def test_auto_micro_batch_on_cpu_follows_the_estimate() -> None:
+    config = preset_config("small")
+    cpu = torch.device("cpu")
+
+    def total(batch: int, checkpointing: bool = False) -> int:
+        return estimate_training_bytes(
+            config, batch, precision="fp32", activation_checkpointing=checkpointing
+        )["total"]
+
+    # Room for exactly 8 sequences (after the safety fraction): 8, not 16.
+    available = int(total(8) / CPU_SAFETY_FRACTION) + 1
+    chosen, explanation = auto_micro_batch(
+        config,
+        cpu,
+        precision="fp32",
+        activation_checkpointing=False,
+        max_micro_batch=64,
+        available_bytes=available,
+    )
+    assert chosen == 8 and "micro-batch 8" in explanation and "16 would need" in explanation
+    # Checkpointing fits more in the same memory.
+    chosen_checkpointed, _ = auto_micro_batch(
+        config,
+        cpu,
+        precision="fp32",
+        activation_checkpointing=True,
+        max_micro_batch=64,
+        available_bytes=available,
+    )
+    assert chosen_checkpointed > 8
+    # Plenty of memory: capped by the maximum asked for.
+    assert (
+        auto_micro_batch(
+            config,
+            cpu,
+            precision="fp32",
+            activation_checkpointing=False,
+            max_micro_batch=12,
+            available_bytes=1 << 50,
+        )[0]
+        == 12
+    )
+    with pytest.raises(ScratchLMError, match="--activation-checkpointing") as raised:
+        auto_micro_batch(
+            config,
+            cpu,
+            precision="fp32",
+            activation_checkpointing=False,
+            max_micro_batch=8,
+            available_bytes=total(1) // 2,
+        )
+    assert "--fsdp" not in str(raised.value)  # not offered on CPU
+    with pytest.raises(ScratchLMError) as raised:
+        auto_micro_batch(
+            config,
+            cpu,
+            precision="fp32",
+            activation_checkpointing=True,
+            max_micro_batch=8,
+            available_bytes=total(1, True) // 2,
+        )
+    assert "--activation-checkpointing" not in str(raised.value)  # already on
+
+
+def test_auto_micro_batch_probes_on_cuda() -> None:
+    device = FakeDevice(20)
+    chosen, explanation = auto_micro_batch(
+        preset_config("tiny"),
+        torch.device("cuda"),
+        precision="bf16",
+        activation_checkpointing=False,
+        max_micro_batch=64,
+        probe=device.probe,
+    )
+    assert chosen == 16 and "probed" in explanation and device.calls[:6] == [1, 2, 4, 8, 16, 32]
+
+
+def test_available_memory_is_positive() -> None:
+    assert available_memory_bytes() > 0
+
+
+def test_derive_accumulation() -> None:
+    assert derive_accumulation(None, 8, 256, 1) == 1
+    assert derive_accumulation(8 * 256, 8, 256, 1) == 1
+    assert derive_accumulation(524288, 16, 1024, 1) == 32
+    assert derive_accumulation(524288, 16, 1024, 4) == 8
+    assert derive_accumulation(524288 + 1, 16, 1024, 4) == 9  # rounds up: never fewer tokens
+    assert derive_accumulation(100, 64, 1024, 8) == 1  # at least one micro-batch
+    with pytest.raises(ScratchLMError):
+        derive_accumulation(1000, 0, 256, 1)
+    with pytest.raises(ScratchLMError):
+        derive_accumulation(0, 8, 256, 1)
+
+
+# --- out of memory --------------------------------------------------------------------------------
+
+
+def test_is_out_of_memory() -> None:
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB"))
+    assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
+    assert is_out_of_memory(
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory"
+        )
+    )
+    assert is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 8 GB)"))
+    assert is_out_of_memory(MemoryError())
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_out_of_memory(ValueError("out of memory"))  # not an allocation failure
+
+
+def test_real_cpu_allocation_failure_is_recognized() -> None:
+    try:
+        torch.empty(1 << 62, dtype=torch.uint8)
+    except Exception as error:  # the exact type varies across PyTorch versions
+        assert is_out_of_memory(error), repr(error)
+    else:
+        pytest.skip("this machine allocated 4 EiB lazily")
+
+
+def test_out_of_memory_message_names_only_flags_not_in_use() -> None:
+    message = out_of_memory_message(
+        32,
+        4,
+        activation_checkpointing=False,
+        fsdp=False,
+        device=torch.device("cuda"),
+        precision="fp32",
+    )
+    assert "\n" not in message
+    assert message.startswith("out of memory at --batch-size 32 (x4 accumulation) on cuda: ")
+    for flag in (
+        "lower --batch-size",
+        "--micro-batch auto",
+        "--activation-checkpointing",
+        "--fsdp",
+        "--precision bf16",
+        "--context-length",
+    ):
+        assert flag in message, flag
+    message = out_of_memory_message(
+        32,
+        4,
+        activation_checkpointing=True,
+        fsdp=True,
+        device=torch.device("cuda"),
+        precision="bf16",
+        micro_batch_auto=True,
+    )
+    for flag in ("--micro-batch auto", "--activation-checkpointing", "--fsdp", "--precision"):
+        assert flag not in message, flag
+    assert "lower --batch-size" in message
+    cpu = out_of_memory_message(
+        1,
+        1,
+        activation_checkpointing=False,
+        fsdp=False,
+        device=torch.device("cpu"),
+        precision="fp32",
+    )
+    assert "lower --batch-size" not in cpu and "--fsdp" not in cpu and "--precision" not in cpu
+    assert "--activation-checkpointing" in cpu
