@@ -9,7 +9,9 @@ evaluates every run on the same validation tokens, UNWEIGHTED:
   - val loss on frequent tokens: targets among the most frequent types that together make up
     half of the training tokens;
   - how often the model's top-1 prediction is a rare type, against how often the data has one
-    (re-weighting shifts probability mass toward rare tokens).
+    (re-weighting shifts probability mass toward rare tokens);
+  - for weighted runs, the val loss after undoing the tilt: the weighted loss's optimum is
+    q_t ∝ w_t * p_t, not p_t, so logits - log w_t (logit adjustment) estimate p again.
 A minimal loop over the library's parts (data shards, loader, model, AdamW, schedule, the
 weighted loss), so it does not depend on trainer flags.
 
@@ -56,7 +58,7 @@ def prepare(args: argparse.Namespace, cache: Path) -> Path:
 
 def train_once(
     data_dir: Path, power: float, counts: np.ndarray, args: argparse.Namespace
-) -> torch.nn.Module:
+) -> tuple[torch.nn.Module, torch.Tensor | None]:
     train_shards = TokenShards.open(data_dir, "train")
     config = preset_config(
         "tiny", vocab_size=train_shards.vocab_size, context_length=args.context_length
@@ -96,12 +98,16 @@ def train_once(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return model
+    return model, weights
 
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, data_dir: Path, counts: np.ndarray, args: argparse.Namespace
+    model: torch.nn.Module,
+    data_dir: Path,
+    counts: np.ndarray,
+    args: argparse.Namespace,
+    weights: torch.Tensor | None,
 ) -> dict[str, float]:
     occurring = np.flatnonzero(counts)
     by_count = occurring[np.argsort(counts[occurring], kind="stable")]  # rarest first
@@ -116,6 +122,8 @@ def evaluate(
     sums = {"all": 0.0, "rare": 0.0, "frequent": 0.0}
     numbers = {"all": 0, "rare": 0, "frequent": 0}
     predicted_rare = 0
+    adjusted_sum = 0.0
+    log_weights = weights[: len(counts)].clamp_min(1e-12).log() if weights is not None else None
     val_shards = TokenShards.open(data_dir, "val")
     for inputs, targets in iter_eval_batches(
         val_shards,
@@ -136,8 +144,14 @@ def evaluate(
             sums[name] += float(nll[mask].sum())
             numbers[name] += int(mask.sum())
         predicted_rare += int(rare[logits.argmax(-1).reshape(-1)].sum())
+        if log_weights is not None:
+            adjusted = (logits - log_weights).reshape(-1, len(counts))
+            adjusted_sum += float(
+                torch.nn.functional.cross_entropy(adjusted, flat, reduction="sum")
+            )
     return {
         "val_loss": sums["all"] / numbers["all"],
+        "adjusted_val_loss": adjusted_sum / numbers["all"] if weights is not None else math.nan,
         "rare_loss": sums["rare"] / max(numbers["rare"], 1),
         "frequent_loss": sums["frequent"] / max(numbers["frequent"], 1),
         "rare_share_of_targets": numbers["rare"] / numbers["all"],
@@ -176,29 +190,29 @@ def main() -> None:
     )
     print(
         f"{'power':>5s} {'val loss':>9s} {'rare loss':>10s} {'frequent':>9s} "
-        f"{'rare top-1':>10s} {'(data)':>7s} {'train s':>8s}"
+        f"{'rare top-1':>10s} {'(data)':>7s} {'adjusted':>9s} {'train s':>8s}"
     )
     for power in (float(value) for value in args.powers.split(",")):
         started = time.perf_counter()
-        model = train_once(data_dir, power, counts, args)
+        model, weights = train_once(data_dir, power, counts, args)
         seconds = time.perf_counter() - started
-        result = evaluate(model, data_dir, counts, args)
+        result = evaluate(model, data_dir, counts, args, weights)
         if args.json:
             print(json.dumps({"power": power, "train_s": round(seconds, 1), **result}))
         print(
             f"{power:5.2f} {result['val_loss']:9.4f} {result['rare_loss']:10.4f} "
             f"{result['frequent_loss']:9.4f} {result['rare_share_of_top1']:10.2%} "
-            f"{result['rare_share_of_targets']:7.2%} {seconds:8.0f}",
+            f"{result['rare_share_of_targets']:7.2%} {result['adjusted_val_loss']:9.4f} "
+            f"{seconds:8.0f}",
             flush=True,
         )
-    weights = inverse_frequency_weights(counts, len(counts), 0.5)
+    half = inverse_frequency_weights(counts, len(counts), 0.5)
     print(
         f"# rare = the {result['rare_types']} least frequent of the occurring types "
         f"({result['rare_share_of_targets']:.1%} of val targets); frequent = the "
         f"{result['frequent_types']} most frequent types (half of the training tokens); "
-        f"a=0.5 weights span {float(weights[counts > 0].min()):.2f}..{float(weights.max()):.2f}; "
-        f"{result['val_tokens']:,} val tokens; ppl = exp(loss): "
-        f"{math.exp(result['val_loss']):.1f} for the last run"
+        f"a=0.5 weights span {float(half[counts > 0].min()):.2f}..{float(half.max()):.2f}; "
+        f"{result['val_tokens']:,} val tokens"
     )
 
 

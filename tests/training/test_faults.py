@@ -329,3 +329,47 @@ def test_early_stopping_keeps_the_best_model(corpus: Path, tmp_path: Path) -> No
         tiny_run(corpus, run_dir, max_steps=60, eval_every=5, early_stop_patience=2, resume=True)
     ).run()
     assert again.steps == 20
+
+
+# --- memory ---------------------------------------------------------------------------------------
+
+
+def test_out_of_memory_mid_run_names_the_flags_to_change(corpus: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_run(corpus, tmp_path / "run"))
+
+    def exhaust(step: int, loss: torch.Tensor) -> torch.Tensor:
+        if step == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return loss
+
+    trainer.loss_hook = exhaust
+    with pytest.raises(ScratchLMError) as caught:
+        trainer.run()
+    message = str(caught.value)
+    assert "\n" not in message and "--batch-size 8" in message
+    assert "--activation-checkpointing" in message and "--micro-batch auto" in message
+
+
+def test_micro_batch_auto_activation_checkpointing_and_token_weighting_train(
+    corpus: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    config = tiny_run(
+        corpus,
+        run_dir,
+        max_steps=6,
+        micro_batch="auto",
+        tokens_per_step=2048,
+        activation_checkpointing=True,
+        token_weighting="inverse-freq",
+        token_weighting_power=0.5,
+    )
+    trainer = Trainer(config)
+    # 2048 tokens per step / 64 context = 32 sequences: plenty of RAM here, so one micro-batch
+    assert trainer.config.batch_size == 32 and trainer.accumulation == 1
+    assert trainer.token_weights is not None
+    assert trainer.token_weights.shape == (trainer.model_config.padded_vocab_size,)
+    result = trainer.run()
+    assert result.steps == 6 and math.isfinite(result.final_train_loss)
+    resolved = json.loads((run_dir / "run_config.json").read_text(encoding="utf-8"))["resolved"]
+    assert resolved["batch_size"] == 32 and resolved["tokens_per_step"] == 2048

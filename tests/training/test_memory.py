@@ -119,8 +119,8 @@ def test_checkpointing_passes_inference_through() -> None:
 
 
 def test_checkpointing_lowers_peak_memory() -> None:
-    config = preset_config("tiny", n_layer=6, context_length=128, vocab_size=512)
-    inputs = torch.randint(0, config.vocab_size, (8, config.context_length))
+    config = preset_config("tiny", n_layer=6, context_length=64, vocab_size=512)
+    inputs = torch.randint(0, config.vocab_size, (4, config.context_length))
     peaks = []
     for checkpointing in (False, True):
         model = seeded_model(config)
@@ -261,8 +261,8 @@ def test_estimate_covers_the_peak_of_live_tensors(
     estimate = estimate_training_bytes(
         config, micro_batch, precision=precision, activation_checkpointing=checkpointing
     )
-    tensors = estimate["total"] - estimate["runtime"]
-    assert tracker.peak <= tensors <= 1.6 * tracker.peak, (tensors, tracker.peak)
+    tensors = estimate["total"] - estimate["runtime"] - estimate["allocator"]
+    assert tracker.peak <= tensors <= 1.3 * tracker.peak, (tensors, tracker.peak)
 
 
 def test_estimate_parts_scale_as_documented() -> None:

@@ -31,10 +31,10 @@ from scratchlm.kv_cache import KVCache
 from scratchlm.model import GPT, AttentionMask, Block
 
 GiB = 1 << 30
-# On CPU the micro-batch may use this fraction of MemAvailable: the estimate leaves out the
-# allocator's fragmentation, PyTorch's own thread/kernel buffers, evaluation and sampling, the
-# data loader, and other programs that start later.
-CPU_SAFETY_FRACTION = 0.7
+# On CPU the micro-batch may use this fraction of MemAvailable: the rest is for what the estimate
+# leaves out (evaluation and sampling, checkpoint writing, the data loader, the Python heap) and
+# for other programs, whose use of memory changes during a long run.
+CPU_SAFETY_FRACTION = 0.75
 # On GPU a probed micro-batch is kept only if 10% more sequences also fit (fragmentation grows
 # over a run; evaluation and checkpointing allocate too).
 GPU_MARGIN = 0.1
@@ -131,26 +131,28 @@ def layer_activation_bytes_per_token(
     """Bytes autograd keeps per token for one transformer block (forward done, backward pending).
 
     The method of Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
-    Transformer Models", section 4.1: 34*h + 5*a*s bytes per token and layer in 16-bit for
-    GPT-3 blocks), redone for this Block by listing the tensors each op saves for its backward,
-    and checked tensor by tensor against autograd (tests/training/test_memory.py), in
-    fp32 and bf16, for SwiGLU/GELU, RMSNorm/LayerNorm, MHA/GQA, QK-norm and dropout. With d =
-    d_model, hq = n_head*head_dim, hkv = n_kv_head*head_dim, f = ffn_hidden, s = activation bytes
-    (4 fp32, 2 under bf16/fp16 autocast):
-      - two norms (see `_norm_bytes_per_token`);
-      - QK-norm: q and k before the norm and normalized (fp32): 8 * (hq + hkv);
-      - attention: q, k, v, output (s * (2*hq + 2*hkv)) and the softmax log-sum-exp (4*n_head).
-        The o_proj input is a view of the output (flash-style kernels return (B, T, heads, dim)).
-        The s x s scores are NOT stored: CUDA flash/efficient kernels never materialize them, and
-        neither does PyTorch's CPU flash kernel, which serves training without dropout (checked on
-        torch 2.13: `_scaled_dot_product_flash_attention_for_cpu`). With dropout > 0 off CUDA,
-        SDPA falls back to the math path, which stores scores, probabilities, dropout mask and
-        dropped probabilities: (3*s + 1) * n_head * context_length per token, plus the k/v
-        expanded for GQA, the scaled q/k and a contiguous copy of the output;
-      - MLP: SwiGLU keeps gate, silu(gate), up and their product (4*f*s); the one-matrix-in
-        kinds (GELU, GELU-tanh, Leaky ReLU, ReLU²) keep the pre- and post-activation (2*f*s);
-      - dropout > 0: the two residual dropout masks (bool, 2*d bytes).
-    Per token, so it scales with micro_batch * context_length.
+    Transformer Models", section 4: 34*h + 5*a*s bytes per token and layer for a 16-bit GPT-3
+    block), redone for this Block by listing the tensors each op saves for its backward. With
+    d = d_model, hq = n_head*head_dim, hkv = n_kv_head*head_dim, f = ffn_hidden and s the
+    activation size (4 bytes in fp32, 2 under bf16/fp16 autocast; the residual stream and the
+    norms' internals stay fp32 because the master weights do):
+      - two norms (`_norm_bytes_per_token`): 4d (+4d for RMSNorm's x * rsqrt) + the linear
+        layers' input (4d, or one 16-bit copy per reading layer under autocast) + statistics;
+      - QK-norm: q and k before and after normalization, fp32: 8 * (hq + hkv);
+      - attention: q, k, v, the output and the o_proj input (a copy when the kernel's output
+        layout is (B, heads, T, dim)): s * (3*hq + 2*hkv), plus the log-sum-exp (4 * n_head).
+        The T x T scores are NOT stored: CUDA's flash/memory-efficient kernels never
+        materialize them, and neither does PyTorch's CPU flash kernel, which serves training
+        without dropout (torch 2.13: `_scaled_dot_product_flash_attention_for_cpu`). With
+        dropout off CUDA, SDPA takes the math path and stores fp32 scores, probabilities,
+        dropout mask and dropped probabilities: 13 bytes per score, n_head * T scores per token;
+      - MLP: SwiGLU keeps gate, silu(gate), up and their product (4*f*s); GELU, GELU-tanh,
+        Leaky ReLU and ReLU² keep the pre- and post-activation (2*f*s);
+      - dropout > 0: the two residual dropout masks.
+    Checked against autograd's saved tensors in tests/training/test_memory.py (fp32 and bf16;
+    SwiGLU/GELU/ReLU², RMSNorm/LayerNorm, MHA/GQA, QK-norm, dropout): 0-8% above, never below.
+    For tiny (d 128, f 384) that is 11,800 bytes per token in fp32, about 92*d, against
+    Korthikanti's 34*d (16-bit, no SwiGLU, no fp32 norm internals).
     """
     assert config.n_kv_head is not None and config.head_dim is not None
     assert config.ffn_hidden is not None
@@ -163,7 +165,6 @@ def layer_activation_bytes_per_token(
     )
     if config.qk_norm:
         total += 8 * (hq + hkv) + 4 * (config.n_head + config.n_kv_head)
-    # q, k, v, output, the o_proj input, and the log-sum-exp (fp32, one per query head)
     total += act * (3 * hq + 2 * hkv) + 4 * config.n_head
     total += (4 if swiglu else 2) * f * act
     if config.dropout > 0:
@@ -185,31 +186,38 @@ def estimate_training_bytes(
     optimizer_states: int = 2,
     device_type: str = "cpu",
 ) -> dict[str, int]:
-    """Peak bytes of one training step at `micro_batch` sequences of config.context_length tokens.
+    """Peak memory of a training step at `micro_batch` sequences of config.context_length
+    tokens, in bytes: the parts below and their sum, "total".
 
-    Returns the parts and their "total":
-      parameters, gradients, optimizer: 4 bytes per parameter each; AdamW keeps
+      parameters, gradients, optimizer: 4 bytes per parameter each, AdamW keeping
         `optimizer_states` (2) fp32 tensors per parameter. Master weights stay fp32 under
-        bf16/fp16 autocast; gradients exist during the forward of every micro-batch after the first
-        (accumulation), so they are counted together with the activations.
-      weight_copies: autocast's 16-bit copies of the weights (2 bytes per parameter), kept for
-        the backward of each matmul.
-      activations: n_layer * `layer_activation_bytes_per_token` per token; with activation
-        checkpointing only each block's input (4 * d_model per token and layer) plus one block's
-        activations while it is recomputed in backward. Plus the embedding/final norms.
-      logits: per token and vocabulary row (padded_vocab_size): the logits (s bytes, the trainer
-        holds them through backward), log-softmax output (4), and in backward the gradients of
-        both (4 + 4); under autocast also the float32 copy for the loss (4); soft-capping keeps
-        the tanh output (s).
-      workspace: the largest transient — gradients of one block's activations in backward, or
-        AdamW's per-parameter temporaries during its step (4 bytes per parameter, the unfused
-        foreach path; the fused kernels need less).
+        autocast. Gradients are counted together with the activations because under gradient
+        accumulation they live through every micro-batch's forward after the first.
+      weight_copies: autocast's 16-bit weight copies, kept for the matmuls' backward (2 bytes per
+        parameter; 0 in fp32).
+      activations: what autograd stores: n_layer * `layer_activation_bytes_per_token` per token;
+        with activation checkpointing only every block's input (fp32, 4 * d_model per token and
+        layer). Plus the final norm (and the embedding norm), and the int64 batch.
+      logits: (B, T, padded_vocab) in the activation dtype, held by the trainer through backward
+        (twice with soft-capping, which keeps its tanh output).
+      workspace: the largest transient; they happen at different moments of the step, so only
+        one counts: the loss (log-softmax output, then the gradients of it and of the logits, all
+        fp32, plus the float copy of 16-bit logits: 12-16 bytes per logit), backward through one
+        block (the gradients of its activations, budgeted at one layer's worth, measured under
+        half; with checkpointing also the recomputed block: 1.5 layers, measured 1.1-1.3), or
+        AdamW's per-parameter temporaries during its step (when the activations are freed).
+      runtime, allocator (CPU only): PyTorch's kernel and thread buffers (CPU_RUNTIME_BYTES), and
+        memory the C allocator holds beyond the live tensors. glibc malloc keeps freed blocks of
+        the per-step tensors for reuse, fragmented: measured peak RSS after 30 steps is 1.3x the
+        live tensors' peak without checkpointing and 1.7x with it (its recomputation churns
+        more). Counted as 35% / 80% of the per-step tensors (activations, logits, workspace).
 
-    Calibration (benchmarks/memory_estimate.py, CPU, fp32, 1 thread, torch 2.13): against the
-    peak of live tensor bytes the total is 1.00-1.12x (never below); against the peak RSS growth
-    of a fresh process for 2 training steps it is 0.85-1.04x for runs of a few hundred MB and
-    more, and as low as 0.6x for runs of a few tens of MB, where PyTorch's one-time kernel and
-    thread buffers (~20-40 MB) dominate. `auto_micro_batch` covers both with CPU_SAFETY_FRACTION.
+    Calibration (benchmarks/memory_estimate.py; CPU, 1 thread, torch 2.13, glibc; 10 cases from
+    tiny at batch 1 to llama-15m and aksis-small, fp32/bf16, with and without checkpointing and
+    dropout): the tensor parts (total minus runtime and allocator) are 1.01-1.20x the measured
+    peak of live tensor bytes, the total is 1.07-1.34x the peak RSS growth of a fresh process
+    over 8 training steps; never below. Table in docs/training.md#fitting-memory. On CUDA (no
+    runtime/allocator terms: the caching allocator shows in the probe) the probe decides.
     """
     if micro_batch < 1:
         raise ScratchLMError(f"micro_batch must be >= 1 (got {micro_batch})")
@@ -228,21 +236,15 @@ def estimate_training_bytes(
     if config.embedding_norm:
         outside_blocks += 8 * d  # the embedding output and its normalized form (fp32)
     outside_blocks += 16  # int64 inputs and targets
-    vocab_tokens = tokens * config.padded_vocab_size
-    # The logits (B, T, padded_vocab), held by the trainer through backward; soft-capping keeps
-    # its tanh output too.
-    logits = vocab_tokens * (act + (act if config.logit_softcap is not None else 0))
     activations = tokens * (blocks + outside_blocks)
-    # Transients, at different moments of the step, so only the largest counts:
-    # - the loss: log-softmax output (fp32) and, in its backward, the gradients of it and of
-    #   the logits (fp32), plus the float32 copy of 16-bit logits;
+    vocab_tokens = tokens * config.padded_vocab_size
+    logits = vocab_tokens * (act + (act if config.logit_softcap is not None else 0))
     loss_workspace = vocab_tokens * (4 + 8 + (4 if act != 4 else 0))
-    # - backward through one block: the gradients of its activations, budgeted at one layer's
-    #   worth (measured: under half); with checkpointing, that block's recomputed activations
-    #   and their gradients, budgeted at 1.5 layers (measured: 1.1-1.3);
     block_workspace = tokens * layer * (3 if activation_checkpointing else 2) // 2
-    # - the optimizer step (activations freed by then): AdamW's per-parameter temporaries.
     optimizer_workspace = 4 * n_params - activations
+    workspace = max(loss_workspace, block_workspace, optimizer_workspace, 0)
+    per_step = activations + logits + workspace
+    on_cpu = device_type == "cpu"
     parts = {
         "parameters": 4 * n_params,
         "gradients": 4 * n_params,
@@ -250,8 +252,9 @@ def estimate_training_bytes(
         "weight_copies": 2 * n_params if act != 4 else 0,
         "activations": activations,
         "logits": logits,
-        "workspace": max(loss_workspace, block_workspace, optimizer_workspace, 0),
-        "runtime": CPU_RUNTIME_BYTES if device_type == "cpu" else 0,
+        "workspace": workspace,
+        "runtime": CPU_RUNTIME_BYTES if on_cpu else 0,
+        "allocator": (per_step * (80 if activation_checkpointing else 35)) // 100 if on_cpu else 0,
     }
     parts["total"] = sum(parts.values())
     return parts
@@ -343,9 +346,14 @@ def search_micro_batch(
     `probe(batch)` runs one forward+backward at that size and raises an out-of-memory error
     (`is_out_of_memory`) when it does not fit; other errors propagate. Doubling from 1 finds the
     largest candidate p that runs; then p is kept only if ceil(p * (1 + margin)) sequences also
-    run (else p / 2, the next candidate down). After each OOM `release()` frees the cache.
+    run (else the next candidate down). After each OOM `release()` frees the cache.
     Pure in the sense that matters: everything device-specific is in `probe` and `release`, so
     tests drive it with a fake probe on CPU.
+
+    The probe must hold what the real run holds besides activations: the weights, their
+    gradients and AdamW's two fp32 states (8 bytes per parameter, e.g. a reserved
+    `torch.empty(8 * n_params, dtype=torch.uint8)`), or a large model passes the probe and then
+    runs out of memory at its first optimizer step.
     """
     candidates = micro_batch_candidates(max_micro_batch)
 

@@ -67,6 +67,10 @@ class TrainConfig:
     tokens_per_step: int | None = option(
         None, "target tokens per optimizer step; gradient accumulation covers the rest"
     )
+    optimizer: str = option(
+        "adamw",
+        "adamw, or muon (Muon for the blocks' weight matrices, AdamW for embeddings, head, gains)",
+    )
     lr: float | None = option(None, "peak learning rate (default: by model size, 1e-3 .. 3e-4)")
     min_lr_ratio: float = option(0.1, "final learning rate as a fraction of the peak")
     warmup_steps: int = option(100, "linear warmup steps")
@@ -123,7 +127,8 @@ class TrainConfig:
     )
     compile: bool = option(False, "torch.compile the model")
     activation_checkpointing: bool = option(
-        False, "recompute each block's activations in backward: less memory, about a third more compute"
+        False,
+        "recompute each block's activations in backward: less memory, about a third more compute",
     )
     fsdp: bool = option(
         False,
@@ -175,6 +180,13 @@ class TrainConfig:
         ):
             problems.append(
                 f"--micro-batch must be auto or a positive number (got {self.micro_batch!r})"
+            )
+        if self.optimizer not in ("adamw", "muon"):
+            problems.append(f"--optimizer must be adamw or muon (got {self.optimizer!r})")
+        if self.optimizer == "muon" and self.fsdp:
+            problems.append(
+                "--optimizer muon with --fsdp is not supported (Muon orthogonalizes whole "
+                "matrices, FSDP shards them); use DDP (drop --fsdp) or --optimizer adamw"
             )
         if self.token_weighting not in ("none", "inverse-freq"):
             problems.append(

@@ -77,7 +77,7 @@ def inverse_frequency_weights(
 
     w_t = c * (count_t + 1) ** (-power), with c such that sum_t p_t * w_t = 1 (p the empirical
     token frequency) after clipping at `max_weight`. Why clip: with power 1 a token seen once
-    would weigh about as much as all occurrences of the most frequent token together, so one rare
+    would weigh half as much as all occurrences of the most frequent token together, so one rare
     token in a batch would decide the whole gradient (a noisy, high-variance loss). Clipping
     bounds any single target's influence to `max_weight` times an average token's.
 

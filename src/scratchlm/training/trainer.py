@@ -339,6 +339,7 @@ class Trainer:
             weight_decay=config.weight_decay,
             betas=(config.beta1, config.beta2),
             device=self.device,
+            kind=config.optimizer,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.autocast = autocast_context(self.precision, self.device)
@@ -391,12 +392,17 @@ class Trainer:
             apply_activation_checkpointing(model)
         context = self.model_config.context_length
         inputs = torch.zeros((batch_size, context), dtype=torch.long, device=self.device)
+        # AdamW's two fp32 moments per parameter are allocated at the first step: hold their
+        # bytes too, or a model that passes the probe runs out of memory at its first update.
+        reserved = torch.empty(8 * count_parameters(model), dtype=torch.uint8, device=self.device)
         try:
-            with autocast_context(self.precision, self.device):
-                logits = model(inputs)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), inputs.flatten())
-            loss.backward()
+            for _ in range(2):  # the second pass runs with the first's gradients alive
+                with autocast_context(self.precision, self.device):
+                    logits = model(inputs)
+                    loss = F.cross_entropy(logits.float().flatten(0, 1), inputs.flatten())
+                loss.backward()
         finally:
+            del reserved
             del model
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -428,7 +434,7 @@ class Trainer:
         self.data_summary = (
             f"train {self.train_shards.num_tokens:,} tokens, val {self.val_shards.num_tokens:,}"
         )
-        if self.config.token_weighting == "inverse-freq":
+        if self.config.token_weighting == "inverse-freq" and self.config.token_weighting_power > 0:
             assert self.model_config.padded_vocab_size is not None
             self.token_weights = cached_token_weights(
                 data_dir,
@@ -847,6 +853,8 @@ class Trainer:
                         activation_checkpointing=self.config.activation_checkpointing,
                         fsdp=self.fsdp,
                         device=self.device,
+                        precision=self.precision,
+                        micro_batch_auto=str(self.config.micro_batch) == "auto",
                     )
                 ) from None
             raise
@@ -926,6 +934,7 @@ class Trainer:
                 self.state.elapsed = time.perf_counter() - started
                 window_tokens += self.tokens_per_step
                 step = self.state.step
+                now_after_step = time.perf_counter()
                 if step % config.log_every == 0 or step == 1:
                     now = time.perf_counter()
                     tokens_per_s = window_tokens / max(now - window_start, 1e-9)
@@ -944,6 +953,7 @@ class Trainer:
                             "tokens_per_s": tokens_per_s,
                             "mfu": mfu(tokens_per_s, self.flops_per_token, peak),
                             "elapsed_s": self.state.elapsed,
+                            "time": time.time(),
                         }
                     )
                     bar.set_postfix_str(
@@ -967,6 +977,9 @@ class Trainer:
                     self.state.finished = True
                 if step % config.save_every == 0 or done or paused:
                     checkpoint = self.save()
+                if time.perf_counter() - now_after_step > 0.05:
+                    # evaluation and saving are not training: keep them out of tokens/s
+                    window_tokens, window_start = 0, time.perf_counter()
                 if paused and not done:
                     self.log(f"paused after step {step}; continue with --resume")
                     break
@@ -1036,6 +1049,7 @@ class Trainer:
                 **evaluation,
                 "sample": sample,
                 "elapsed_s": self.state.elapsed,
+                "time": time.time(),  # wall clock: the speedrun measures from process start
             }
         )
         if self.is_main:
