@@ -1,10 +1,13 @@
 """Decode speed at batch 1, side by side in one process, with ratios.
 
 For each model (random weights are fine for speed):
-  - ours (Engine.generate, greedy, KV cache) vs Hugging Face transformers generate() on the same
-    weights (LlamaForCausalLM built from our Llama-math model): tokens/s and the ratio;
+  - ours (Engine.generate, greedy, KV cache) with the fp32 decode kernels (the default,
+    scratchlm.inference.kernels) and without them (SCRATCHLM_KERNELS=0: PyTorch ops) vs Hugging
+    Face transformers generate() on the same weights (LlamaForCausalLM built from our Llama-math
+    model): tokens/s and the ratios;
   - ours vs the memory-bandwidth floor: bytes of weights read per token / measured bandwidth of a
-    large tensor copy; the fraction reached;
+    large tensor copy; the fraction reached (the bytes read are every weight except the input
+    embedding of an untied model, of which one row is read);
   - KV cache vs no cache (full recomputation each step) at --long-tokens generated tokens;
   - aggregate tokens/s at larger batches (continuous-batching decoder) vs batch 1.
 Runs alternate between the contenders round by round; medians are reported.
@@ -15,13 +18,17 @@ Runs alternate between the contenders round by round; medians are reported.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
 from scratchlm.config import preset_config
 from scratchlm.export.hf import llama_blockers, to_transformers_llama
+from scratchlm.inference import kernels
 from scratchlm.inference.bench import time_batch_one, time_batched
 from scratchlm.inference.engine import Engine
 from scratchlm.inference.quantize import quantize_for_cpu
@@ -30,7 +37,11 @@ from scratchlm.model import GPT, build_model, count_parameters
 
 
 def memory_bandwidth_bytes_per_s(megabytes: int = 512, repeats: int = 5) -> float:
-    """Copy bandwidth: (read + write) bytes per second of a large tensor copy, best of several."""
+    """Copy bandwidth: (read + write) bytes per second of a large tensor copy, best of several.
+
+    On a shared machine one sample can be far below what the memory system delivers (other
+    processes' traffic), which would inflate the fraction of the floor; main() samples it again in
+    every round and uses the best seen."""
     source = torch.ones(megabytes * 2**20 // 4)
     target = torch.empty_like(source)
     best = float("inf")
@@ -39,6 +50,31 @@ def memory_bandwidth_bytes_per_s(megabytes: int = 512, repeats: int = 5) -> floa
         target.copy_(source)
         best = min(best, time.perf_counter() - started)
     return 2 * source.numel() * 4 / best
+
+
+@contextmanager
+def kernels_switch(enabled: bool) -> Iterator[None]:
+    """Run the block with the fp32 decode kernels on or off (the SCRATCHLM_KERNELS opt-out)."""
+    saved = os.environ.get(kernels.ENV_SWITCH)
+    os.environ[kernels.ENV_SWITCH] = "1" if enabled else "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[kernels.ENV_SWITCH]
+        else:
+            os.environ[kernels.ENV_SWITCH] = saved
+
+
+def weight_bytes_per_token(model: GPT) -> int:
+    """fp32 bytes of weights one decode step reads: all but the token embedding's unused rows
+    (tied: the embedding is the lm_head and is read whole) and the position table."""
+    total = count_parameters(model)
+    if not model.config.tie_embeddings:
+        total -= model.token_embedding.weight.numel()
+    if model.position_embedding is not None:
+        total -= model.position_embedding.weight.numel()
+    return total * 4
 
 
 @torch.inference_mode()
@@ -93,8 +129,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     bandwidth = memory_bandwidth_bytes_per_s()
+    first_bandwidth = bandwidth
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; copy bandwidth {bandwidth / 1e9:.1f} GB/s"
+    )
+    started = time.perf_counter()
+    library = kernels.load_library()
+    print(
+        f"fp32 decode kernels: {'loaded' if library else 'UNAVAILABLE: ' + str(kernels.unavailable_reason())}"
+        f" in {time.perf_counter() - started:.1f} s (build included unless cached)"
     )
     for name in args.presets:
         config = (
@@ -108,31 +151,58 @@ def main() -> None:
         hf_model = None
         if "transformers" not in args.skip and not llama_blockers(config):
             hf_model = to_transformers_llama(model)
-        ours, theirs = [], []
-        ours_tokens_per_s(model, prompt, 4)  # warm-up
+        # Warm-up of every contender (the kernels' library was built or loaded above).
+        for enabled in (True, False):
+            with kernels_switch(enabled):
+                ours_tokens_per_s(model, prompt, 4)
         if hf_model is not None:
             transformers_tokens_per_s(hf_model, prompt, 4)
+        # Round by round: ours with kernels, ours with PyTorch ops, transformers; then decode-only
+        # rates (time_batch_one: no prefill, no sampling) with and without the kernels.
+        paths = {"kernels": True, "pytorch": False}
+        rates: dict[str, list[float]] = {"kernels": [], "pytorch": [], "transformers": []}
+        decode: dict[str, list[float]] = {"kernels": [], "pytorch": []}
         for _ in range(args.rounds):
-            ours.append(ours_tokens_per_s(model, prompt, args.new_tokens))
+            for label, enabled in paths.items():
+                with kernels_switch(enabled):
+                    rates[label].append(ours_tokens_per_s(model, prompt, args.new_tokens))
             if hf_model is not None:
-                theirs.append(transformers_tokens_per_s(hf_model, prompt, args.new_tokens))
-        decode_only = statistics.median(
-            time_batch_one(model, torch.tensor([prompt]), args.new_tokens)[2]
-            for _ in range(args.rounds)
-        )
-        floor = bandwidth / (params * 4)  # fp32 weights read once per token
-        line = (
-            f"{name} ({params / 1e6:.1f}M params, fp32): ours {statistics.median(ours):,.1f} tokens/s "
-            f"(decode only {decode_only:,.1f})"
-        )
-        if theirs:
-            line += (
-                f" | transformers {statistics.median(theirs):,.1f} tokens/s | ratio ours/transformers "
-                f"{statistics.median(ours) / statistics.median(theirs):.2f}"
-            )
-        print(line)
+                rates["transformers"].append(
+                    transformers_tokens_per_s(hf_model, prompt, args.new_tokens)
+                )
+            for label, enabled in paths.items():
+                with kernels_switch(enabled):
+                    decode[label].append(
+                        time_batch_one(model, torch.tensor([prompt]), args.new_tokens)[2]
+                    )
+            bandwidth = max(bandwidth, memory_bandwidth_bytes_per_s(repeats=3))
+        median = {label: statistics.median(values) for label, values in rates.items() if values}
+        decode_only = {label: statistics.median(values) for label, values in decode.items()}
         print(
-            f"    bandwidth floor {floor:,.1f} tokens/s -> ours reaches {decode_only / floor:.0%} of it"
+            f"{name} ({params / 1e6:.1f}M params, fp32): ours {median['kernels']:,.1f} tokens/s "
+            f"(decode only {decode_only['kernels']:,.1f}) | ours without kernels "
+            f"{median['pytorch']:,.1f} (decode only {decode_only['pytorch']:,.1f}) -> kernels "
+            f"{median['kernels'] / median['pytorch']:.2f}x"
+        )
+        if "transformers" in median:
+            print(
+                f"    transformers {median['transformers']:,.1f} tokens/s | ours/transformers "
+                f"{median['kernels'] / median['transformers']:.2f} with kernels, "
+                f"{median['pytorch'] / median['transformers']:.2f} without"
+            )
+        print(
+            f"    copy bandwidth: best {bandwidth / 1e9:.1f} GB/s so far (first sample "
+            f"{first_bandwidth / 1e9:.1f})"
+        )
+        read = weight_bytes_per_token(model)
+        floor = bandwidth / read  # every weight read once per token
+        print(
+            f"    bandwidth floor {floor:,.1f} tokens/s ({read / 1e6:,.0f} MB of weights per token)"
+            f" -> ours reaches {decode_only['kernels'] / floor:.0%} with kernels, "
+            f"{decode_only['pytorch'] / floor:.0%} without; against all parameters' bytes "
+            f"({params * 4 / 1e6:,.0f} MB: floor {bandwidth / (params * 4):,.1f} tokens/s) "
+            f"{decode_only['kernels'] / (bandwidth / (params * 4)):.0%} and "
+            f"{decode_only['pytorch'] / (bandwidth / (params * 4)):.0%}"
         )
         if "int8" not in args.skip:
             quantized = quantize_for_cpu(model, "int8")
@@ -140,9 +210,9 @@ def main() -> None:
             int8_rate = statistics.median(
                 ours_tokens_per_s(quantized, prompt, args.new_tokens) for _ in range(args.rounds)
             )
-            line = f"    ours int8 (--quantize int8): {int8_rate:,.1f} tokens/s = {int8_rate / statistics.median(ours):.2f}x ours fp32"
-            if theirs:
-                line += f", {int8_rate / statistics.median(theirs):.2f}x transformers fp32"
+            line = f"    ours int8 (--quantize int8): {int8_rate:,.1f} tokens/s = {int8_rate / median['kernels']:.2f}x ours fp32"
+            if "transformers" in median:
+                line += f", {int8_rate / median['transformers']:.2f}x transformers fp32"
             print(line + f"; {int8_rate / (bandwidth / params):.0%} of the int8 bandwidth floor")
         if "nocache" not in args.skip:
             long_tokens = min(args.long_tokens, config.context_length - 1)
@@ -160,8 +230,11 @@ def main() -> None:
                     time_batched(model, prompts, args.new_tokens)
                     for _ in range(max(1, args.rounds - 1))
                 )
+                # BatchDecoder runs PyTorch ops (the kernels are batch 1 only).
                 print(
-                    f"    batch {batch}: {rate:,.1f} tokens/s aggregate = {rate / decode_only:.1f}x batch 1"
+                    f"    batch {batch}: {rate:,.1f} tokens/s aggregate = "
+                    f"{rate / decode_only['pytorch']:.1f}x batch 1 without kernels, "
+                    f"{rate / decode_only['kernels']:.1f}x with"
                 )
 
 

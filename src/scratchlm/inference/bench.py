@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from scratchlm.inference.engine import BatchDecoder, GenerationRequest
+from scratchlm.inference.kernels import fast_decoder
 from scratchlm.inference.sampling import GREEDY
 from scratchlm.kv_cache import KVCache
 from scratchlm.model import GPT
@@ -71,8 +72,10 @@ def time_batch_one(model: GPT, prompt: torch.Tensor, new_tokens: int) -> tuple[f
     token = logits[:, -1, :vocab].argmax(-1, keepdim=True)  # (1, 1)
     synchronize(device)
     first = time.perf_counter()
+    # The same decode path as Engine.generate: the fp32 CPU kernels when they apply.
+    decoder = fast_decoder(model, cache) if new_tokens > 1 else None
     for _ in range(new_tokens - 1):
-        logits = model(token, kv_cache=cache)
+        logits = decoder.step(int(token)) if decoder is not None else model(token, kv_cache=cache)
         token = logits[:, -1, :vocab].argmax(-1, keepdim=True)
     synchronize(device)
     done = time.perf_counter()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from scratchlm.errors import ScratchLMError
+from scratchlm.inference.kernels import FastDecoder, fast_decoder
 from scratchlm.inference.sampling import SamplingSettings, history_counts, sample_next_token
 from scratchlm.inference.streaming import TextStream
 from scratchlm.kv_cache import KVCache
@@ -113,8 +114,18 @@ class Engine:
         counts = history_counts(prompt_ids, sampling, self.config.vocab_size, self.device)
         inputs = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
         self.finish_reason = "length"
+        # After the prefill, decode steps go through the fp32 CPU kernels when they apply (one C++
+        # call per token; None keeps the model's forward). See scratchlm.inference.kernels.
+        decoder: FastDecoder | None = None
+        token = 0
         for produced in range(max_new_tokens):
-            logits = self.token_logits(self.model(inputs, kv_cache=cache, last_token_only=True))
+            if decoder is not None:
+                step_logits = decoder.step(token)
+            else:
+                step_logits = self.model(inputs, kv_cache=cache, last_token_only=True)
+                if produced == 0 and max_new_tokens > 1:
+                    decoder = fast_decoder(self.model, cache)
+            logits = self.token_logits(step_logits)
             next_token = sample_next_token(logits, sampling, generator, counts)  # (1,)
             token = int(next_token.item())
             if token in stop_ids:
