@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -119,17 +120,28 @@ def assert_same_training(reference: Path, other: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def single_process_run(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("single") / "run"
-    run(train_arguments(corpus, out))
-    config = json.loads((out / "run_config.json").read_text(encoding="utf-8"))["resolved"]
-    assert config["accumulation"] == 2 and config["world_size"] == 1
-    return out
+def single_process_runs(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One-process reference runs, one per optimizer, made on first use."""
+    made: dict[str, Path] = {}
+
+    def reference(optimizer: str) -> Path:
+        if optimizer not in made:
+            out = tmp_path_factory.mktemp(f"single-{optimizer}") / "run"
+            run(train_arguments(corpus, out, "--optimizer", optimizer))
+            resolved = json.loads((out / "run_config.json").read_text(encoding="utf-8"))
+            assert resolved["resolved"]["accumulation"] == 2
+            assert resolved["resolved"]["world_size"] == 1
+            made[optimizer] = out
+        return made[optimizer]
+
+    return reference
 
 
-@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
+# DDP with Muon (the default optimizer), FSDP with AdamW (what --optimizer auto picks under FSDP:
+# Muon needs whole matrices).
+@pytest.mark.parametrize(("parallelism", "optimizer"), [("ddp", "muon"), ("fsdp", "adamw")])
 def test_two_ranks_match_one_process_and_resume_on_one(
-    corpus: Path, single_process_run: Path, tmp_path: Path, parallelism: str
+    corpus: Path, single_process_runs: Any, tmp_path: Path, parallelism: str, optimizer: str
 ) -> None:
     extra = ["--fsdp"] if parallelism == "fsdp" else []
     # Two ranks train the first half and stop; one process resumes their checkpoint.
@@ -137,20 +149,20 @@ def test_two_ranks_match_one_process_and_resume_on_one(
     run(train_arguments(corpus, out, "--stop-after-steps", str(STEPS // 2), *extra), processes=2)
     config = json.loads((out / "run_config.json").read_text(encoding="utf-8"))["resolved"]
     assert config["world_size"] == 2 and config["accumulation"] == 1
-    assert config["parallelism"] == parallelism
+    assert config["parallelism"] == parallelism and config["optimizer"] == optimizer
     halfway = train_losses(out)
     assert sorted(halfway) == list(range(1, STEPS // 2 + 1))
     run(train_arguments(corpus, out, "--resume", *extra))
-    assert_same_training(single_process_run, out)
+    assert_same_training(single_process_runs(optimizer), out)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     # only rank 0 logged: one record per step before the resume
     assert sum(1 for record in records if record["kind"] == "train" and record["step"] == 1) == 1
 
 
 def test_one_process_checkpoint_resumes_on_two_ranks(
-    corpus: Path, single_process_run: Path, tmp_path: Path
+    corpus: Path, single_process_runs: Any, tmp_path: Path
 ) -> None:
     out = tmp_path / "grow"
     run(train_arguments(corpus, out, "--stop-after-steps", str(STEPS // 2)))
     run(train_arguments(corpus, out, "--resume"), processes=2)
-    assert_same_training(single_process_run, out)
+    assert_same_training(single_process_runs("muon"), out)

@@ -145,6 +145,11 @@ class FinetuneTrainer(Trainer):
             )
         return model
 
+    def default_optimizer(self) -> str:
+        # Fine-tuning moves a trained model a little: AdamW, as the recipes it follows use
+        # (Muon is measured for pretraining only; LoRA's low-rank factors are not its target).
+        return "adamw"
+
     def restore_model(self, checkpoint_dir: Path) -> None:
         if self.lora is None:
             super().restore_model(checkpoint_dir)

@@ -68,10 +68,11 @@ class TrainConfig:
         None, "target tokens per optimizer step; gradient accumulation covers the rest"
     )
     optimizer: str = option(
-        "adamw",
-        "adamw, or muon (Muon for the blocks' weight matrices, AdamW for embeddings, head, gains)",
+        "auto",
+        "auto (muon for pretraining, adamw for fine-tuning and under --fsdp), adamw, or muon "
+        "(Muon for the blocks' weight matrices, AdamW for embeddings, head and gains)",
     )
-    lr: float | None = option(None, "peak learning rate (default: by model size, 1e-3 .. 3e-4)")
+    lr: float | None = option(None, "peak learning rate (default: by model size, 3e-3 .. 3e-4)")
     min_lr_ratio: float = option(0.1, "final learning rate as a fraction of the peak")
     warmup_steps: int = option(100, "linear warmup steps")
     schedule: str = option("cosine", "learning-rate schedule: cosine, wsd, constant")
@@ -181,8 +182,8 @@ class TrainConfig:
             problems.append(
                 f"--micro-batch must be auto or a positive number (got {self.micro_batch!r})"
             )
-        if self.optimizer not in ("adamw", "muon"):
-            problems.append(f"--optimizer must be adamw or muon (got {self.optimizer!r})")
+        if self.optimizer not in ("auto", "adamw", "muon"):
+            problems.append(f"--optimizer must be auto, adamw or muon (got {self.optimizer!r})")
         if self.optimizer == "muon" and self.fsdp:
             problems.append(
                 "--optimizer muon with --fsdp is not supported (Muon orthogonalizes whole "
