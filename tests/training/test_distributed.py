@@ -15,10 +15,11 @@ import torch
 from safetensors.torch import load_file
 
 from scratchlm.data.synthetic import generate_stories
+from tests.training.helpers import as_flags
 
 pytestmark = pytest.mark.xdist_group("torchrun")
 
-TINY_MODEL = ["n_layer=2", "d_model=64", "n_head=4", "n_kv_head=2", "ffn_hidden=128"]
+DISTRIBUTED_MODEL = ["n_layer=2", "d_model=64", "n_head=4", "n_kv_head=2", "ffn_hidden=128"]
 STEPS = 12
 
 
@@ -30,47 +31,29 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def train_arguments(corpus: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--preset",
-        "tiny",
-        *[item for assignment in TINY_MODEL for item in ("--set", assignment)],
-        "--context-length",
-        "64",
-        "--data",
-        str(corpus),
-        "--tokenizer",
-        "char",
-        "--out",
-        str(out),
-        "--batch-size",
-        "4",
+    settings = {
+        "preset": "tiny",
+        "set": DISTRIBUTED_MODEL,
+        "context_length": 64,
+        "data": corpus,
+        "tokenizer": "char",
+        "out": out,
+        "batch_size": 4,
         # one process: 4 x 64 x 2 micro-batches; two processes: 4 x 64 x 1 each
-        "--tokens-per-step",
-        "512",
-        "--max-steps",
-        str(STEPS),
-        "--eval-every",
-        "6",
-        "--eval-tokens",
-        "2048",
-        "--sample-tokens",
-        "8",
-        "--log-every",
-        "1",
-        "--warmup-steps",
-        "2",
-        "--lr",
-        "3e-3",
-        "--seed",
-        "7",
-        "--threads",
-        "1",
-        "--data-workers",
-        "1",
-        "--quiet",
-        *extra,
-    ]
+        "tokens_per_step": 512,
+        "max_steps": STEPS,
+        "eval_every": 6,
+        "eval_tokens": 2048,
+        "sample_tokens": 8,
+        "log_every": 1,
+        "warmup_steps": 2,
+        "lr": 3e-3,
+        "seed": 7,
+        "threads": 1,
+        "data_workers": 1,
+        "quiet": True,
+    }
+    return ["train", *as_flags(settings), *extra]
 
 
 def run(arguments: list[str], processes: int = 1) -> None:

@@ -22,8 +22,7 @@ from scratchlm.data.synthetic import generate_stories
 from scratchlm.errors import ScratchLMError
 from scratchlm.training.run_config import TrainConfig
 from scratchlm.training.trainer import Trainer
-
-TINY_MODEL = ["n_layer=2", "d_model=64", "n_head=4", "ffn_hidden=128"]
+from tests.training.helpers import TINY_MODEL, as_flags, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -33,29 +32,20 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def tiny_run(corpus: Path, out: Path, **overrides: Any) -> TrainConfig:
-    values: dict[str, Any] = {
-        "preset": "tiny",
-        "set": TINY_MODEL,
-        "context_length": 64,
-        "data": str(corpus),
-        "tokenizer": "char",
-        "out": str(out),
-        "batch_size": 8,
-        "max_steps": 30,
-        "eval_every": 10,
-        "eval_tokens": 2048,
-        "sample_tokens": 8,
-        "save_every": 5,
-        "log_every": 1,
-        "warmup_steps": 3,
-        "lr": 3e-3,
-        "quiet": True,
-        "data_workers": 1,
-        "seed": 21,
-    }
-    values.update(overrides)
-    return TrainConfig(**values)
+FAULT_RUN = {
+    "max_steps": 30,
+    "eval_tokens": 2048,
+    "sample_tokens": 8,
+    "save_every": 5,
+    "log_every": 1,
+    "warmup_steps": 3,
+    "lr": 3e-3,
+    "seed": 21,
+}
+
+
+def fault_run(corpus: Path, out: Path, **overrides: Any) -> TrainConfig:
+    return tiny_run(corpus, out, **{**FAULT_RUN, **overrides})
 
 
 def records(run_dir: Path, kind: str) -> list[dict[str, Any]]:
@@ -78,49 +68,28 @@ def assert_identical(expected: dict[str, torch.Tensor], found: dict[str, torch.T
 
 
 def cli_arguments(corpus: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "scratchlm",
-        "train",
-        "--preset",
-        "tiny",
-        *[item for assignment in TINY_MODEL for item in ("--set", assignment)],
-        "--context-length",
-        "64",
-        "--data",
-        str(corpus),
-        "--tokenizer",
-        "char",
-        "--out",
-        str(out),
-        "--batch-size",
-        "8",
-        "--dropout",
-        "0.1",  # restoring the RNG state matters
-        "--max-steps",
-        "60",
-        "--save-every",
-        "7",
-        "--eval-every",
-        "20",
-        "--eval-tokens",
-        "2048",
-        "--sample-tokens",
-        "8",
-        "--log-every",
-        "1",
-        "--lr",
-        "3e-3",
-        "--seed",
-        "5",
-        "--threads",
-        "1",
-        "--data-workers",
-        "1",
-        "--quiet",
-        *extra,
-    ]
+    settings = {
+        "preset": "tiny",
+        "set": TINY_MODEL,
+        "context_length": 64,
+        "data": corpus,
+        "tokenizer": "char",
+        "out": out,
+        "batch_size": 8,
+        "dropout": 0.1,  # restoring the RNG state matters
+        "max_steps": 60,
+        "save_every": 7,
+        "eval_every": 20,
+        "eval_tokens": 2048,
+        "sample_tokens": 8,
+        "log_every": 1,
+        "lr": 3e-3,
+        "seed": 5,
+        "threads": 1,
+        "data_workers": 1,
+        "quiet": True,
+    }
+    return [sys.executable, "-m", "scratchlm", "train", *as_flags(settings), *extra]
 
 
 def logged_steps(run_dir: Path) -> int:
@@ -207,16 +176,16 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(
 def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(
     corpus: Path, tmp_path: Path
 ) -> None:
-    Trainer(tiny_run(corpus, tmp_path / "straight", max_steps=20)).run()
+    Trainer(fault_run(corpus, tmp_path / "straight", max_steps=20)).run()
     damaged = tmp_path / "interrupted"
-    Trainer(tiny_run(corpus, damaged, max_steps=20, stop_after_steps=15)).run()
+    Trainer(fault_run(corpus, damaged, max_steps=20, stop_after_steps=15)).run()
     weights = damaged / "checkpoints" / "step_000015" / "model.safetensors"
     content = bytearray(weights.read_bytes())
     content[-100] ^= 0xFF  # one flipped byte inside a tensor: safetensors itself cannot tell
     weights.write_bytes(bytes(content))
     messages: list[str] = []
     trainer = Trainer(
-        tiny_run(corpus, damaged, max_steps=20, resume=True, quiet=False), log=messages.append
+        fault_run(corpus, damaged, max_steps=20, resume=True, quiet=False), log=messages.append
     )
     assert trainer.state.step == 10
     damaged_lines = [line for line in messages if "is damaged" in line]
@@ -228,10 +197,10 @@ def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(
 
 def test_a_truncated_trainer_state_falls_back_too(corpus: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    Trainer(tiny_run(corpus, run_dir, max_steps=20, stop_after_steps=10)).run()
+    Trainer(fault_run(corpus, run_dir, max_steps=20, stop_after_steps=10)).run()
     state = run_dir / "checkpoints" / "step_000010" / "trainer_state.pt"
     state.write_bytes(state.read_bytes()[:100])
-    trainer = Trainer(tiny_run(corpus, run_dir, max_steps=20, resume=True))
+    trainer = Trainer(fault_run(corpus, run_dir, max_steps=20, resume=True))
     assert trainer.state.step == 5
 
 
@@ -240,7 +209,7 @@ def test_a_truncated_trainer_state_falls_back_too(corpus: Path, tmp_path: Path) 
 
 def test_spike_and_nan_backtrack_with_a_halved_learning_rate(corpus: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    trainer = Trainer(tiny_run(corpus, run_dir, max_steps=30))
+    trainer = Trainer(fault_run(corpus, run_dir, max_steps=30))
     injected: list[int] = []
 
     def hook(step: int, loss: torch.Tensor) -> torch.Tensor:
@@ -276,7 +245,7 @@ def test_spike_and_nan_backtrack_with_a_halved_learning_rate(corpus: Path, tmp_p
 
 
 def test_backtracking_gives_up_after_the_limit(corpus: Path, tmp_path: Path) -> None:
-    trainer = Trainer(tiny_run(corpus, tmp_path / "run", max_backtracks=2))
+    trainer = Trainer(fault_run(corpus, tmp_path / "run", max_backtracks=2))
     trainer.loss_hook = lambda step, loss: loss * float("nan") if step > 8 else loss
     with pytest.raises(ScratchLMError, match="after 2 backtracks"):
         trainer.run()
@@ -284,7 +253,7 @@ def test_backtracking_gives_up_after_the_limit(corpus: Path, tmp_path: Path) -> 
 
 
 def test_without_backtracking_a_nan_stops_the_run(corpus: Path, tmp_path: Path) -> None:
-    trainer = Trainer(tiny_run(corpus, tmp_path / "run", spike_factor=0))
+    trainer = Trainer(fault_run(corpus, tmp_path / "run", spike_factor=0))
     trainer.loss_hook = lambda step, loss: loss * float("nan") if step == 4 else loss
     with pytest.raises(ScratchLMError, match="diverged"):
         trainer.run()
@@ -307,7 +276,7 @@ class ScriptedValidation(Trainer):
 
 def test_early_stopping_keeps_the_best_model(corpus: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    config = tiny_run(corpus, run_dir, max_steps=60, eval_every=5, early_stop_patience=2)
+    config = fault_run(corpus, run_dir, max_steps=60, eval_every=5, early_stop_patience=2)
     result = ScriptedValidation(config).run()
     # evals at 5 (3.0), 10 (2.5, best), 15 (2.6), 20 (2.7): two without improvement -> stop
     assert result.steps == 20
@@ -326,7 +295,7 @@ def test_early_stopping_keeps_the_best_model(corpus: Path, tmp_path: Path) -> No
     assert records(run_dir, "end")[-1]["stopped_early"] is True
     # resuming a run that stopped early is a no-op
     again = ScriptedValidation(
-        tiny_run(corpus, run_dir, max_steps=60, eval_every=5, early_stop_patience=2, resume=True)
+        fault_run(corpus, run_dir, max_steps=60, eval_every=5, early_stop_patience=2, resume=True)
     ).run()
     assert again.steps == 20
 
@@ -335,7 +304,7 @@ def test_early_stopping_keeps_the_best_model(corpus: Path, tmp_path: Path) -> No
 
 
 def test_out_of_memory_mid_run_names_the_flags_to_change(corpus: Path, tmp_path: Path) -> None:
-    trainer = Trainer(tiny_run(corpus, tmp_path / "run"))
+    trainer = Trainer(fault_run(corpus, tmp_path / "run"))
 
     def exhaust(step: int, loss: torch.Tensor) -> torch.Tensor:
         if step == 3:

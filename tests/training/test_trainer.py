@@ -16,8 +16,7 @@ from scratchlm.errors import ScratchLMError
 from scratchlm.training.optim import learning_rate_at
 from scratchlm.training.run_config import TrainConfig, parse_duration
 from scratchlm.training.trainer import train
-
-TINY_MODEL = ["n_layer=2", "d_model=64", "n_head=4", "ffn_hidden=128"]
+from tests.training.helpers import tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -25,29 +24,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "stories.txt"
     path.write_text("\n<|endoftext|>\n".join(generate_stories(600, seed=3)), encoding="utf-8")
     return path
-
-
-def tiny_run(corpus: Path, out: Path, **overrides: object) -> TrainConfig:
-    values: dict[str, object] = {
-        "preset": "tiny",
-        "set": TINY_MODEL,
-        "context_length": 64,
-        "data": str(corpus),
-        "tokenizer": "char",
-        "out": str(out),
-        "batch_size": 8,
-        "max_steps": 20,
-        "eval_every": 10,
-        "eval_tokens": 4096,
-        "sample_tokens": 16,
-        "save_every": 100,
-        "warmup_steps": 5,
-        "quiet": True,
-        "data_workers": 1,
-        "seed": 11,
-    }
-    values.update(overrides)
-    return TrainConfig(**values)  # type: ignore[arg-type]
 
 
 def unigram_entropy(shards: TokenShards) -> float:
