@@ -14,9 +14,10 @@ from torch import nn
 from scratchlm.config import preset_config
 from scratchlm.inference import kernels
 from scratchlm.inference.bench import time_batch_one
-from scratchlm.inference.engine import Engine
+from scratchlm.inference.engine import BatchDecoder, Engine, GenerationRequest
 from scratchlm.inference.quantize import quantize_for_cpu
 from scratchlm.inference.sampling import GREEDY, SamplingSettings
+from scratchlm.inference.session import DecodeSession
 from scratchlm.kv_cache import KVCache
 from scratchlm.model import GPT, build_model
 from tests.conftest import tiny_config
@@ -206,3 +207,82 @@ def test_generation_falls_back_without_the_library(monkeypatch: pytest.MonkeyPat
     assert len(tokens) == 8
     with pytest.raises(RuntimeError, match="unavailable"):
         kernels.gemv(torch.ones(2, 2), torch.ones(2))
+
+
+def test_chat_session_turns_use_the_kernels_and_match(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DecodeSession (the terminal chat's multi-turn cache) decodes through the kernels; with
+    the cache rolled back and reused across turns, tokens match the PyTorch path exactly."""
+    _library_or_skip()
+    model = _model("llama-42m")
+    settings = SamplingSettings(temperature=0.9, top_k=20)
+    calls = 0
+    original = kernels.FastDecoder.step
+
+    def counted(self: kernels.FastDecoder, token: int) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        return original(self, token)
+
+    monkeypatch.setattr(kernels.FastDecoder, "step", counted)
+
+    def conversation() -> list[list[int]]:
+        session = DecodeSession(model)
+        first = list(session.generate([1, 2, 3, 4], max_new_tokens=6, sampling=settings, seed=3))
+        # turn 2 keeps turn 1 and its answer (reused from the cache), then a new message
+        prompt = [1, 2, 3, 4, *first, 5, 6]
+        second = list(session.generate(prompt, max_new_tokens=6, sampling=settings, seed=4))
+        assert session.reused == len(prompt) - 3  # all but the new message and the last token
+        # an edited history: the cache rolls back to the common prefix
+        third = list(session.generate([1, 2, 9, 9, 9], max_new_tokens=6, sampling=settings, seed=5))
+        return [first, second, third]
+
+    fast = conversation()
+    assert calls == 15  # 5 per turn: the prefill gives each turn's first token
+    monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+    assert conversation() == fast
+    assert calls == 15
+
+
+@pytest.mark.parametrize(("first_tokens", "second_tokens"), [(12, 4), (5, 12)])
+def test_batch_decoder_uses_the_kernels_while_one_row_decodes(
+    monkeypatch: pytest.MonkeyPatch, first_tokens: int, second_tokens: int
+) -> None:
+    """The server's BatchDecoder decodes a lone row through the kernels (cache row 0, its own
+    position) and switches to the batched forward when a second row joins; the tokens match the
+    PyTorch path throughout, also when the first row leaves and the second moves into row 0."""
+    _library_or_skip()
+    model = _model("llama-42m")
+    settings = SamplingSettings(temperature=0.9, top_k=20)
+    calls = 0
+    original = kernels.FastDecoder.step
+
+    def counted(self: kernels.FastDecoder, token: int) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        return original(self, token)
+
+    monkeypatch.setattr(kernels.FastDecoder, "step", counted)
+
+    def serve() -> dict[int, list[int]]:
+        decoder = BatchDecoder(model, max_batch=2)
+        first = GenerationRequest([1, 2, 3], max_new_tokens=first_tokens, sampling=settings, seed=1)
+        second = GenerationRequest(
+            [4, 5, 6, 7], max_new_tokens=second_tokens, sampling=settings, seed=2
+        )
+        handles = [decoder.add(first)]
+        for _ in range(3):  # alone: kernel steps
+            decoder.step()
+        handles.append(decoder.add(second))  # lands in slot 1; both decode batched
+        finished: dict[int, list[int]] = {}
+        while decoder.active:  # one finishes first; the other decodes alone again
+            for row in decoder.step():
+                finished[handles.index(row.handle)] = row.generated
+        return finished
+
+    fast = serve()
+    assert calls >= 6  # 3 steps before the second row joins, and the last ones after one leaves
+    kernel_calls = calls
+    monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+    assert serve() == fast
+    assert calls == kernel_calls
+    assert [len(fast[0]), len(fast[1])] == [first_tokens, second_tokens]

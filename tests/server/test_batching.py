@@ -88,17 +88,16 @@ def test_disconnect_frees_the_row(slow_server: RunningServer) -> None:
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")  # generation is running
         assert slow_server.app.state.scheduler.decoder.active == 1
-    # 200 tokens at >= 10 ms a step would take 2 s; the row must go long before that.
-    started = time.monotonic()
-    wait_for(lambda: slow_server.app.state.scheduler.decoder.active == 0, 1.5)
-    assert time.monotonic() - started < 1.5
+    # The row goes because its client left, not because it finished: it counts as cancelled.
+    wait_for(lambda: slow_server.app.state.scheduler.decoder.active == 0)
     text = metrics(slow_server)
     assert metric_value(text, "scratchlm_cancelled_rows_total") == before + 1
     assert metric_value(text, "scratchlm_batch_size") == 0
 
 
 def test_full_queue_answers_429(make_server: StartServer) -> None:
-    running = make_server(max_batch=1, max_queue=1, step_delay=0.02)
+    # 250 ms steps: the first row holds the batch for far longer than any test step takes
+    running = make_server(max_batch=1, max_queue=1, step_delay=0.25)
     body = {"prompt": "Tom", "max_tokens": 200, "stream": True}
     url = f"{running.base_url}/completions"
     with httpx.Client(timeout=30) as client:
@@ -107,10 +106,12 @@ def test_full_queue_answers_429(make_server: StartServer) -> None:
             with client.stream("POST", url, json=body) as second:
                 assert second.status_code == 200  # waiting in the queue
                 wait_for(lambda: len(running.app.state.scheduler.waiting) == 1)
-                started = time.monotonic()
                 refused = client.post(url, json={"prompt": "Tom", "max_tokens": 2})
-                assert time.monotonic() - started < 2  # answered at once, never hangs
                 assert refused.status_code == 429
+                # Answered without waiting for room: the batch and the queue are still full
+                # (no wall-clock bound, which a loaded machine would break).
+                scheduler = running.app.state.scheduler
+                assert scheduler.decoder.active == 1 and len(scheduler.waiting) == 1
                 error = refused.json()["error"]
                 assert "--max-queue 1" in error["message"] and error["code"] == "queue_full"
                 # n rows that cannot all wait are refused as a whole.

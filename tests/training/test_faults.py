@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from scratchlm.data.synthetic import generate_stories
 from scratchlm.errors import ScratchLMError
 from scratchlm.training.run_config import TrainConfig
-from scratchlm.training.trainer import Trainer
+from scratchlm.training.trainer import Trainer, default_learning_rate
 from tests.training.helpers import TINY_MODEL, as_flags, tiny_run
 
 
@@ -342,3 +342,25 @@ def test_micro_batch_auto_activation_checkpointing_and_token_weighting_train(
     assert result.steps == 6 and math.isfinite(result.final_train_loss)
     resolved = json.loads((run_dir / "run_config.json").read_text(encoding="utf-8"))["resolved"]
     assert resolved["batch_size"] == 32 and resolved["tokens_per_step"] == 2048
+
+
+def test_default_learning_rate_follows_the_optimizer_and_a_resume_keeps_its_rate(
+    corpus: Path, tmp_path: Path
+) -> None:
+    assert default_learning_rate(1_000_000, "adamw") == 3e-3
+    assert default_learning_rate(1_000_000, "muon") == 6e-3  # Muon: twice AdamW's rate
+    assert default_learning_rate(20_000_000, "muon") == 2e-3
+    assert default_learning_rate(124_000_000, "muon") == 6e-4  # not measured: AdamW's rate
+    run_dir = tmp_path / "run"
+    trainer = Trainer(tiny_run(corpus, run_dir, max_steps=4, save_every=2, optimizer="muon"))
+    assert trainer.learning_rate == 6e-3
+    trainer.run()
+    # As if the run had started under other defaults: a resume keeps the rate it started with.
+    path = run_dir / "run_config.json"
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    assert saved["resolved"]["learning_rate"] == 6e-3
+    saved["resolved"]["learning_rate"] = 4e-3
+    path.write_text(json.dumps(saved), encoding="utf-8")
+    resumed = Trainer(tiny_run(corpus, run_dir, max_steps=6, save_every=2, resume=True))
+    assert resumed.learning_rate == 4e-3 and resumed.optimizer_kind == "muon"
+    assert resumed.run().steps == 6

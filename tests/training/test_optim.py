@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from scratchlm.model import build_model
+from scratchlm.training import optim
 from scratchlm.training.distributed import full_optimizer_state, load_full_optimizer_state
 from scratchlm.training.optim import MuonAdamW, build_optimizer, orthogonalize
 from tests.conftest import tiny_config
 
 
-def test_orthogonalize_flattens_the_singular_values() -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_orthogonalize_flattens_the_singular_values(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+) -> None:
+    # both iteration dtypes (bf16 is the default on GPUs)
+    monkeypatch.setattr(optim, "newton_schulz_dtype", lambda device_type: dtype)
     generator = torch.Generator().manual_seed(0)
     for rows, columns in ((64, 32), (32, 96)):
         # an ill-conditioned matrix: singular values from 0.01 to 10
@@ -26,7 +33,7 @@ def test_orthogonalize_flattens_the_singular_values() -> None:
         singular = torch.linalg.svdvals(result)
         # quintic Newton-Schulz pushes the singular values towards 1: most land in about
         # [0.7, 1.2], and a condition number of 1000 shrinks to a few
-        assert result.shape == matrix.shape
+        assert result.shape == matrix.shape and result.dtype == torch.float32
         assert singular.max() < 1.3 and 0.7 < singular.median() < 1.2, singular
         assert singular.max() / singular.min() < 5, singular
 

@@ -251,6 +251,8 @@ class BatchDecoder:
         self.rows: list[Row] = []
         self.finished: list[Row] = []
         self._next_handle = 0
+        self._fast_decoder: FastDecoder | None = None
+        self._fast_decoder_checked = False
 
     @property
     def active(self) -> int:
@@ -351,9 +353,15 @@ class BatchDecoder:
         newly_done: list[Row] = []
         if count:
             running = self.rows[:count]
-            inputs = torch.tensor([[row.last_token] for row in running], device=self.device)
-            positions = torch.tensor([[row.position] for row in running], device=self.device)
-            logits = self.model(inputs, positions=positions, kv_cache=self.cache.rows(0, count))
+            decoder = self._single_row_decoder() if count == 1 else None
+            if decoder is not None:
+                # One decoding row (a single client): the fp32 CPU kernels, as Engine.generate.
+                decoder.cache.length = running[0].position
+                logits = decoder.step(running[0].last_token)  # (1, 1, padded_vocab)
+            else:
+                inputs = torch.tensor([[row.last_token] for row in running], device=self.device)
+                positions = torch.tensor([[row.position] for row in running], device=self.device)
+                logits = self.model(inputs, positions=positions, kv_cache=self.cache.rows(0, count))
             for index, row in enumerate(running):
                 row.position += 1
                 self._accept(row, logits[index : index + 1, -1, : self.config.vocab_size])
@@ -361,6 +369,13 @@ class BatchDecoder:
             for row in newly_done:
                 self._drop(row)
         return done + newly_done + self._prefill_step()
+
+    def _single_row_decoder(self) -> FastDecoder | None:
+        """The kernel decoder over cache row 0 (built once: the cache never moves), or None."""
+        if not self._fast_decoder_checked:
+            self._fast_decoder = fast_decoder(self.model, self.cache.rows(0, 1))
+            self._fast_decoder_checked = True
+        return self._fast_decoder
 
     def _prefill_step(self) -> list[Row]:
         """Spend up to `prefill_chunk` prompt tokens on the prefilling rows, oldest first; rows

@@ -4,6 +4,9 @@ The cache always holds the tokens in `ids`. To generate for a new prompt, `gener
 longest common prefix of the new prompt with what is cached, rolls the cache back to it (only a
 length change: later entries are overwritten and hidden by the causal mask meanwhile) and prefills
 only the rest. In a chat, turn N then costs the new user message, not the whole history.
+
+Decode steps after the prefill go through the fp32 CPU kernels when they apply (one C++ call per
+token, as in `Engine.generate`; see scratchlm.inference.kernels).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 
 from scratchlm.errors import ScratchLMError
 from scratchlm.inference.engine import make_generator
+from scratchlm.inference.kernels import FastDecoder, fast_decoder
 from scratchlm.inference.sampling import SamplingSettings, history_counts, sample_next_token
 from scratchlm.kv_cache import KVCache
 from scratchlm.model import GPT
@@ -43,11 +47,17 @@ class DecodeSession:
         self.cache.reset()
 
     @torch.inference_mode()
-    def _feed(self, tokens: list[int]) -> torch.Tensor:
-        """Append tokens to the cache; logits of the last one, (1, vocab)."""
-        logits = self.model(
-            torch.tensor([tokens], device=self.device), kv_cache=self.cache, last_token_only=True
-        )
+    def _feed(self, tokens: list[int], decoder: FastDecoder | None = None) -> torch.Tensor:
+        """Append tokens to the cache; logits of the last one, (1, vocab). One token with a
+        decoder takes the kernel path."""
+        if decoder is not None and len(tokens) == 1:
+            logits = decoder.step(tokens[0])  # (1, 1, padded_vocab)
+        else:
+            logits = self.model(
+                torch.tensor([tokens], device=self.device),
+                kv_cache=self.cache,
+                last_token_only=True,
+            )
         self.ids += tokens
         return logits[:, -1, : self.config.vocab_size]
 
@@ -78,6 +88,8 @@ class DecodeSession:
         self.cache.length = common
         self.reused, self.last_prefill = common, len(prompt_ids) - common
         logits = self._feed(prompt_ids[common:])
+        # Built per generation (~0.1 ms): it points into the current weights and cache.
+        decoder = fast_decoder(self.model, self.cache)
         generator = make_generator(seed, self.device)
         counts = history_counts(prompt_ids, sampling, self.config.vocab_size, self.device)
         self.finish_reason = "length"
@@ -86,11 +98,11 @@ class DecodeSession:
             if token in stop_ids:
                 self.finish_reason = "stop"
                 if len(self.ids) < self.context_length:
-                    self._feed([token])
+                    self._feed([token], decoder)
                 return
             yield token
             if len(self.ids) >= self.context_length or produced + 1 == max_new_tokens:
                 return
             if counts is not None:
                 counts[0, token] += 1
-            logits = self._feed([token])
+            logits = self._feed([token], decoder)

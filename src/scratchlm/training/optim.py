@@ -57,15 +57,23 @@ def build_optimizer(
 # --- Muon -----------------------------------------------------------------------------------------
 
 
+def newton_schulz_dtype(device_type: str) -> torch.dtype:
+    """bf16 on GPUs, where it is fast and precise enough (modded-nanogpt runs it so); fp32 on
+    CPU. bf16 there was measured slower on the clock even on a CPU with AVX-512 BF16 (the
+    speedrun's best recipe: 8,400-9,100 against 9,600-10,600 tokens/s with 2 threads; equal
+    loss at equal tokens; docs/speedrun.md)."""
+    return torch.bfloat16 if device_type == "cuda" else torch.float32
+
+
 def orthogonalize(matrix: torch.Tensor, steps: int = 5) -> torch.Tensor:
     """The nearest semi-orthogonal matrix to `matrix` (its U V^T), approximately, by a quintic
     Newton-Schulz iteration (Keller Jordan's coefficients, tuned to push every singular value
     into about [0.7, 1.2] in 5 steps, which trains as well as the exact U V^T and costs a few
     matmuls). Works on a stack (..., rows, columns) of matrices at once: batching the matrices
     of one shape turns hundreds of tiny matmuls per step into a few (per-op overhead dominates
-    at small sizes on CPU). bf16 on GPUs, where it is fast and precise enough; fp32 on CPU."""
+    at small sizes on CPU). Runs in `newton_schulz_dtype`."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = matrix.to(torch.bfloat16 if matrix.is_cuda else torch.float32)
+    x = matrix.to(newton_schulz_dtype(matrix.device.type))
     tall = x.shape[-2] > x.shape[-1]
     if tall:  # iterate on the short side: X X^T is the smaller Gram matrix
         x = x.mT
@@ -85,8 +93,9 @@ class MuonAdamW(torch.optim.Optimizer):
 
     Muon groups (hidden weight matrices): Nesterov momentum, then the update is orthogonalized
     (`orthogonalize`) and scaled to the RMS of an AdamW update (0.2 * sqrt(max(rows, cols)),
-    Moonshot's "Muon is scalable", 2025), so the same learning rate and weight decay as AdamW
-    apply. AdamW groups (embeddings, head, norms, biases): plain AdamW."""
+    Moonshot's "Muon is scalable", 2025), so AdamW's learning-rate scale and weight decay carry
+    over (at our sizes twice AdamW's rate measured best: `default_learning_rate`). AdamW groups
+    (embeddings, head, norms, biases): plain AdamW, at the same rate."""
 
     def __init__(self, groups: list[dict[str, Any]], *, learning_rate: float) -> None:
         defaults = {

@@ -138,17 +138,22 @@ def autocast_context(
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def default_learning_rate(n_params: int) -> float:
-    """Smaller models tolerate larger steps (GPT-3 paper table; nanoGPT's 1e-3 for tiny models).
-    Under 5M parameters 3e-3 trains faster than 1e-3 with AdamW and with Muon alike (measured in
-    docs/speedrun.md); Muon's updates are scaled to AdamW's RMS, so one table serves both."""
+def default_learning_rate(n_params: int, optimizer: str = "adamw") -> float:
+    """The peak learning rate when --lr is not given. Smaller models tolerate larger steps (GPT-3
+    paper table; nanoGPT's 1e-3 for tiny models); under 5M parameters 3e-3 trains faster than
+    1e-3 with AdamW. Under 50M parameters Muon takes twice AdamW's rate: although its updates
+    are scaled to AdamW's RMS, 2x won at equal tokens on `tiny` (both speedrun tracks) and on
+    `small` (TinyStories), and 1x lost to AdamW (docs/speedrun.md). Larger models, not measured
+    here, keep AdamW's rate with Muon, as Moonshot found at scale."""
     if n_params < 5_000_000:
-        return 3e-3
-    if n_params < 50_000_000:
-        return 1e-3
-    if n_params < 400_000_000:
-        return 6e-4
-    return 3e-4
+        adamw = 3e-3
+    elif n_params < 50_000_000:
+        adamw = 1e-3
+    elif n_params < 400_000_000:
+        adamw = 6e-4
+    else:
+        adamw = 3e-4
+    return 2 * adamw if optimizer == "muon" and n_params < 50_000_000 else adamw
 
 
 # --- tokenizer and data ---------------------------------------------------------------------------
@@ -336,8 +341,8 @@ class Trainer:
         if self.distributed.rank > 0:
             # Dropout masks must differ between ranks; rank 0 keeps the single-process stream.
             torch.manual_seed(config.seed + 1_000_003 * self.distributed.rank)
-        self.learning_rate = config.lr or default_learning_rate(self.n_params)
         self.optimizer_kind = self._resolve_optimizer(resumed=resume_from is not None)
+        self.learning_rate = self._resolve_learning_rate(resumed=resume_from is not None)
         self.optimizer = build_optimizer(
             self.model,
             learning_rate=self.learning_rate,
@@ -365,16 +370,28 @@ class Trainer:
         if resume_from is not None:
             self._restore(resume_from, model_restored=True)
 
+    def _saved_resolution(self) -> dict[str, Any]:
+        """What the run being resumed resolved at its start (run_config.json's "resolved")."""
+        saved_path = self.run_dir / RUN_CONFIG_FILE
+        saved = json.loads(saved_path.read_text(encoding="utf-8")) if saved_path.is_file() else {}
+        return dict(saved.get("resolved", {}))
+
+    def _resolve_learning_rate(self, *, resumed: bool) -> float:
+        """--lr, else the run's saved rate when resuming (defaults may have changed since it
+        started), else `default_learning_rate` for the model's size and optimizer."""
+        if self.config.lr:
+            return float(self.config.lr)
+        saved = self._saved_resolution().get("learning_rate") if resumed else None
+        if saved:
+            return float(saved)
+        return default_learning_rate(self.n_params, self.optimizer_kind)
+
     def _resolve_optimizer(self, *, resumed: bool) -> str:
         """--optimizer auto picks `default_optimizer()`; a resumed run keeps the optimizer it
         was started with (runs from before the choice existed used AdamW)."""
         chosen = self.config.optimizer
         if resumed:
-            saved_path = self.run_dir / RUN_CONFIG_FILE
-            saved = (
-                json.loads(saved_path.read_text(encoding="utf-8")) if saved_path.is_file() else {}
-            )
-            started_with = saved.get("resolved", {}).get("optimizer", "adamw")
+            started_with = self._saved_resolution().get("optimizer", "adamw")
             if chosen not in ("auto", started_with):
                 raise ScratchLMError(
                     f"--resume with --optimizer {chosen}, but the run was started with "
