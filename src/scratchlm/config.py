@@ -160,6 +160,7 @@ class ModelConfig:
             "n_params": total,
             "n_params_non_embedding": total - embedding - positions - head,
             "n_params_embedding": embedding + positions + head,
+            "n_params_per_layer": per_layer,
         }
 
     @property

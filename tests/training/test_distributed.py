@@ -149,3 +149,19 @@ def test_one_process_checkpoint_resumes_on_two_ranks(
     run(train_arguments(corpus, out, "--stop-after-steps", str(STEPS // 2)))
     run(train_arguments(corpus, out, "--resume"), processes=2)
     assert_same_training(single_process_runs("muon"), out)
+
+
+def test_fsdp_micro_batch_auto_estimates_per_rank(corpus: Path, tmp_path: Path) -> None:
+    """Under torchrun the ranks choose together: the RAM split over the host's processes, the
+    weights sharded under FSDP, one micro-batch for all."""
+    out = tmp_path / "auto"
+    arguments = train_arguments(corpus, out, "--fsdp", "--micro-batch", "auto")
+    steps = arguments.index("--max-steps")
+    arguments[steps + 1] = "2"
+    run(arguments, processes=2)
+    resolved = json.loads((out / "run_config.json").read_text(encoding="utf-8"))["resolved"]
+    choice = resolved["micro_batch_choice"]
+    assert "/ 2 processes on this host" in choice and "sharded over 2 ranks" in choice
+    # 512 tokens per step over 2 ranks at context 64: at most 4 sequences each, no accumulation
+    assert resolved["batch_size"] == 4 and resolved["accumulation"] == 1
+    assert sorted(train_losses(out)) == [1, 2]

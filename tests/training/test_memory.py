@@ -13,6 +13,7 @@ from scratchlm.inference.sampling import SamplingSettings
 from scratchlm.model import GPT, build_model
 from scratchlm.training.memory import (
     CPU_SAFETY_FRACTION,
+    GiB,
     TensorMemoryTracker,
     apply_activation_checkpointing,
     auto_micro_batch,
@@ -286,6 +287,105 @@ def test_estimate_parts_scale_as_documented() -> None:
         estimate_training_bytes(config, 0, precision="fp32", activation_checkpointing=False)
 
 
+FSDP_CONFIG_OVERRIDES = {"n_layer": 3, "context_length": 64, "vocab_size": 1000}
+
+
+def _fsdp_step_peak(
+    rank: int, world_size: int, rendezvous: str, micro_batch: int, precision: str, out: str
+) -> None:
+    """One rank of an FSDP2 run (gloo): the peak tensor bytes of two training steps, written to
+    `out`/rank.json. The sharded weights exist before the tracker starts, so they are added."""
+    import json
+
+    import torch.distributed as dist
+
+    from scratchlm.training.distributed import shard_model
+    from scratchlm.training.optim import build_optimizer
+    from scratchlm.training.token_weights import weighted_cross_entropy
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world_size)
+    try:
+        config = preset_config("tiny", **FSDP_CONFIG_OVERRIDES)
+        torch.manual_seed(0)
+        model = build_model(config)
+        shard_model(model, precision)
+        local_weights = sum(
+            parameter.to_local().untyped_storage().nbytes() for parameter in model.parameters()
+        )
+        inputs = torch.randint(0, config.vocab_size, (micro_batch, config.context_length))
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+        with TensorMemoryTracker() as tracker:
+            optimizer = build_optimizer(
+                model,
+                learning_rate=1e-3,
+                weight_decay=0.1,
+                betas=(0.9, 0.95),
+                device=inputs.device,
+                kind="adamw",
+            )
+            for _ in range(2):
+                with autocast:
+                    logits = model(inputs)
+                    loss = weighted_cross_entropy(
+                        logits.float().view(-1, logits.shape[-1]), inputs.view(-1), None
+                    )
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                del logits, loss
+        Path(out, f"{rank}.json").write_text(json.dumps(tracker.peak + local_weights))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.xdist_group("torchrun")
+@pytest.mark.parametrize(("micro_batch", "precision"), [(1, "fp32"), (8, "fp32"), (8, "bf16")])
+def test_sharded_estimate_covers_each_ranks_peak(
+    tmp_path: Path, micro_batch: int, precision: str
+) -> None:
+    """Two FSDP2 ranks on CPU: each rank's peak tensor bytes over two real steps stay under
+    the estimate with shards=2, and the estimate is not wildly above."""
+    import json
+
+    import torch.multiprocessing as multiprocessing
+
+    world_size = 2
+    multiprocessing.spawn(
+        _fsdp_step_peak,
+        args=(world_size, f"file://{tmp_path / 'rendezvous'}", micro_batch, precision, tmp_path),
+        nprocs=world_size,
+    )
+    peaks = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in range(world_size)]
+    config = preset_config("tiny", **FSDP_CONFIG_OVERRIDES)
+    estimate = estimate_training_bytes(
+        config, micro_batch, precision=precision, activation_checkpointing=False, shards=2
+    )
+    tensors = estimate["total"] - estimate["runtime"] - estimate["allocator"]
+    for peak in peaks:
+        assert peak <= tensors <= 1.3 * peak, (tensors, peaks)
+
+
+def test_sharded_estimate_splits_the_states() -> None:
+    config = preset_config("small")
+    whole = estimate_training_bytes(config, 1, precision="bf16", activation_checkpointing=False)
+    sharded = estimate_training_bytes(
+        config, 1, precision="bf16", activation_checkpointing=False, shards=4
+    )
+    assert whole["gathered"] == 0 and whole["weight_copies"] == 2 * config.n_params
+    assert sharded["parameters"] == 4 * math.ceil(config.n_params / 4)
+    assert sharded["optimizer"] == 2 * sharded["parameters"]
+    # FSDP's gathers are in the compute dtype: they replace autocast's weight copies.
+    per_layer = config.parameter_counts()["n_params_per_layer"]
+    assert sharded["weight_copies"] == 0 and sharded["gathered"] > 2 * 2 * per_layer
+    assert sharded["total"] < whole["total"]
+    assert sharded["activations"] == whole["activations"]  # activations are not sharded
+    with pytest.raises(ScratchLMError, match="shards"):
+        estimate_training_bytes(
+            config, 1, precision="fp32", activation_checkpointing=False, shards=0
+        )
+
+
 # --- choosing the micro-batch ---------------------------------------------------------------------
 
 
@@ -431,6 +531,44 @@ def test_auto_micro_batch_probes_on_cuda() -> None:
         probe=device.probe,
     )
     assert chosen == 16 and "probed" in explanation and device.calls[:6] == [1, 2, 4, 8, 16, 32]
+
+
+def test_auto_micro_batch_under_fsdp_estimates_the_sharded_run() -> None:
+    """The probe would train an unsharded model (less room than FSDP leaves), so FSDP uses the
+    sharded estimate; the ranks on one CPU host split its RAM."""
+    config = preset_config("small")
+    device = FakeDevice(1)  # an unsharded probe would find only 1 sequence
+    free = 4 * GiB
+    chosen, explanation = auto_micro_batch(
+        config,
+        torch.device("cuda"),
+        precision="bf16",
+        activation_checkpointing=False,
+        max_micro_batch=64,
+        probe=device.probe,
+        available_bytes=free,
+        shards=4,
+    )
+    assert device.calls == [] and chosen > 1
+    assert "sharded over 4 ranks" in explanation and "estimated" in explanation
+
+    def total(batch: int) -> int:
+        return estimate_training_bytes(
+            config, batch, precision="fp32", activation_checkpointing=False
+        )["total"]
+
+    room_for_8 = int(total(8) / CPU_SAFETY_FRACTION) + 1
+    arguments: dict = {
+        "precision": "fp32",
+        "activation_checkpointing": False,
+        "max_micro_batch": 64,
+        "available_bytes": room_for_8,
+    }
+    alone, _ = auto_micro_batch(config, torch.device("cpu"), **arguments)
+    shared, explanation = auto_micro_batch(
+        config, torch.device("cpu"), ranks_per_host=2, **arguments
+    )
+    assert alone == 8 and shared < alone and "/ 2 processes on this host" in explanation
 
 
 def test_available_memory_is_positive() -> None:

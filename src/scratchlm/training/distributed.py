@@ -91,6 +91,14 @@ def shutdown(context: DistributedContext) -> None:
         dist.destroy_process_group()
 
 
+def local_world_size(context: DistributedContext) -> int:
+    """How many of this run's processes run on this host (torchrun's LOCAL_WORLD_SIZE): they
+    share its RAM."""
+    if not context.enabled:
+        return 1
+    return int(os.environ.get("LOCAL_WORLD_SIZE", context.world_size))
+
+
 def barrier(context: DistributedContext) -> None:
     if context.enabled:
         dist.barrier()

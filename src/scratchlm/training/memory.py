@@ -12,6 +12,7 @@ How the pieces fit in the trainer:
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import os
@@ -185,9 +186,10 @@ def estimate_training_bytes(
     activation_checkpointing: bool,
     optimizer_states: int = 2,
     device_type: str = "cpu",
+    shards: int = 1,
 ) -> dict[str, int]:
-    """Peak memory of a training step at `micro_batch` sequences of config.context_length
-    tokens, in bytes: the parts below and their sum, "total".
+    """Peak memory of one process's training step at `micro_batch` sequences of
+    config.context_length tokens, in bytes: the parts below and their sum, "total".
 
       parameters, gradients, optimizer: 4 bytes per parameter each, AdamW keeping
         `optimizer_states` (2) fp32 tensors per parameter. Master weights stay fp32 under
@@ -206,6 +208,13 @@ def estimate_training_bytes(
         block (the gradients of its activations, budgeted at one layer's worth, measured under
         half; with checkpointing also the recomputed block: 1.5 layers, measured 1.1-1.3), or
         AdamW's per-parameter temporaries during its step (when the activations are freed).
+      gathered (FSDP, `shards` > 1): parameters, gradients and optimizer states above are split
+        over the `shards` ranks, and FSDP2 gathers whole weights only while they are needed, in
+        the compute dtype: the root's (embeddings, head, final norm: gathered for the whole
+        step), two blocks' (the one running and the next, prefetched) and one all-gather buffer;
+        and whole fp32 gradients: the root's, one block's and its reduce-scatter copy. The
+        gathered weights replace autocast's copies. Checked against two gloo ranks' peak of
+        live tensors (tests/training/test_memory.py).
       runtime, allocator (CPU only): PyTorch's kernel and thread buffers (CPU_RUNTIME_BYTES), and
         memory the C allocator holds beyond the live tensors. glibc malloc keeps freed blocks of
         the per-step tensors for reuse, fragmented: measured peak RSS after 30 steps is 1.3x the
@@ -223,6 +232,8 @@ def estimate_training_bytes(
         raise ScratchLMError(f"micro_batch must be >= 1 (got {micro_batch})")
     if optimizer_states < 0:
         raise ScratchLMError(f"optimizer_states must be >= 0 (got {optimizer_states})")
+    if shards < 1:
+        raise ScratchLMError(f"shards must be >= 1 (got {shards})")
     assert config.padded_vocab_size is not None
     act = _activation_size(precision)
     tokens = micro_batch * config.context_length
@@ -241,15 +252,26 @@ def estimate_training_bytes(
     logits = vocab_tokens * (act + (act if config.logit_softcap is not None else 0))
     loss_workspace = vocab_tokens * (4 + 8 + (4 if act != 4 else 0))
     block_workspace = tokens * layer * (3 if activation_checkpointing else 2) // 2
-    optimizer_workspace = 4 * n_params - activations
+    # Under FSDP each rank holds 1/shards of every parameter (and its gradient and states).
+    local_params = math.ceil(n_params / shards)
+    optimizer_workspace = 4 * local_params - activations
     workspace = max(loss_workspace, block_workspace, optimizer_workspace, 0)
     per_step = activations + logits + workspace
     on_cpu = device_type == "cpu"
+    gathered = 0
+    if shards > 1:
+        per_layer = config.parameter_counts()["n_params_per_layer"]
+        root = n_params - config.n_layer * per_layer
+        # weights: the root, the running block, the prefetched next one, and one all-gather
+        # buffer being copied out; fp32 gradients: the root's (the tied embedding's gradient
+        # lives through the whole backward), one block's, and its reduce-scatter copy
+        gathered = (root + 3 * per_layer) * act + (root + 2 * per_layer) * 4
     parts = {
-        "parameters": 4 * n_params,
-        "gradients": 4 * n_params,
-        "optimizer": 4 * optimizer_states * n_params,
-        "weight_copies": 2 * n_params if act != 4 else 0,
+        "parameters": 4 * local_params,
+        "gradients": 4 * local_params,
+        "optimizer": 4 * optimizer_states * local_params,
+        "weight_copies": 2 * n_params if act != 4 and shards == 1 else 0,
+        "gathered": gathered,
         "activations": activations,
         "logits": logits,
         "workspace": workspace,
@@ -412,24 +434,32 @@ def auto_micro_batch(
     max_micro_batch: int,
     probe: Callable[[int], None] | None = None,
     available_bytes: int | None = None,
+    shards: int = 1,
+    ranks_per_host: int = 1,
 ) -> tuple[int, str]:
     """The micro-batch for `--micro-batch auto`: (micro_batch, one-line explanation).
 
     CUDA with a `probe`: `search_micro_batch` (real forward+backward passes decide). Otherwise
-    (CPU, MPS's unified memory, or CUDA without a probe): the largest candidate whose
+    (CPU, MPS's unified memory, CUDA without a probe, or FSDP): the largest candidate whose
     `estimate_training_bytes` total is at most CPU_SAFETY_FRACTION of the available memory
     (`available_bytes`, else MemAvailable/cgroup on CPU/MPS, free GPU memory on CUDA). Call it
     before building the model: the estimate counts the weights and optimizer states too.
     Raises ScratchLMError with the flags to change when not even one sequence fits.
+
+    `shards` > 1 (FSDP over that many ranks): the probe is skipped, since it would train an
+    unsharded model and so find less room than the sharded run has; the estimate divides the
+    weights and states instead. `ranks_per_host`: processes of this run that share the host's
+    RAM (torchrun's LOCAL_WORLD_SIZE on CPU), each getting its share. GPUs are one per rank.
     """
-    if device.type == "cuda" and probe is not None:
+    if device.type == "cuda" and probe is not None and shards == 1:
         return search_micro_batch(probe, max_micro_batch)
+    shared_by = 1 if device.type == "cuda" else max(1, ranks_per_host)
     if available_bytes is None:
         if device.type == "cuda":
             available_bytes = int(torch.cuda.mem_get_info(device)[0])
         else:
             available_bytes = available_memory_bytes()
-    usable = int(available_bytes * CPU_SAFETY_FRACTION)
+    usable = int(available_bytes * CPU_SAFETY_FRACTION) // shared_by
     candidates = micro_batch_candidates(max_micro_batch)
 
     def total(batch: int) -> int:
@@ -439,6 +469,7 @@ def auto_micro_batch(
             precision=precision,
             activation_checkpointing=activation_checkpointing,
             device_type=device.type,
+            shards=shards,
         )["total"]
 
     fitting = [batch for batch in candidates if total(batch) <= usable]
@@ -446,12 +477,14 @@ def auto_micro_batch(
     budget = (
         f"{usable / GiB:.1f} GiB usable = {CPU_SAFETY_FRACTION:.0%} of "
         f"{available_bytes / GiB:.1f} GiB available {where}"
+        + (f" / {shared_by} processes on this host" if shared_by > 1 else "")
+        + (f", weights and states sharded over {shards} ranks" if shards > 1 else "")
     )
     if not fitting:
         fixes = ["a smaller --context-length", "a smaller preset"]
         if not activation_checkpointing:
             fixes.insert(0, "--activation-checkpointing")
-        if device.type == "cuda":
+        if device.type == "cuda" and shards == 1:
             fixes.append("--fsdp on several GPUs")
         raise ScratchLMError(
             f"even a micro-batch of 1 sequence needs about {total(1) / GiB:.2f} GiB for training "
@@ -558,10 +591,9 @@ class TensorMemoryTracker(TorchDispatchMode):
         super().__init__()
         self.current = 0
         self.peak = 0
-        self._live: dict[int, int] = {}
-
-    def _release(self, key: int) -> None:
-        self.current -= self._live.pop(key, 0)
+        # id of the storage's Python object -> a weak reference to it. PyTorch keeps one Python
+        # object per live storage, so views share it, and the reference dies with the storage.
+        self._live: dict[int, weakref.ref[Any]] = {}
 
     def __torch_dispatch__(
         self,
@@ -575,12 +607,18 @@ class TensorMemoryTracker(TorchDispatchMode):
             if not isinstance(value, torch.Tensor) or value.device.type != "cpu":
                 continue
             storage = value.untyped_storage()
-            key, size = storage.data_ptr(), storage.nbytes()
-            if size == 0 or key in self._live:
-                continue  # a view, or an in-place op on a storage already counted
-            self._live[key] = size
-            self.current += size
-            self.peak = max(self.peak, self.current)
-            # PyTorch keeps one Python object per live storage, so this fires when it is freed.
-            weakref.finalize(storage, self._release, key)
+            key = id(storage)
+            if key not in self._live:
+                self._live[key] = weakref.ref(storage, functools.partial(self._forget, key))
+        # Sizes are read now, not at creation: FSDP2 resizes its unsharded weights' storages
+        # (to the full size before a block runs, to 0 after), outside any dispatched op.
+        self.current = sum(
+            alive.nbytes()
+            for reference in list(self._live.values())
+            if (alive := reference()) is not None
+        )
+        self.peak = max(self.peak, self.current)
         return output
+
+    def _forget(self, key: int, _dead_reference: object) -> None:
+        self._live.pop(key, None)

@@ -310,7 +310,10 @@ class Trainer:
         with distributed.main_process_first(self.distributed):
             self.tokenizer = self.load_tokenizer(resume_from)
             self.model_config = self.make_model_config()
-            self._fit_micro_batch()
+        # Every rank at once, before any of them builds a model: ranks sharing a host's RAM read
+        # it together, and they agree on one micro-batch.
+        self.micro_batch_choice = self._fit_micro_batch()
+        with distributed.main_process_first(self.distributed):
             self.accumulation = derive_accumulation(
                 config.tokens_per_step,
                 config.batch_size,
@@ -400,30 +403,41 @@ class Trainer:
             return str(started_with)
         return self.default_optimizer() if chosen == "auto" else chosen
 
-    def _fit_micro_batch(self) -> None:
-        """Resolve --micro-batch (a number, or auto: the largest that fits) into batch_size."""
+    def _fit_micro_batch(self) -> str | None:
+        """Resolve --micro-batch (a number, or auto: the largest that fits) into batch_size;
+        returns how auto chose (None for a number). Runs on every rank together."""
         config = self.config
         if config.micro_batch is None:
-            return
+            return None
         if str(config.micro_batch) != "auto":
             config.batch_size = int(config.micro_batch)
-            return
+            return None
         context = self.model_config.context_length
         per_step = config.tokens_per_step or config.batch_size * context
         ceiling = max(1, per_step // (context * self.distributed.world_size))
         probe = self._memory_probe if self.device.type == "cuda" else None
-        config.batch_size, explanation = auto_micro_batch(
+        chosen, explanation = auto_micro_batch(
             self.model_config,
             self.device,
             precision=self.precision,
             activation_checkpointing=config.activation_checkpointing,
             max_micro_batch=ceiling,
             probe=probe,
+            shards=self.distributed.world_size if self.fsdp else 1,
+            ranks_per_host=distributed.local_world_size(self.distributed),
         )
+        # Every rank must train the same micro-batch (the loader's windows and the gradient
+        # average assume it): the smallest any rank can hold.
+        choices = distributed.gather_objects((chosen, explanation), self.distributed)
+        chosen, explanation = min(choices, key=lambda choice: choice[0])
+        if len({choice[0] for choice in choices}) > 1:
+            explanation += f" (the smallest of the ranks' {[choice[0] for choice in choices]})"
+        config.batch_size = chosen
         if config.tokens_per_step is None:
             # auto picks the micro-batch; the step keeps the tokens --batch-size asked for
             config.tokens_per_step = per_step
         self.log(f"micro-batch auto: {explanation}")
+        return explanation
 
     def _memory_probe(self, batch_size: int) -> None:
         """One forward and backward at `batch_size` on the GPU (raises torch.OutOfMemoryError)."""
@@ -434,7 +448,11 @@ class Trainer:
         inputs = torch.zeros((batch_size, context), dtype=torch.long, device=self.device)
         # AdamW's two fp32 moments per parameter are allocated at the first step: hold their
         # bytes too, or a model that passes the probe runs out of memory at its first update.
-        reserved = torch.empty(8 * count_parameters(model), dtype=torch.uint8, device=self.device)
+        # DDP adds its gradient buckets, one more fp32 copy of the gradients.
+        states = 8 + (4 if self.distributed.enabled else 0)
+        reserved = torch.empty(
+            states * count_parameters(model), dtype=torch.uint8, device=self.device
+        )
         try:
             for _ in range(2):  # the second pass runs with the first's gradients alive
                 with autocast_context(self.precision, self.device):
@@ -867,6 +885,7 @@ class Trainer:
                     "learning_rate": self.learning_rate,
                     "optimizer": self.optimizer_kind,
                     "batch_size": self.config.batch_size,
+                    "micro_batch_choice": self.micro_batch_choice,
                     "accumulation": self.accumulation,
                     "tokens_per_step": self.tokens_per_step,
                     "max_steps": self.max_steps,
