@@ -120,6 +120,7 @@ ENTRIES: dict[str, tuple[str, list[str]]] = {
     "tiny-10m": ("tinystories-bpe", ["--preset", "tiny", "--max-time", "580s", "--eval-every", "100000"]),
     "tiny-adamw-10m": ("tinystories-bpe", ["--preset", "tiny", "--optimizer", "adamw", "--max-time", "580s", "--eval-every", "100000"]),
     "small-10m": ("tinystories-bpe", ["--preset", "small", "--max-time", "580s", "--eval-every", "100000"]),
+    "tiny-qknorm-10m": ("tinystories-bpe", ["--preset", "tiny", "--set", "qk_norm=true", "--max-time", "580s", "--eval-every", "100000"]),
     "best-10m": ("tinystories-bpe", [*BEST_STORIES, "--max-time", "580s", "--eval-every", "100000"]),
 }  # fmt: skip
 
