@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,30 @@ def send_and_read_stats(child: pexpect.spawn, text: str) -> tuple[int, int]:
     reused, prefilled = (int(value) for value in child.match.groups())
     child.expect(PROMPT)
     return reused, prefilled
+
+
+def wait_until_reading_input(child: pexpect.spawn) -> None:
+    """Block until the chat sits in readline's select() on the terminal.
+
+    CPython's `input()` checks for signals only when that select() returns EINTR: a SIGINT that
+    lands between the prompt being printed and the select() starting stays pending until the next
+    key (python/cpython#112585). A person cannot press Ctrl-C in that microsecond window; a test
+    on a loaded machine can, so it waits for the select() first (the kernel shows where the main
+    thread sleeps in /proc/PID/wchan: `poll_schedule_timeout` or `do_select`).
+    """
+    wchan = Path(f"/proc/{child.pid}/wchan")
+    for _ in range(TIMEOUT_S * 100):
+        try:
+            where = wchan.read_text()
+        except OSError:
+            break
+        if "poll" in where or "select" in where:
+            return
+        if where in ("", "0"):
+            break  # a kernel that hides where tasks sleep
+        time.sleep(0.01)
+    # No way to see it: give the prompt a moment to reach its select().
+    time.sleep(0.5)
 
 
 def expect_exit(child: pexpect.spawn) -> int | None:
@@ -132,6 +157,7 @@ def test_context_overflow_drops_the_oldest_turn(
     child.sendline(f"/save {saved}")
     child.expect("saved")
     child.expect(PROMPT)
+    wait_until_reading_input(child)
     child.sendintr()  # Ctrl-C at the prompt leaves cleanly
     assert expect_exit(child) == 0
     data = json.loads(saved.read_text(encoding="utf-8"))
