@@ -224,8 +224,10 @@ def estimate_training_bytes(
     Calibration (benchmarks/memory_estimate.py; CPU, 1 thread, torch 2.13, glibc; 10 cases from
     tiny at batch 1 to llama-15m and aksis-small, fp32/bf16, with and without checkpointing and
     dropout): the tensor parts (total minus runtime and allocator) are 1.01-1.20x the measured
-    peak of live tensor bytes, the total is 1.07-1.34x the peak RSS growth of a fresh process
-    over 8 training steps; never below. Table in docs/training.md#fitting-memory. On CUDA (no
+    peak of live tensor bytes, the total is 1.11-1.33x the peak RSS growth of a fresh process
+    over 8 training steps, except `small` at batch 8 with checkpointing: its RSS varied from 694
+    to 775 MiB over 6 runs against an estimate of 742 (0.96-1.07x). A flat share of the per-step
+    tensors is the estimate's roughest term; CPU_SAFETY_FRACTION covers the gap. Table in docs/training.md#fitting-memory. On CUDA (no
     runtime/allocator terms: the caching allocator shows in the probe) the probe decides.
     """
     if micro_batch < 1:
