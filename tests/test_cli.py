@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -285,6 +286,128 @@ def test_config_file_and_flags_override(tmp_path: Path) -> None:
     )
     assert resolved.eval_every == 200  # the default where neither file nor flag says
     _ = generate_stories  # the corpus generator is importable from the CLI's package
+
+
+def resolved_from_file(tmp_path: Path, text: str, *flags: str) -> Any:
+    import argparse
+
+    from scratchlm.cli import add_train_arguments, resolve_train_config
+
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(text, encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    return resolve_train_config(parser.parse_args(["--config", str(config_file), *flags]))
+
+
+def test_config_file_values_take_their_fields_types(tmp_path: Path) -> None:
+    from scratchlm.config import preset_config
+    from scratchlm.training.run_config import parse_model_overrides
+
+    # PyYAML reads 3e-4 and 2e6 as strings (YAML 1.1 wants a dot); "yes"/"true" are booleans
+    resolved = resolved_from_file(
+        tmp_path,
+        "lr: 3e-4\nmax_tokens: 2e6\nmax_steps: '1_000'\nwarmup_steps: 10.0\ncompile: 'true'\n"
+        "ascii_only: yes\ndropout: none\nearly_stop_patience: null\nmicro_batch: 8\n"
+        "max_time: 300\nset: {n_layer: 3, norm_eps: 1e-5, qk_norm: true, n_kv_head: null}\n",
+    )
+    assert (resolved.lr, resolved.max_tokens, resolved.max_steps) == (3e-4, 2_000_000, 1000)
+    assert type(resolved.lr) is float and type(resolved.max_tokens) is int
+    assert (resolved.warmup_steps, resolved.compile, resolved.ascii_only) == (10, True, True)
+    assert resolved.dropout is None and resolved.early_stop_patience is None
+    assert (resolved.micro_batch, resolved.max_time) == ("8", "300")
+    overrides = parse_model_overrides(resolved.set)
+    assert overrides == {"n_layer": 3, "norm_eps": 1e-5, "qk_norm": True, "n_kv_head": None}
+    config = preset_config("tiny", **overrides)
+    assert config.norm_eps == 1e-5 and config.n_layer == 3 and config.qk_norm is True
+    # --set goes through the same typing: 1e-5 is a float, 30 a float where the field wants one
+    assert parse_model_overrides(["norm_eps=1e-5", "logit_softcap=30", "mlp=swiglu"]) == {
+        "norm_eps": 1e-5,
+        "logit_softcap": 30.0,
+        "mlp": "swiglu",
+    }
+    # JSON files are typed the same way
+    json_file = tmp_path / "run.json"
+    json_file.write_text('{"lr": "1e-3", "batch-size": "4", "resume": "false"}', encoding="utf-8")
+    from scratchlm.training.run_config import read_config_file
+
+    assert read_config_file(str(json_file)) == {"lr": 1e-3, "batch_size": 4, "resume": False}
+
+
+@pytest.mark.parametrize(
+    ("content", "flags", "expected"),
+    [
+        ("lr: abc\n", [], "run.yaml: lr must be a float or null, got 'abc'"),
+        ("batch_size: 4.5\n", [], "run.yaml: batch_size must be an integer, got 4.5"),
+        ("compile: maybe\n", [], "run.yaml: compile must be true or false, got 'maybe'"),
+        ("seed: [1, 2]\n", [], "run.yaml: seed must be an integer, got [1, 2]"),
+        ("lr: .inf\n", [], "run.yaml: lr must be a float or null, got inf"),
+        ("learning_rate: 3e-4\n", [], "unknown setting 'learning_rate'; did you mean 'lr'?"),
+        ("batchsize: 4\n", [], "unknown setting 'batchsize'; did you mean 'batch_size'?"),
+        ("max_steps: 2\n", ["--set", "n_layer=abc"], "n_layer must be an integer, got 'abc'"),
+        ("max_steps: 2\n", ["--set", "mlp=gelu2"], "mlp must be one of gelu, gelu_tanh"),
+        (
+            "max_steps: 2\n",
+            ["--set", "n_layers=2"],
+            "unknown model field 'n_layers'; did you mean 'n_layer'?",
+        ),
+        ("set: [qk_norm=perhaps]\n", [], "qk_norm must be true or false, got 'perhaps'"),
+        ("max_steps: 2\n", ["--set", "vocab_size=99"], "vocab_size comes from the tokenizer"),
+    ],
+)
+def test_config_values_of_the_wrong_type_are_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: str,
+    flags: list[str],
+    expected: str,
+) -> None:
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(content, encoding="utf-8")
+    data = write(tmp_path / "a.txt", b"hello world\n" * 100)
+    arguments = ["train", "--config", str(config_file), "--data", str(data), "--tokenizer", "char"]
+    code = main([*arguments, "--out", str(tmp_path / "run"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    assert expected in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_finetune_takes_lora_settings_from_the_config_file(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "sft.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"Is the {animal} red?", "completion": "Yes."}) + "\n"
+            for animal in ("cat", "dog", "fox", "owl", "bee", "elk")
+        ),
+        encoding="utf-8",
+    )
+    recipe = tmp_path / "lora.yaml"
+    recipe.write_text(
+        f"data: {data}\nlora_rank: '2'\nlora-alpha: 8\nlora_targets: q_proj,v_proj\n"
+        "max_steps: 2\nbatch_size: 2\nlr: 1e-3\nsample_tokens: 0\nquiet: true\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "chat"
+    arguments = ["finetune", "--checkpoint", str(checkpoint), "--config", str(recipe)]
+    assert main([*arguments, "--lora-alpha", "4", "--out", str(out)]) == 0
+    saved = json.loads((out / "best" / "config.json").read_text(encoding="utf-8"))
+    # rank and targets from the file, alpha from the flag (flags override the file)
+    lora = saved["finetune"]["lora"]
+    assert (lora["rank"], lora["alpha"], list(lora["targets"])) == (2, 4.0, ["q_proj", "v_proj"])
+    run_config = json.loads((out / "run_config.json").read_text(encoding="utf-8"))
+    assert run_config["lr"] == 1e-3 and run_config["max_steps"] == 2
+    capsys.readouterr()
+    # what finetune does not take is refused, naming the key
+    recipe.write_text(f"data: {data}\npreset: small\n", encoding="utf-8")
+    assert main([*arguments, "--out", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "preset does not apply to finetune" in err, err
+    recipe.write_text(f"data: {data}\nlora_rank: two\n", encoding="utf-8")
+    assert main([*arguments, "--out", str(tmp_path / "other")]) == 2
+    assert "lora_rank must be an integer, got 'two'" in capsys.readouterr().err
 
 
 def test_docs_mention_every_train_flag() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import os
 import sys
@@ -63,15 +64,19 @@ def command_presets(args: argparse.Namespace) -> None:
 
 
 def command_info(args: argparse.Namespace) -> None:
-    from scratchlm.config import ModelConfig, format_count, preset_config
+    from scratchlm.config import format_count, preset_config
 
     metadata: dict[str, Any] = {}
     if args.checkpoint:
-        from scratchlm.training.checkpoint import read_metadata, resolve_checkpoint
+        from scratchlm.training.checkpoint import (
+            checkpoint_config,
+            read_metadata,
+            resolve_checkpoint,
+        )
 
         checkpoint_dir = resolve_checkpoint(args.checkpoint)
         metadata = read_metadata(checkpoint_dir)
-        config = ModelConfig.from_dict(metadata["model"])
+        config = checkpoint_config(checkpoint_dir, metadata)
     else:
         config = preset_config(args.preset)
     # Counts come from shapes alone (the meta device / arithmetic), so kia-1.6b costs no memory.
@@ -117,8 +122,13 @@ def load_tokenizer_argument(path: str) -> Any:
 
 
 def command_tokenize(args: argparse.Namespace) -> None:
+    from scratchlm.tokenizer import require_unicode
+
     tokenizer = load_tokenizer_argument(args.tokenizer)
-    text = args.text if args.text is not None else sys.stdin.read()
+    if args.text is not None:
+        text = args.text
+    else:
+        text = require_unicode(sys.stdin.read(), "standard input")
     ids = tokenizer.encode(text)
     pieces = [tokenizer.id_to_piece(token_id) for token_id in ids]
     if args.json:
@@ -185,9 +195,7 @@ def _flag(name: str) -> str:
 
 
 def _base_type(annotation: Any) -> Any:
-    """int | None -> int; list[str] -> list."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {"list": list, "dict": dict})  # annotations are postponed
+    """int | None -> int; list[str] -> list (a resolved annotation, see `field_types`)."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -203,12 +211,13 @@ def add_train_arguments(
 ) -> None:
     """One flag per TrainConfig field; defaults stay in TrainConfig (SUPPRESS here), so that
     `--config FILE` can sit between the defaults and the flags actually typed."""
-    from scratchlm.training.run_config import TrainConfig
+    from scratchlm.training.run_config import TrainConfig, field_types
 
+    kinds = field_types(TrainConfig)
     for item in dataclasses.fields(TrainConfig):
         if item.name in exclude:
             continue
-        kind = _base_type(item.type)
+        kind = _base_type(kinds[item.name])
         if item.default is not dataclasses.MISSING:
             default: Any = item.default
         else:
@@ -237,15 +246,32 @@ def add_train_arguments(
             )
 
 
-def resolve_train_config(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> Any:
+def resolve_train_config(
+    args: argparse.Namespace,
+    defaults: dict[str, Any] | None = None,
+    *,
+    file_values: dict[str, Any] | None = None,
+) -> Any:
+    """defaults < the --config file (typed, see `read_config_file`) < the flags typed."""
     from scratchlm.training.run_config import TrainConfig, read_config_file
 
-    given = {name: value for name, value in vars(args).items() if name in TrainConfig.field_names()}
+    names = TrainConfig.field_names()
+    given = {name: value for name, value in vars(args).items() if name in names}
     values: dict[str, Any] = dict(defaults or {})
-    if given.get("config"):
-        values.update(read_config_file(given["config"]))
+    if file_values is None and given.get("config"):
+        file_values = read_config_file(given["config"])
+    values.update({name: value for name, value in (file_values or {}).items() if name in names})
     values.update(given)
     return TrainConfig(**values)
+
+
+def exit_if_stopped_by_signal(result: Any) -> None:
+    """A run stopped by SIGTERM/SIGUSR1 saved its checkpoint (the trainer said where) but did
+    not finish: exit 128 + the signal's number, as a process ended by that signal does and as
+    Ctrl-C exits 130, so that `train && export` stops there and a scheduler that retries
+    failed jobs runs it again (with --resume)."""
+    if result.stop_signal is not None:
+        raise SystemExit(128 + int(result.stop_signal))
 
 
 def command_train(args: argparse.Namespace) -> None:
@@ -253,6 +279,7 @@ def command_train(args: argparse.Namespace) -> None:
 
     config = resolve_train_config(args)
     result = train(config)
+    exit_if_stopped_by_signal(result)
     print(
         f"done: {result.steps} steps, {result.tokens:,} tokens in {result.elapsed_s:.0f}s "
         f"({result.tokens_per_s:,.0f} tokens/s); best val loss "
@@ -276,14 +303,32 @@ FINETUNE_EXCLUDED = frozenset(
 )
 
 
-def lora_from_args(args: argparse.Namespace) -> Any:
+# finetune's own settings (besides TrainConfig's): flag defaults, and their types in a --config file
+LORA_DEFAULTS: dict[str, Any] = {
+    "lora_rank": 0,
+    "lora_alpha": 16.0,
+    "lora_dropout": 0.0,
+    "lora_targets": "q_proj,k_proj,v_proj,o_proj",
+}
+LORA_TYPES: dict[str, Any] = {name: type(value) for name, value in LORA_DEFAULTS.items()}
+
+
+def lora_from_args(args: argparse.Namespace, file_values: dict[str, Any] | None = None) -> Any:
+    """LoRA settings from the flags typed, else the --config file, else the defaults."""
     from scratchlm.finetune.lora import LoRASettings
 
-    if not args.lora_rank:
+    values = {**LORA_DEFAULTS, **(file_values or {})}
+    values.update({name: value for name, value in vars(args).items() if name in LORA_DEFAULTS})
+    if not values["lora_rank"]:
         return None
-    targets = tuple(target.strip() for target in args.lora_targets.split(",") if target.strip())
+    targets = tuple(
+        target.strip() for target in str(values["lora_targets"]).split(",") if target.strip()
+    )
     return LoRASettings(
-        rank=args.lora_rank, alpha=args.lora_alpha, dropout=args.lora_dropout, targets=targets
+        rank=values["lora_rank"],
+        alpha=values["lora_alpha"],
+        dropout=values["lora_dropout"],
+        targets=targets,
     )
 
 
@@ -291,15 +336,28 @@ def command_finetune(args: argparse.Namespace) -> None:
     from scratchlm.finetune.trainer import finetune
     from scratchlm.training.run_config import read_config_file
 
-    config_file = read_config_file(args.config) if getattr(args, "config", None) else {}
+    config_file = (
+        read_config_file(
+            args.config,
+            extra=LORA_TYPES,
+            refused={
+                name: "does not apply to finetune: the model and its tokenizer come from "
+                "--checkpoint; remove it from the file"
+                for name in FINETUNE_EXCLUDED
+            },
+        )
+        if getattr(args, "config", None)
+        else {}
+    )
     if "data" not in vars(args) and "data" not in config_file:
         raise ScratchLMError(
             "finetune needs --data: a JSONL of conversations (Alpaca, messages or prompt/completion) or a text file"
         )
-    config = resolve_train_config(args, FINETUNE_DEFAULTS)
+    config = resolve_train_config(args, FINETUNE_DEFAULTS, file_values=config_file)
     if config.max_steps is None and config.max_tokens is None and config.max_time is None:
         config.max_steps = 300
-    result = finetune(config, base=args.checkpoint, lora=lora_from_args(args))
+    result = finetune(config, base=args.checkpoint, lora=lora_from_args(args, config_file))
+    exit_if_stopped_by_signal(result)
     best = result.best_val_loss
     print(
         f"done: {result.steps} steps in {result.elapsed_s:.0f}s; best val loss {best if best is None else round(best, 4)}"
@@ -318,13 +376,18 @@ def command_merge_lora(args: argparse.Namespace) -> None:
 # --- inference and evaluation ---------------------------------------------------------------------
 
 
-def load_for_inference(checkpoint: str, device_name: str, quantize: str = "none") -> Any:
+def load_for_inference(
+    checkpoint: str, device_name: str, quantize: str = "none", *, verify: bool = True
+) -> Any:
+    """The checkpoint's model on the chosen device, ready to decode. `verify=False`
+    (`--skip-checksums`) skips only the checksums; the config and the weights' shapes are always
+    checked before anything is allocated."""
     from scratchlm.inference.quantize import quantize_for_cpu
     from scratchlm.training.checkpoint import load_checkpoint
     from scratchlm.training.trainer import select_device
 
     device = select_device(device_name)
-    loaded = load_checkpoint(checkpoint, device, dtype=inference_dtype(device))
+    loaded = load_checkpoint(checkpoint, device, dtype=inference_dtype(device), verify=verify)
     loaded.model = quantize_for_cpu(loaded.model, quantize)
     return loaded, device
 
@@ -363,6 +426,17 @@ def sampling_from_args(args: argparse.Namespace) -> Any:
         repetition_penalty=args.repetition_penalty,
         presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty,
+    )
+
+
+def add_skip_checksums_argument(parser: argparse.ArgumentParser) -> None:
+    """The flag of every command that reads a checkpoint: load it without checking its files
+    against the SHA-256 checksums in its config.json."""
+    parser.add_argument(
+        "--skip-checksums",
+        action="store_true",
+        help="do not verify the checkpoint's files against their checksums (faster for large "
+        "models; loads a damaged checkpoint anyway)",
     )
 
 
@@ -416,7 +490,9 @@ def command_generate(args: argparse.Namespace) -> None:
     from scratchlm.inference.beam import beam_search
     from scratchlm.inference.engine import Engine
 
-    loaded, device = load_for_inference(args.checkpoint, args.device, args.quantize)
+    loaded, device = load_for_inference(
+        args.checkpoint, args.device, args.quantize, verify=not args.skip_checksums
+    )
     tokenizer = loaded.tokenizer
     settings = sampling_from_args(args)
     prompt_ids = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eos_id]
@@ -447,7 +523,7 @@ def command_generate(args: argparse.Namespace) -> None:
     if args.draft_checkpoint:
         from scratchlm.training.checkpoint import load_checkpoint
 
-        draft = load_checkpoint(args.draft_checkpoint, device)
+        draft = load_checkpoint(args.draft_checkpoint, device, verify=not args.skip_checksums)
         if draft.tokenizer.fingerprint() != tokenizer.fingerprint():
             raise ScratchLMError(
                 "--draft-checkpoint uses a different tokenizer; the draft must share the target's tokenizer"
@@ -515,7 +591,9 @@ def command_bench(args: argparse.Namespace) -> None:
     from scratchlm.inference.bench import run_benchmark
 
     if args.checkpoint:
-        loaded, device = load_for_inference(args.checkpoint, args.device)
+        loaded, device = load_for_inference(
+            args.checkpoint, args.device, verify=not args.skip_checksums
+        )
         model = loaded.model
     else:
         from scratchlm.config import preset_config
@@ -572,7 +650,9 @@ def command_eval(args: argparse.Namespace) -> None:
     from scratchlm.data import iter_documents
     from scratchlm.evaluation.perplexity import evaluate_text
 
-    loaded, device = load_for_inference(args.checkpoint, args.device)
+    loaded, device = load_for_inference(
+        args.checkpoint, args.device, verify=not args.skip_checksums
+    )
     # Raw text, uncleaned: the score is of the text exactly as given.
     documents = (
         "".join(document.pieces())
@@ -598,8 +678,9 @@ def command_eval_prompts(args: argparse.Namespace) -> None:
     from scratchlm.training.checkpoint import load_checkpoint
 
     prompts = read_prompts(args.prompts)
-    loaded, device = load_for_inference(args.checkpoint, args.device, args.quantize)
-    others = [load_checkpoint(path, device) for path in args.compare or []]
+    verify = not args.skip_checksums
+    loaded, device = load_for_inference(args.checkpoint, args.device, args.quantize, verify=verify)
+    others = [load_checkpoint(path, device, verify=verify) for path in args.compare or []]
     markdown, jsonl = run_prompt_suite(
         [loaded, *others],
         prompts,
@@ -629,7 +710,7 @@ def command_report(args: argparse.Namespace) -> None:
 def command_quickstart(args: argparse.Namespace) -> None:
     from scratchlm.quickstart import run_quickstart
 
-    run_quickstart(
+    stopped_by = run_quickstart(
         out=Path(args.out),
         minutes=args.minutes,
         preset=args.preset,
@@ -638,6 +719,8 @@ def command_quickstart(args: argparse.Namespace) -> None:
         corpus_mb=args.corpus_mb,
         chat=not args.no_chat,
     )
+    if stopped_by is not None:
+        raise SystemExit(128 + stopped_by)  # as `train` does: see exit_if_stopped_by_signal
 
 
 # --- parser ---------------------------------------------------------------------------------------
@@ -751,16 +834,22 @@ def build_parser() -> argparse.ArgumentParser:
         "fine-tune a checkpoint on chat data (JSONL) or text, fully or with LoRA",
     )
     sub.add_argument("--checkpoint", required=True, help="the base checkpoint or run directory")
-    sub.add_argument("--lora-rank", type=int, default=0, help="LoRA rank (0 = full fine-tuning)")
-    sub.add_argument(
-        "--lora-alpha", type=float, default=16.0, help="LoRA scale numerator (scale = alpha / rank)"
-    )
-    sub.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the LoRA input")
-    sub.add_argument(
-        "--lora-targets",
-        default="q_proj,k_proj,v_proj,o_proj",
-        help="comma-separated layers to adapt: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj",
-    )
+    # Defaults SUPPRESSed (shown in the help): a --config file may set them, flags override it.
+    for flag, kind, help_text in (
+        ("--lora-rank", int, "LoRA rank (0 = full fine-tuning)"),
+        ("--lora-alpha", float, "LoRA scale numerator (scale = alpha / rank)"),
+        ("--lora-dropout", float, "dropout on the LoRA input"),
+        (
+            "--lora-targets",
+            str,
+            "comma-separated layers to adapt: q_proj k_proj v_proj o_proj gate_proj up_proj "
+            "down_proj",
+        ),
+    ):
+        default = LORA_DEFAULTS[flag[2:].replace("-", "_")]
+        sub.add_argument(
+            flag, type=kind, default=argparse.SUPPRESS, help=f"{help_text} (default: {default})"
+        )
     add_train_arguments(
         sub,
         exclude=FINETUNE_EXCLUDED,
@@ -864,6 +953,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(sub)
     sub.set_defaults(temperature=0.7, max_new_tokens=128)
     add_quantize_argument(sub)
+    add_skip_checksums_argument(sub)
     sub.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     sub.add_argument(
         "--json", action="store_true", help="print JSON (loss, perplexity, bits_per_byte, tokens)"
@@ -900,6 +990,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop the oldest prompt tokens if the prompt is too long",
     )
     add_quantize_argument(sub)
+    add_skip_checksums_argument(sub)
     sub.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
 
     sub = add(
@@ -931,6 +1022,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--threads", type=int, help="CPU threads")
     add_quantize_argument(sub)
+    add_skip_checksums_argument(sub)
     sub.add_argument("--compile", action="store_true", help="torch.compile the model")
     sub.add_argument("--json", action="store_true", help="print JSON")
 
@@ -961,10 +1053,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Arguments that are text for the model, checked for valid UTF-8 before any work. Paths are not
+# in the list: on Linux a file name may hold any bytes, and Python hands them over losslessly.
+TEXT_ARGUMENTS = (
+    "text",
+    "prompt",
+    "stop",
+    "system_prompt",
+    "system",
+    "sample_prompt",
+    "doc_separator",
+)
+
+
+def check_text_arguments(args: argparse.Namespace) -> None:
+    from scratchlm.tokenizer import require_unicode
+
+    for dest in TEXT_ARGUMENTS:
+        value = getattr(args, dest, None)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                require_unicode(item, f"--{dest.replace('_', '-')}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if isinstance(sys.stdin, io.TextIOWrapper):
+        # Invalid bytes on stdin arrive as lone surrogates (as on argv) instead of raising inside
+        # input() or read(); every reader then reports them in one line (tokenizer.require_unicode).
+        sys.stdin.reconfigure(errors="surrogateescape")
     try:
+        check_text_arguments(args)
         args.handler(args)
     except ScratchLMError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -976,6 +1096,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `scratchlm generate ... | head`: the reader left; not an error of ours.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as error:
+        # The machine's fault, not a bug of ours (disk full, permissions, a file that vanished):
+        # one line naming the file. Commands that can say more (which checkpoint survived, which
+        # flag to change) catch their own OSErrors first.
+        where = f": {os.fsdecode(error.filename)}" if error.filename is not None else ""
+        print(
+            f"error: {error.strerror or error}{where}; free space or fix the permissions or the "
+            "path, then run the command again",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 

@@ -28,6 +28,111 @@ def round_up(value: int, multiple: int) -> int:
     return ((value + multiple - 1) // multiple) * multiple
 
 
+# Limits on a config, checked before anything is derived or allocated. They sit far above any
+# model scratchlm trains or imports (the largest public models have ~130 layers, d_model 16384,
+# head_dim 256, a 128k context and a 256k vocabulary) and far below what would hang or exhaust
+# memory while a config.json from an unknown checkpoint is checked or its model is built.
+MAX_LAYERS = 1024
+MAX_D_MODEL = 65536
+MAX_HEADS = 1024
+MAX_HEAD_DIM = 16384
+MAX_FFN_HIDDEN = 524288
+MAX_CONTEXT_LENGTH = 1 << 20  # 1,048,576 tokens
+MAX_VOCAB_SIZE = 1 << 20
+MAX_MULTIPLE = 65536  # vocab_pad_multiple and ffn_multiple_of
+MAX_FFN_MULTIPLIER = 64.0
+# context_length x head_dim: the two RoPE tables are built with the model (2 x 512 MiB in fp32).
+MAX_ROPE_TABLE = 1 << 27
+MAX_PARAMETERS = 10**12  # 4 TB of fp32 weights
+
+_INT_LIMITS: dict[str, tuple[int, int]] = {
+    "vocab_size": (1, MAX_VOCAB_SIZE),
+    "vocab_pad_multiple": (0, MAX_MULTIPLE),
+    "n_layer": (1, MAX_LAYERS),
+    "d_model": (1, MAX_D_MODEL),
+    "n_head": (1, MAX_HEADS),
+    "n_kv_head": (1, MAX_HEADS),
+    "head_dim": (1, MAX_HEAD_DIM),
+    "ffn_hidden": (1, MAX_FFN_HIDDEN),
+    "ffn_multiple_of": (0, MAX_MULTIPLE),
+    "context_length": (1, MAX_CONTEXT_LENGTH),
+}
+_OPTIONAL_FIELDS = frozenset({"n_kv_head", "head_dim", "ffn_hidden", "logit_softcap"})
+_FLOAT_FIELDS = (
+    "ffn_multiplier",
+    "rope_theta",
+    "norm_eps",
+    "leaky_relu_slope",
+    "dropout",
+    "init_std",
+    "logit_softcap",
+)
+_BOOL_FIELDS = ("qk_norm", "embedding_norm", "bias", "tie_embeddings", "zero_init_output")
+_STRING_FIELDS = ("name", "position", "norm", "mlp", "default_gpu_precision", "description")
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message, kept short (a config from a stranger may hold anything)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_fields(config: ModelConfig) -> None:
+    """Types and limits of the given fields; a ScratchLMError naming every bad field.
+
+    Runs before any derived size is computed, so that arithmetic on the fields stays cheap and
+    cannot overflow."""
+    problems: list[str] = []
+    for name, (low, high) in _INT_LIMITS.items():
+        value = getattr(config, name)
+        if value is None and name in _OPTIONAL_FIELDS:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            problems.append(f"{name} must be an integer (got {_shown(value)})")
+        elif not low <= value <= high:
+            problems.append(f"{name} must be in [{low}, {high}] (got {_shown(value)})")
+    for name in _FLOAT_FIELDS:
+        value = getattr(config, name)
+        if value is None and name in _OPTIONAL_FIELDS:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            problems.append(f"{name} must be a number (got {_shown(value)})")
+        elif not math.isfinite(value):
+            problems.append(f"{name} must be finite (got {_shown(value)})")
+    for name in _BOOL_FIELDS:
+        if not isinstance(getattr(config, name), bool):
+            problems.append(f"{name} must be true or false (got {_shown(getattr(config, name))})")
+    for name in _STRING_FIELDS:
+        if not isinstance(getattr(config, name), str):
+            problems.append(f"{name} must be a string (got {_shown(getattr(config, name))})")
+    if problems:  # the range checks below compare numbers: only once the types are right
+        raise ScratchLMError("invalid model config: " + "; ".join(problems))
+    if config.position not in POSITION_KINDS:
+        problems.append(f"position must be one of {POSITION_KINDS} (got {_shown(config.position)})")
+    if config.norm not in NORM_KINDS:
+        problems.append(f"norm must be one of {NORM_KINDS} (got {_shown(config.norm)})")
+    if config.mlp not in MLP_KINDS:
+        problems.append(f"mlp must be one of {MLP_KINDS} (got {_shown(config.mlp)})")
+    if not 0.0 <= config.dropout < 1.0:
+        problems.append(f"dropout must be in [0, 1) (got {config.dropout})")
+    if config.logit_softcap is not None and config.logit_softcap <= 0:
+        problems.append(f"logit_softcap must be positive or null (got {config.logit_softcap})")
+    if not 0 < config.ffn_multiplier <= MAX_FFN_MULTIPLIER:
+        problems.append(
+            f"ffn_multiplier must be in (0, {MAX_FFN_MULTIPLIER:g}] (got {config.ffn_multiplier})"
+        )
+    if config.rope_theta <= 0:
+        problems.append(f"rope_theta must be positive (got {config.rope_theta})")
+    if config.norm_eps < 0:
+        problems.append(f"norm_eps must be >= 0 (got {config.norm_eps})")
+    if config.init_std < 0:
+        problems.append(f"init_std must be >= 0 (got {config.init_std})")
+    if problems:
+        raise ScratchLMError("invalid model config: " + "; ".join(problems))
+
+
 @dataclass
 class ModelConfig:
     """A decoder-only transformer. Fields left as None are derived in `__post_init__`."""
@@ -67,10 +172,13 @@ class ModelConfig:
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
+        # The given fields first: a config from an unknown checkpoint may hold any JSON value, and
+        # the derived sizes below must be computed only from bounded integers.
+        check_fields(self)
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.head_dim is None:
-            if self.n_head <= 0 or self.d_model % self.n_head != 0:
+            if self.d_model % self.n_head != 0:
                 raise ScratchLMError(
                     f"d_model {self.d_model} is not divisible by n_head {self.n_head}; choose "
                     "n_head that divides d_model, or set head_dim explicitly"
@@ -84,27 +192,27 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
+        """Every field within its type and limits, and the fields consistent with each other."""
+        check_fields(self)
         problems: list[str] = []
-        for name in ("vocab_size", "n_layer", "d_model", "n_head", "context_length"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be positive (got {getattr(self, name)})")
         assert self.n_kv_head is not None and self.head_dim is not None
-        if self.n_kv_head <= 0 or self.n_head % self.n_kv_head != 0:
+        assert self.ffn_hidden is not None
+        if self.n_head % self.n_kv_head != 0:
             problems.append(
                 f"n_kv_head {self.n_kv_head} must divide n_head {self.n_head} (MHA: equal, MQA: 1)"
             )
         if self.position == "rope" and self.head_dim % 2 != 0:
             problems.append(f"RoPE needs an even head_dim (got {self.head_dim})")
-        if self.position not in POSITION_KINDS:
-            problems.append(f"position must be one of {POSITION_KINDS} (got {self.position!r})")
-        if self.norm not in NORM_KINDS:
-            problems.append(f"norm must be one of {NORM_KINDS} (got {self.norm!r})")
-        if self.mlp not in MLP_KINDS:
-            problems.append(f"mlp must be one of {MLP_KINDS} (got {self.mlp!r})")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout must be in [0, 1) (got {self.dropout})")
-        if self.logit_softcap is not None and self.logit_softcap <= 0:
-            problems.append(f"logit_softcap must be positive or null (got {self.logit_softcap})")
+        if self.position == "rope" and self.context_length * self.head_dim > MAX_ROPE_TABLE:
+            problems.append(
+                f"context_length x head_dim must be at most {MAX_ROPE_TABLE} (the RoPE tables; "
+                f"got {self.context_length} x {self.head_dim})"
+            )
+        if not problems and self.n_params > MAX_PARAMETERS:
+            problems.append(
+                f"the config describes {self.n_params:,} parameters, more than the limit of "
+                f"{MAX_PARAMETERS:,}"
+            )
         if problems:
             raise ScratchLMError("invalid model config: " + "; ".join(problems))
 
@@ -114,6 +222,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        if not isinstance(values, dict):
+            raise ScratchLMError(
+                f"a model config must be a JSON object of fields (got {_shown(values)})"
+            )
         known = {item.name for item in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

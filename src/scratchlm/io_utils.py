@@ -12,9 +12,11 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from scratchlm.errors import ScratchLMError
 
 
 def fsync_directory(path: str | os.PathLike[str]) -> None:
@@ -100,3 +102,36 @@ def atomic_directory(path: str | os.PathLike[str], *, replace: bool = False) -> 
     except BaseException:
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
+
+
+def refuse_foreign_entries(directory: Path, is_ours: Callable[[str], bool], what: str) -> None:
+    """Before `--force` replaces `directory` whole: refuse if it holds anything `what` (e.g. "a
+    Hugging Face export") does not write, so a mistyped --out never deletes a user's files."""
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise ScratchLMError(
+            f"{directory} is a file, not {what}; --force replaces only {what}: remove the file "
+            "yourself or choose another --out"
+        )
+    foreign = sorted(child.name for child in directory.iterdir() if not is_ours(child.name))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        raise ScratchLMError(
+            f"{directory} holds files that are not part of {what} ({shown}); --force replaces "
+            "only a directory this command wrote: move those files away or choose another --out"
+        )
+
+
+def write_failure(target: Path, error: Exception, flag: str = "--out") -> ScratchLMError:
+    """One line for a failed atomic write of `target` (so nothing is at `target`): an OSError, or
+    a library's wrapper of one (safetensors raises SafetensorError on a full disk)."""
+    reason = getattr(error, "strerror", None) or str(error)
+    if isinstance(error, OSError) and error.errno is None:
+        reason += " (a short write: is the disk full?)"  # numpy's tofile gives no errno
+    return ScratchLMError(
+        f"could not write {target}: {reason}; free space or choose another {flag} (nothing was "
+        "written there)"
+    )

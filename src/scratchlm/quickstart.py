@@ -46,7 +46,9 @@ def run_quickstart(
     corpus_mb: int = 20,
     vocab_size: int = 2048,
     chat: bool = True,
-) -> Path:
+) -> int | None:
+    """Run every stage; returns None, or the number of the signal (SIGTERM, SIGUSR1) that stopped
+    a training stage after its checkpoint (the later stages are then skipped)."""
     if minutes <= 0:
         raise ScratchLMError(f"--minutes must be positive, got {minutes}")
     started = time.perf_counter()
@@ -84,6 +86,9 @@ def run_quickstart(
     trainer.config.max_time = f"{train_s:.0f}s"
     print(f"2/{stages} pretraining for {train_s:.0f}s (setup took {setup_s:.0f}s)")
     result = trainer.run()
+    if result.stop_signal is not None:
+        print(f"quickstart stopped during pretraining; the model so far is in {out}")
+        return int(result.stop_signal)
     best = "n/a" if result.best_val_loss is None else f"{result.best_val_loss:.3f}"
     print(
         f"    {result.steps} steps, {result.tokens:,} tokens, {result.tokens_per_s:,.0f} tokens/s, "
@@ -120,6 +125,9 @@ def run_quickstart(
             base=str(out),
         )
         tuned = finetuner.run()
+        if tuned.stop_signal is not None:
+            print(f"quickstart stopped during chat fine-tuning; the model so far is in {chat_dir}")
+            return int(tuned.stop_signal)
         tuned_best = "n/a" if tuned.best_val_loss is None else f"{tuned.best_val_loss:.3f}"
         print(f"    {tuned.steps} steps, assistant-token validation loss {tuned_best}")
     print(f"{stages}/{stages} samples (temperature 0.7):")
@@ -134,7 +142,7 @@ def run_quickstart(
     print(
         "  scratchlm train --preset tiny --tokenizer char --data shakespeare --max-time 5m --out runs/shakespeare"
     )
-    return out
+    return None
 
 
 def show_samples(out: Path, chat_dir: Path | None, seed: int) -> None:

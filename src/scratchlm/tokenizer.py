@@ -48,6 +48,33 @@ TOKENIZER_KINDS = ("bpe", "char")
 MIN_BPE_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256
 
 
+def unicode_problem(text: str) -> str | None:
+    """None for valid Unicode; otherwise where the first invalid code point sits, in words.
+
+    Python strings may hold lone surrogates (U+D800..U+DFFF), which no UTF-8 encoder accepts. They
+    arrive two ways: undecodable bytes on argv, stdin or in file names (Python's surrogateescape maps
+    byte 0xXY to U+DCXY, so we can name the byte), and "\\ud800"-style escapes in JSON.
+    """
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        code = ord(text[error.start])
+        if 0xDC80 <= code <= 0xDCFF:
+            return f"byte 0x{code - 0xDC00:02x} at character {error.start} is not valid UTF-8"
+        return f"a lone surrogate U+{code:04X} at character {error.start} is not valid Unicode"
+    return None
+
+
+def require_unicode(text: str, source: str) -> str:
+    """`text` unchanged, or a ScratchLMError naming `source` (e.g. "--prompt") and the bad spot."""
+    problem = unicode_problem(text)
+    if problem is not None:
+        raise ScratchLMError(f"{source}: {problem}; pass valid UTF-8 text")
+    return text
+
+
 class Tokenizer:
     """A trained tokenizer: encode plain text to ids, decode ids to text, save/load tokenizer.json."""
 
@@ -74,10 +101,21 @@ class Tokenizer:
     # --- encoding -------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         """Plain text to ids; never emits a special token and adds no bos/eos."""
-        return list(self.backend.encode(text, add_special_tokens=False).ids)
+        try:
+            return list(self.backend.encode(text, add_special_tokens=False).ids)
+        except TypeError:
+            # The Rust side takes only valid Unicode; entry points name their source first, this
+            # is the backstop that keeps a lone surrogate from ever becoming a traceback.
+            require_unicode(text, "the text")
+            raise
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        encodings = self.backend.encode_batch(texts, add_special_tokens=False)
+        try:
+            encodings = self.backend.encode_batch(texts, add_special_tokens=False)
+        except TypeError:
+            for index, text in enumerate(texts):
+                require_unicode(text, f"text {index}")
+            raise
         return [list(encoding.ids) for encoding in encodings]
 
     def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:

@@ -120,12 +120,12 @@ def test_refuses_non_llama_math(tmp_path: Path, bpe_tokenizer: Tokenizer) -> Non
 def test_refuses_to_overwrite_without_force(tmp_path: Path, bpe_tokenizer: Tokenizer) -> None:
     checkpoint = make_checkpoint(tmp_path / "ckpt", bpe_tokenizer)
     out = tmp_path / "model.gguf"
-    out.write_bytes(b"precious")
+    out.write_bytes(b"GGUF precious")
     with pytest.raises(ScratchLMError, match="--force"):
         export_gguf(checkpoint, out)
-    assert out.read_bytes() == b"precious"
-    export_gguf(checkpoint, out, force=True)
-    assert out.read_bytes()[:4] == b"GGUF"
+    assert out.read_bytes() == b"GGUF precious"
+    export_gguf(checkpoint, out, force=True)  # a GGUF file: --force may overwrite it
+    assert out.read_bytes()[:4] == b"GGUF" and out.stat().st_size > 100
     assert [path.name for path in tmp_path.iterdir() if path.name.endswith(".tmp")] == []
 
 

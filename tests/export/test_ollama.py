@@ -100,6 +100,11 @@ def test_refusals(tmp_path: Path, bpe_tokenizer: Tokenizer) -> None:
     with pytest.raises(ScratchLMError, match="--force"):
         export_ollama(checkpoint, out)
     assert (out / "Modelfile").read_text() == "mine"
+    with pytest.raises(ScratchLMError, match="not written by"):  # not ours: --force refuses too
+        export_ollama(checkpoint, out, force=True)
+    assert (out / "Modelfile").read_text() == "mine"
+    (out / "Modelfile").unlink()
+    export_ollama(checkpoint, out)
     export_ollama(checkpoint, out, force=True)
     assert (out / "Modelfile").read_text().startswith("FROM")
 

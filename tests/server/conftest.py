@@ -16,6 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from scratchlm.server.app import ServerSettings, create_app
+from scratchlm.server.protocol import uvicorn_config
 from scratchlm.tokenizer import Tokenizer
 from scratchlm.training.checkpoint import Checkpoint, load_checkpoint
 from tests.chat.conftest import write_checkpoint
@@ -53,8 +54,9 @@ def start_server(loaded: Checkpoint, **settings: Any) -> RunningServer:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
+    # The configuration `scratchlm serve` runs with (timeouts, limits, the h11 protocol).
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1, lifespan="on")
+        uvicorn_config(app, log_level="warning", timeout_graceful_shutdown=1, lifespan="on")
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()

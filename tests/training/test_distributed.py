@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from scratchlm.data.synthetic import generate_stories
-from tests.training.helpers import as_flags
+from tests.training.helpers import as_flags, scratchlm_command
 
 pytestmark = pytest.mark.xdist_group("torchrun")
 
@@ -58,19 +57,7 @@ def train_arguments(corpus: Path, out: Path, *extra: str) -> list[str]:
 
 def run(arguments: list[str], processes: int = 1) -> None:
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if processes == 1:
-        command = [sys.executable, "-m", "scratchlm", *arguments]
-    else:
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={processes}",
-            "-m",
-            "scratchlm",
-            *arguments,
-        ]
+    command = [*scratchlm_command(processes), *arguments]
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 

@@ -3,6 +3,9 @@ and overfitting (early stopping)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import json
 import math
 import os
@@ -11,18 +14,29 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors import SafetensorError
 
+from scratchlm.cli import main
 from scratchlm.data.synthetic import generate_stories
 from scratchlm.errors import ScratchLMError
+from scratchlm.training.checkpoint import file_sha256, load_checkpoint, verify_checkpoint
 from scratchlm.training.run_config import TrainConfig
 from scratchlm.training.trainer import Trainer, default_learning_rate
-from tests.training.helpers import TINY_MODEL, as_flags, tiny_run
+from tests.training.helpers import (
+    TINY_MODEL,
+    TINY_RUN,
+    as_flags,
+    assert_identical,
+    latest_weights,
+    records,
+    tiny_run,
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,22 +60,6 @@ FAULT_RUN = {
 
 def fault_run(corpus: Path, out: Path, **overrides: Any) -> TrainConfig:
     return tiny_run(corpus, out, **{**FAULT_RUN, **overrides})
-
-
-def records(run_dir: Path, kind: str) -> list[dict[str, Any]]:
-    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    return [record for record in map(json.loads, lines) if record["kind"] == kind]
-
-
-def latest_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    pointer = (run_dir / "latest").read_text(encoding="utf-8").strip()
-    return load_file(str(run_dir / pointer / "model.safetensors"))
-
-
-def assert_identical(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> None:
-    assert expected.keys() == found.keys()
-    for name, tensor in expected.items():
-        assert torch.equal(found[name], tensor), name
 
 
 # --- SIGKILL at random moments ----------------------------------------------------------------
@@ -364,3 +362,277 @@ def test_default_learning_rate_follows_the_optimizer_and_a_resume_keeps_its_rate
     resumed = Trainer(tiny_run(corpus, run_dir, max_steps=6, save_every=2, resume=True))
     assert resumed.learning_rate == 4e-3 and resumed.optimizer_kind == "muon"
     assert resumed.run().steps == 6
+
+
+# --- one line for every fault: a full disk, damaged resume state, --out a file -------------------
+
+
+def fault_flags(corpus: Path, out: Path, **overrides: Any) -> list[str]:
+    """`scratchlm train` flags for `fault_run(corpus, out, **overrides)`."""
+    settings = {**TINY_RUN, **FAULT_RUN, "data": corpus, "out": out, **overrides}
+    return ["train", *as_flags(settings)]
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def full_disk_in_safetensors(*args: Any, **kwargs: Any) -> None:
+    # what safetensors raises on a full disk (measured on a tmpfs)
+    raise SafetensorError(
+        "Error while serializing: I/O error: No space left on device (os error 28)"
+    )
+
+
+def io_error_in_torch_save(*args: Any, **kwargs: Any) -> None:
+    raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+@pytest.mark.parametrize(
+    ("patch", "reason", "advice"),
+    [
+        (
+            ("scratchlm.training.checkpoint.save_file", full_disk_in_safetensors),
+            "No space left on device",
+            "free space or point --out elsewhere",
+        ),
+        (
+            ("torch.save", io_error_in_torch_save),
+            os.strerror(errno.EIO),
+            "point --out at a writable directory",
+        ),
+    ],
+    ids=["ENOSPC", "EIO"],
+)
+def test_a_failed_checkpoint_write_is_one_line_and_harms_nothing(
+    corpus: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    patch: tuple[str, Any],
+    reason: str,
+    advice: str,
+) -> None:
+    run_dir = tmp_path / "run"
+    Trainer(fault_run(corpus, run_dir, max_steps=20, stop_after_steps=10)).run()
+    previous = run_dir / "checkpoints" / "step_000010"
+    before = {path.name: path.read_bytes() for path in previous.iterdir()}
+    with monkeypatch.context() as patched:
+        patched.setattr(*patch)
+        assert main([*fault_flags(corpus, run_dir, max_steps=20), "--resume"]) == 2
+    line = one_error_line(capsys)
+    target = run_dir / "checkpoints" / "step_000015"
+    assert line == (
+        f"error: could not save the checkpoint to {target}: {reason}; {advice}; "
+        f"the previous checkpoint {previous} is intact"
+    )
+    # nothing saved before is touched, nothing half-written is left
+    assert {path.name: path.read_bytes() for path in previous.iterdir()} == before
+    assert (run_dir / "latest").read_text(encoding="utf-8").strip() == "checkpoints/step_000010"
+    assert not target.exists()
+    assert not [path for path in (run_dir / "checkpoints").iterdir() if path.name.endswith(".tmp")]
+    assert verify_checkpoint(previous) is None
+    load_checkpoint(run_dir / "checkpoints" / "step_000010")
+    # with the disk fixed, the resume ends where a run never interrupted ends
+    assert main([*fault_flags(corpus, run_dir, max_steps=20), "--resume"]) == 0
+    Trainer(fault_run(corpus, tmp_path / "straight", max_steps=20)).run()
+    assert_identical(latest_weights(tmp_path / "straight"), latest_weights(run_dir))
+
+
+def test_a_full_disk_outside_checkpoints_is_one_line_too(
+    corpus: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run_dir = tmp_path / "run"
+    metrics = run_dir / "metrics.jsonl"
+
+    def full(self: Any, record: dict[str, Any]) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(metrics))
+
+    monkeypatch.setattr("scratchlm.training.metrics.MetricsLogger.log", full)
+    assert main(fault_flags(corpus, run_dir, max_steps=4)) == 2
+    assert one_error_line(capsys) == (
+        f"error: could not write {metrics}: No space left on device; free space or point --out "
+        "elsewhere; the checkpoints saved so far are intact"
+    )
+    assert verify_checkpoint(run_dir / "checkpoints" / "step_000000") is None
+
+
+@pytest.fixture
+def small_disk(small_tmpfs: Callable[[str], Path]) -> Path:
+    return small_tmpfs("8m")
+
+
+def test_a_full_disk_while_saving_is_one_line_in_a_real_process(
+    corpus: Path, small_disk: Path, tmp_path: Path
+) -> None:
+    run_dir = small_disk / "run"
+    common = {"max_steps": 20, "eval_every": 100, "sample_tokens": 0}
+    Trainer(fault_run(corpus, run_dir, stop_after_steps=5, **common)).run()
+    previous = run_dir / "checkpoints" / "step_000005"
+    # fill the disk, then leave 64 KiB: enough for the metrics, far too little for a checkpoint
+    filler = small_disk / "filler"
+    with open(filler, "wb", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"\0" * 65536)
+    os.truncate(filler, max(0, filler.stat().st_size - 65536))
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "scratchlm", *fault_flags(corpus, run_dir, **common)]
+    result = subprocess.run(
+        [*command, "--resume"], capture_output=True, text=True, env=environment, timeout=300
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"error: could not save the checkpoint to {run_dir / 'checkpoints' / 'step_000010'}: "
+        "No space left on device; free space or point --out elsewhere; the previous checkpoint "
+        f"{previous} is intact"
+    ], result.stderr[-2000:]
+    assert verify_checkpoint(previous) is None
+    load_checkpoint(previous)
+    # space freed: the run resumes from the intact checkpoint and finishes
+    filler.unlink()
+    finished = subprocess.run(
+        [*command, "--resume"], capture_output=True, text=True, env=environment, timeout=300
+    )
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert records(run_dir, "end")[-1]["step"] == 20
+
+
+def rewrite_trainer_state(checkpoint: Path, content: bytes) -> None:
+    """Replace trainer_state.pt and record its checksum, as a writer of another version would."""
+    path = checkpoint / "trainer_state.pt"
+    path.write_bytes(content)
+    config_path = checkpoint / "config.json"
+    metadata = json.loads(config_path.read_text(encoding="utf-8"))
+    metadata["checksums"]["trainer_state.pt"] = file_sha256(path)
+    config_path.write_text(json.dumps(metadata), encoding="utf-8")
+
+
+def saved_bytes(value: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda state: {k: v for k, v in state.items() if k != "optimizer"}, "lacks optimizer"),
+        (lambda state: [1, 2, 3], "holds a list, not the trainer's state"),
+        (lambda state: {**state, "step": "ten"}, "holds a str as step, not a number"),
+        (
+            lambda state: {**state, "loader": {"cursor": "nowhere"}},
+            "does not fit this run (",
+        ),
+    ],
+    ids=["missing-key", "not-a-dict", "wrong-type", "foreign-loader"],
+)
+def test_an_unusable_resume_state_is_one_line(
+    corpus: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    damage: Callable[[dict[str, Any]], Any],
+    expected: str,
+) -> None:
+    run_dir = tmp_path / "run"
+    Trainer(fault_run(corpus, run_dir, max_steps=20, stop_after_steps=10)).run()
+    checkpoint = run_dir / "checkpoints" / "step_000010"
+    state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
+    rewrite_trainer_state(checkpoint, saved_bytes(damage(state)))
+    run_config = (run_dir / "run_config.json").read_bytes()
+    assert main([*fault_flags(corpus, run_dir, max_steps=20), "--resume"]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: cannot resume from {checkpoint}: its trainer_state.pt ")
+    assert expected in line and "Move that checkpoint out of" in line, line
+    # nothing was written: the run directory is as it was
+    assert (run_dir / "run_config.json").read_bytes() == run_config
+    assert (run_dir / "latest").read_text(encoding="utf-8").strip() == "checkpoints/step_000010"
+
+
+def test_a_resume_state_of_garbage_bytes_is_one_line(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    Trainer(fault_run(corpus, run_dir, max_steps=20, stop_after_steps=10)).run()
+    rewrite_trainer_state(run_dir / "checkpoints" / "step_000010", b"\x00garbage" * 100)
+    assert main([*fault_flags(corpus, run_dir, max_steps=20), "--resume"]) == 2
+    assert "the file is damaged, resume from an earlier checkpoint" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("{not json", "is damaged (not valid JSON: "),
+        ("[1, 2]", "is damaged (not a JSON object of settings)"),
+        ('{"seed": "abc"}', "seed must be an integer, got 'abc'; the file is damaged"),
+        (
+            '{"resolved": {"learning_rate": "fast"}}',
+            "resolved.learning_rate must be a float, got 'fast'; the file is damaged",
+        ),
+    ],
+    ids=["not-json", "a-list", "wrong-type", "wrong-resolved-type"],
+)
+def test_a_damaged_run_config_is_one_line(
+    corpus: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: str,
+    expected: str,
+) -> None:
+    run_dir = tmp_path / "run"
+    Trainer(fault_run(corpus, run_dir, max_steps=10, stop_after_steps=5)).run()
+    (run_dir / "run_config.json").write_text(content, encoding="utf-8")
+    assert main([*fault_flags(corpus, run_dir, max_steps=10), "--resume"]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: {run_dir / 'run_config.json'}"), line
+    assert expected in line and line.endswith(
+        "restore it, or delete it (--resume then reads the settings saved in the latest checkpoint)"
+    ), line
+    # the advice works: the checkpoint's copy of the settings (Muon, its learning rate) is used
+    (run_dir / "run_config.json").unlink()
+    assert main([*fault_flags(corpus, run_dir, max_steps=10), "--resume"]) == 0
+    assert records(run_dir, "end")[-1]["step"] == 10
+    resolved = json.loads((run_dir / "run_config.json").read_text(encoding="utf-8"))["resolved"]
+    assert resolved["optimizer"] == "muon" and resolved["learning_rate"] == FAULT_RUN["lr"]
+
+
+def test_out_pointing_at_a_file_is_one_line(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine\n", encoding="utf-8")
+    assert main(fault_flags(corpus, existing)) == 2
+    assert one_error_line(capsys) == (
+        f"error: --out {existing} is not a directory; pass a directory for --out (it is created "
+        "if missing) or move the file away"
+    )
+    assert main([*fault_flags(corpus, existing), "--resume"]) == 2
+    assert "is not a directory" in one_error_line(capsys)
+    below = existing / "run"
+    assert main(fault_flags(corpus, below)) == 2
+    assert f"is not a directory ({existing} is a file)" in one_error_line(capsys)
+    assert existing.read_text(encoding="utf-8") == "mine\n"
+
+
+def test_quiet_still_shows_that_a_damaged_checkpoint_was_skipped(
+    corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    Trainer(fault_run(corpus, run_dir, max_steps=20, stop_after_steps=15)).run()
+    weights = run_dir / "checkpoints" / "step_000015" / "model.safetensors"
+    content = bytearray(weights.read_bytes())
+    content[-100] ^= 0xFF
+    weights.write_bytes(bytes(content))
+    capsys.readouterr()
+    assert main([*fault_flags(corpus, run_dir, max_steps=20, quiet=True), "--resume"]) == 0
+    out = capsys.readouterr().out
+    damaged = [line for line in out.splitlines() if "is damaged" in line]
+    assert len(damaged) == 1 and "step_000015" in damaged[0] and "step_000010" in damaged[0]
+    assert "resuming" not in out  # progress stays quiet

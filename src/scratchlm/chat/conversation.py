@@ -23,7 +23,7 @@ from typing import Any
 from scratchlm.chat_template import Message, render
 from scratchlm.errors import ScratchLMError
 from scratchlm.io_utils import atomic_write_json
-from scratchlm.tokenizer import Tokenizer
+from scratchlm.tokenizer import Tokenizer, require_unicode
 
 CONVERSATION_FORMAT_VERSION = 1
 TURN_ROLES = ("user", "assistant")
@@ -133,6 +133,8 @@ class Conversation:
         system = data.get("system")
         if system is not None and not isinstance(system, str):
             raise ScratchLMError(f"{source}: 'system' must be a string or null")
+        if system is not None:
+            require_unicode(system, f"{source}: 'system'")
         raw_messages = data.get("messages", [])
         if not isinstance(raw_messages, list):
             raise ScratchLMError(f"{source}: 'messages' must be a list")
@@ -142,6 +144,8 @@ class Conversation:
             content = message.get("content") if isinstance(message, dict) else None
             if not isinstance(content, str):
                 raise ScratchLMError(f"{source}: message {index} needs a string 'content'")
+            # JSON escapes can spell lone surrogates ("\\ud800"); refuse them here, by index.
+            require_unicode(content, f"{source}: message {index}")
             # A leading system message (the OpenAI layout) is accepted as the system prompt.
             if role == "system" and index == 0 and system is None:
                 system = content

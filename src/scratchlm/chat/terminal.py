@@ -39,6 +39,7 @@ from scratchlm.tokenizer import (
     SYSTEM_TOKEN,
     USER_TOKEN,
     Tokenizer,
+    require_unicode,
 )
 
 if TYPE_CHECKING:
@@ -369,6 +370,9 @@ class ChatApp:
     def handle_line(self, text: str) -> bool:
         """Act on one input line; False when the session should end."""
         try:
+            # Invalid bytes typed or piped in arrive as lone surrogates (see cli.main); the line is
+            # refused whole, before it can reach the conversation or a command.
+            require_unicode(text, "that line")
             command = parse_line(text)
             if command.name == "quit":
                 return False
@@ -555,7 +559,11 @@ def run_loop(app: ChatApp, view: ChatView) -> None:
 
 
 def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
-    from scratchlm.cli import add_quantize_argument, add_sampling_arguments
+    from scratchlm.cli import (
+        add_quantize_argument,
+        add_sampling_arguments,
+        add_skip_checksums_argument,
+    )
 
     parser.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
     parser.add_argument("--system-prompt", help="system prompt for the conversation")
@@ -566,6 +574,7 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     add_sampling_arguments(parser)
     parser.set_defaults(**CHAT_DEFAULTS)
     add_quantize_argument(parser)
+    add_skip_checksums_argument(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument(
         "--plain", action="store_true", help="plain text even in a terminal (no panels or colors)"
@@ -586,7 +595,9 @@ def command_chat(args: argparse.Namespace) -> None:
         conversation = Conversation.load(context_file)
         if args.system_prompt:
             conversation.system = args.system_prompt
-    loaded, device = load_for_inference(args.checkpoint, args.device, args.quantize)
+    loaded, device = load_for_inference(
+        args.checkpoint, args.device, args.quantize, verify=not args.skip_checksums
+    )
     view: ChatView = (
         RichView() if sys.stdin.isatty() and sys.stdout.isatty() and not args.plain else PlainView()
     )

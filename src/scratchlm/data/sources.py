@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from scratchlm.data.cleaning import CleaningOptions, clean_piece
 from scratchlm.errors import ScratchLMError
+from scratchlm.tokenizer import require_unicode
 
 # Bytes read from a file at a time (cut back to the last line end, so documents split on lines).
 READ_CHUNK_BYTES = 1 << 20
@@ -595,7 +596,8 @@ def _text_of_record(record: Any, text_field: str, where: str) -> str:
             f"{where} {problem} {text_field!r} (its fields: {fields}); pass --text-field with the "
             "field that holds the text"
         )
-    return value
+    # JSON escapes can spell lone surrogates ("\\ud800") that no tokenizer accepts.
+    return require_unicode(value, where)
 
 
 def _parquet_documents(path: Path, text_field: str) -> Iterator[Document]:

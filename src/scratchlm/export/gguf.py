@@ -34,7 +34,7 @@ from scratchlm.chat_template import JINJA_TEMPLATE
 from scratchlm.config import ModelConfig
 from scratchlm.errors import ScratchLMError
 from scratchlm.export.hf import gpt2_blockers, llama_blockers
-from scratchlm.io_utils import fsync_directory
+from scratchlm.io_utils import fsync_directory, write_failure
 from scratchlm.model import GPT
 from scratchlm.tokenizer import (
     BOS_TOKEN,
@@ -297,8 +297,22 @@ def write_gguf(model: GPT, tokenizer: Tokenizer, out: Path, *, dtype: str = "f32
     writer.close()
 
 
+def is_gguf_file(path: Path) -> bool:
+    """True when the file starts with the GGUF magic (what `--force` may overwrite)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
 def export_gguf(
-    checkpoint: str | os.PathLike[str], out: Path, *, dtype: str = "f32", force: bool = False
+    checkpoint: str | os.PathLike[str],
+    out: Path,
+    *,
+    dtype: str = "f32",
+    force: bool = False,
+    verify: bool = True,
 ) -> Path:
     """Export a checkpoint to one GGUF file; refuses a config that is neither Llama math nor the
     GPT-2 layout with tanh GELU, and an existing `out`."""
@@ -313,7 +327,12 @@ def export_gguf(
         raise ScratchLMError(f"{out} is a directory; pass a file path such as {out / 'model.gguf'}")
     if out.exists() and not force:
         raise ScratchLMError(f"{out} already exists; pass --force to overwrite it")
-    loaded = load_checkpoint(checkpoint)
+    if out.exists() and not is_gguf_file(out):
+        raise ScratchLMError(
+            f"{out} exists and is not a GGUF file; --force overwrites only a GGUF file: remove it "
+            "yourself or choose another --out"
+        )
+    loaded = load_checkpoint(checkpoint, verify=verify)
     check_exportable(loaded.config)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed: a failed export never leaves half a file at `out`.
@@ -322,9 +341,11 @@ def export_gguf(
     try:
         write_gguf(loaded.model, loaded.tokenizer, Path(temp_name), dtype=dtype)
         os.replace(temp_name, out)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
+        if isinstance(error, OSError):
+            raise write_failure(out, error) from None
         raise
     fsync_directory(out.parent)
     return out
@@ -340,8 +361,17 @@ def add_export_gguf_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype", default="f32", choices=GGUF_DTYPES, help="weight type (norms stay f32)"
     )
     parser.add_argument("--force", action="store_true", help="overwrite an existing file")
+    from scratchlm.cli import add_skip_checksums_argument
+
+    add_skip_checksums_argument(parser)
 
 
 def command_export_gguf(args: argparse.Namespace) -> None:
-    path = export_gguf(args.checkpoint, args.out, dtype=args.dtype, force=args.force)
+    path = export_gguf(
+        args.checkpoint,
+        args.out,
+        dtype=args.dtype,
+        force=args.force,
+        verify=not args.skip_checksums,
+    )
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {args.dtype})")

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from scratchlm.chat_template import JINJA_TEMPLATE
 from scratchlm.config import MlpKind, ModelConfig
 from scratchlm.errors import ScratchLMError
-from scratchlm.io_utils import atomic_directory
+from scratchlm.io_utils import atomic_directory, refuse_foreign_entries, write_failure
 from scratchlm.model import GPT, build_model
 from scratchlm.tokenizer import (
     ASSISTANT_TOKEN,
@@ -32,7 +35,15 @@ from scratchlm.tokenizer import (
     USER_TOKEN,
     Tokenizer,
 )
-from scratchlm.training.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from scratchlm.training.checkpoint import (
+    CONFIG_FILE,
+    TOKENIZER_FILE,
+    TRAINER_STATE_FILE,
+    WEIGHTS_FILE,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+)
 
 # ours -> Hugging Face Llama, "{i}" is the layer index
 LLAMA_KEY_MAP: dict[str, str] = {
@@ -304,6 +315,27 @@ def tokenizer_config(tokenizer: Tokenizer, context_length: int) -> dict[str, Any
     }
 
 
+# What `export hf` writes; `--force` replaces a directory that holds nothing else.
+HF_EXPORT_FILES = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+    }
+)
+HF_SHARD_PATTERN = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
+# What `import hf` writes (a checkpoint directory; training may add its resume state later).
+CHECKPOINT_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, TRAINER_STATE_FILE})
+
+
+def is_hf_export_file(name: str) -> bool:
+    return name in HF_EXPORT_FILES or HF_SHARD_PATTERN.match(name) is not None
+
+
 def write_safetensors_shards(
     directory: Path, state: dict[str, torch.Tensor], max_shard_bytes: int
 ) -> None:
@@ -331,10 +363,15 @@ def write_safetensors_shards(
 
 
 def export_hf(
-    checkpoint: str, out: str | Path, *, force: bool = False, max_shard_bytes: int = 2 * 2**30
+    checkpoint: str,
+    out: str | Path,
+    *,
+    force: bool = False,
+    max_shard_bytes: int = 2 * 2**30,
+    verify: bool = True,
 ) -> Path:
     """Write a Hugging Face model directory (weights, config, generation config, tokenizer)."""
-    loaded = load_checkpoint(checkpoint)
+    loaded = load_checkpoint(checkpoint, verify=verify)
     config, tokenizer = loaded.config, loaded.tokenizer
     layout = choose_layout(config)
     target = Path(out)
@@ -342,6 +379,7 @@ def export_hf(
         raise ScratchLMError(
             f"{target} already exists; pass --force to replace it or choose another --out"
         )
+    refuse_foreign_entries(target, is_hf_export_file, "a Hugging Face export")
     if layout == "llama":
         hf_config, state = llama_config(config), llama_state_dict(loaded.model)
     else:
@@ -358,26 +396,38 @@ def export_hf(
         for k, v in tokenizer_config(tokenizer, config.context_length).items()
         if k.endswith("_token") or k == "additional_special_tokens"
     }
-    with atomic_directory(target, replace=force) as directory:
-        write_safetensors_shards(
-            directory,
-            {name: tensor.detach().cpu() for name, tensor in state.items()},
-            max_shard_bytes,
-        )
-        (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
-        (directory / "generation_config.json").write_text(json.dumps(generation, indent=2))
-        (directory / "tokenizer.json").write_text(tokenizer.to_json())
-        (directory / "tokenizer_config.json").write_text(
-            json.dumps(tokenizer_config(tokenizer, config.context_length), indent=2)
-        )
-        (directory / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2))
+    try:
+        with atomic_directory(target, replace=force) as directory:
+            write_safetensors_shards(
+                directory,
+                {name: tensor.detach().cpu() for name, tensor in state.items()},
+                max_shard_bytes,
+            )
+            (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
+            (directory / "generation_config.json").write_text(json.dumps(generation, indent=2))
+            (directory / "tokenizer.json").write_text(tokenizer.to_json())
+            (directory / "tokenizer_config.json").write_text(
+                json.dumps(tokenizer_config(tokenizer, config.context_length), indent=2)
+            )
+            (directory / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2))
+    except (OSError, SafetensorError) as error:
+        raise write_failure(target, error) from None
     return target
 
 
 def read_hf_state(directory: Path) -> dict[str, torch.Tensor]:
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(name, str) and "/" not in name and name != ".."
+            for name in weight_map.values()
+        ):
+            raise ScratchLMError(
+                f"{index} has no valid 'weight_map' (tensor name -> file in this directory); "
+                "pass a complete Hugging Face model directory"
+            )
+        files = sorted(set(weight_map.values()))
     elif (directory / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
@@ -386,8 +436,27 @@ def read_hf_state(directory: Path) -> dict[str, torch.Tensor]:
         )
     state: dict[str, torch.Tensor] = {}
     for file_name in files:
-        state.update(load_file(str(directory / file_name)))
+        try:
+            state.update(load_file(str(directory / file_name)))
+        except (OSError, SafetensorError) as error:
+            raise ScratchLMError(
+                f"cannot read {directory / file_name} ({error}); the file is missing, damaged "
+                "or not safetensors: download the model again"
+            ) from None
     return state
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from a file we did not write, or one line saying why it is not one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise ScratchLMError(
+            f"cannot read {path} as JSON ({error}); pass a complete Hugging Face model directory"
+        ) from None
+    if not isinstance(data, dict):
+        raise ScratchLMError(f"{path} is not a JSON object; pass a Hugging Face model directory")
+    return data
 
 
 def load_or_adopt_tokenizer(directory: Path) -> tuple[Tokenizer, list[int] | None]:
@@ -400,7 +469,7 @@ def load_or_adopt_tokenizer(directory: Path) -> tuple[Tokenizer, list[int] | Non
         raise ScratchLMError(
             f"{directory} has no tokenizer.json; scratchlm imports fast (tokenizers) vocabularies"
         )
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_json_object(path)
     ours = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
     vocab = data.get("model", {}).get("vocab")
     if isinstance(vocab, dict) and all(vocab.get(token) == index for token, index in ours.items()):
@@ -459,15 +528,11 @@ def reindex_vocabulary_rows(
     return state
 
 
-def import_hf(model_dir: str | Path, out: str | Path, *, force: bool = False) -> Path:
-    """Read a local Hugging Face Llama or GPT-2 directory into a scratchlm checkpoint."""
-    directory = Path(model_dir)
-    config_path = directory / "config.json"
-    if not config_path.is_file():
-        raise ScratchLMError(f"{directory} has no config.json; pass a Hugging Face model directory")
-    hf = json.loads(config_path.read_text())
-    tokenizer, old_id_for_new = load_or_adopt_tokenizer(directory)
-    vocab = tokenizer.vocab_size
+def config_from_hf(
+    hf: dict[str, Any], vocab: int
+) -> tuple[ModelConfig, Callable[[dict[str, torch.Tensor], ModelConfig], dict[str, torch.Tensor]]]:
+    """Our ModelConfig for a Hugging Face llama or gpt2 config.json, and its weight converter;
+    a missing key raises KeyError (the caller names the file)."""
     model_type = hf.get("model_type")
     if model_type == "llama":
         config = ModelConfig(
@@ -519,6 +584,27 @@ def import_hf(model_dir: str | Path, out: str | Path, *, force: bool = False) ->
         raise ScratchLMError(
             f"model_type {model_type!r} is not supported; scratchlm imports llama and gpt2 layouts"
         )
+    return config, convert
+
+
+def import_hf(model_dir: str | Path, out: str | Path, *, force: bool = False) -> Path:
+    """Read a local Hugging Face Llama or GPT-2 directory into a scratchlm checkpoint."""
+    directory = Path(model_dir)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise ScratchLMError(f"{directory} has no config.json; pass a Hugging Face model directory")
+    hf = read_json_object(config_path)
+    tokenizer, old_id_for_new = load_or_adopt_tokenizer(directory)
+    vocab = tokenizer.vocab_size
+    try:
+        config, convert = config_from_hf(hf, vocab)
+    except KeyError as error:
+        raise ScratchLMError(
+            f"{config_path} has no {error.args[0]!r}, which a {hf.get('model_type')} config needs; "
+            "pass a complete Hugging Face model directory"
+        ) from None
+    except (TypeError, ValueError) as error:  # ScratchLMError included: add the file's name
+        raise ScratchLMError(f"{config_path}: {error}") from None
     if old_id_for_new is None and config.padded_vocab_size != hf.get("vocab_size"):
         raise ScratchLMError(
             f"{directory}: the embedding has {hf.get('vocab_size')} rows but the tokenizer's {vocab} tokens pad "
@@ -529,14 +615,18 @@ def import_hf(model_dir: str | Path, out: str | Path, *, force: bool = False) ->
         raise ScratchLMError(
             f"{target} already exists; pass --force to replace it or choose another --out"
         )
+    refuse_foreign_entries(target, CHECKPOINT_FILES.__contains__, "a checkpoint directory")
     model = build_model(config, initialize=False)
     state = convert(read_hf_state(directory), config)
     if old_id_for_new is not None:
         state = reindex_vocabulary_rows(state, old_id_for_new, config)
     load_model_state(model, state, source=directory)
-    return save_checkpoint(
-        target, model, tokenizer, training={"imported_from": str(directory)}, replace=force
-    )
+    try:
+        return save_checkpoint(
+            target, model, tokenizer, training={"imported_from": str(directory)}, replace=force
+        )
+    except (OSError, SafetensorError) as error:
+        raise write_failure(target, error) from None
 
 
 # --- CLI ---------------------------------------------------------------------------------------------
@@ -546,10 +636,13 @@ def add_export_hf_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
     parser.add_argument("--out", required=True, help="output Hugging Face model directory")
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
+    from scratchlm.cli import add_skip_checksums_argument
+
+    add_skip_checksums_argument(parser)
 
 
 def command_export_hf(args: argparse.Namespace) -> None:
-    out = export_hf(args.checkpoint, args.out, force=args.force)
+    out = export_hf(args.checkpoint, args.out, force=args.force, verify=not args.skip_checksums)
     layout = json.loads((out / "config.json").read_text())["architectures"][0]
     print(
         f"wrote {out} ({layout}); load it with AutoModelForCausalLM.from_pretrained({str(out)!r})"

@@ -16,8 +16,8 @@ from pathlib import Path
 from scratchlm.chat_template import Message, render_text
 from scratchlm.config import ModelConfig
 from scratchlm.errors import ScratchLMError
-from scratchlm.export.gguf import GGUF_DTYPES, check_exportable, export_gguf
-from scratchlm.io_utils import atomic_write_text
+from scratchlm.export.gguf import GGUF_DTYPES, check_exportable, export_gguf, is_gguf_file
+from scratchlm.io_utils import atomic_write_text, write_failure
 from scratchlm.tokenizer import ASSISTANT_TOKEN, END_OF_TURN_TOKEN, EOS_TOKEN, USER_TOKEN
 
 GGUF_FILE = "model.gguf"
@@ -78,9 +78,10 @@ def export_ollama(
     dtype: str = "q8_0",
     system: str | None = None,
     force: bool = False,
+    verify: bool = True,
 ) -> Path:
     """Write model.gguf, Modelfile and README.md into `out_dir`; returns the Modelfile's path."""
-    from scratchlm.training.checkpoint import read_metadata, resolve_checkpoint
+    from scratchlm.training.checkpoint import read_config, resolve_checkpoint
 
     out_dir = Path(out_dir)
     if dtype not in GGUF_DTYPES:
@@ -89,18 +90,47 @@ def export_ollama(
         )
     if out_dir.exists() and not out_dir.is_dir():
         raise ScratchLMError(f"{out_dir} is a file; pass a directory for the Ollama export")
-    targets = [out_dir / GGUF_FILE, out_dir / MODELFILE, out_dir / README_FILE]
-    existing = [str(path) for path in targets if path.exists()]
+    # The three files this export writes, each with a test that an existing one is ours: --force
+    # overwrites those and leaves every other file in the directory alone.
+    targets = {
+        out_dir / GGUF_FILE: is_gguf_file,
+        out_dir / MODELFILE: lambda path: _first_line(path) == f"FROM ./{GGUF_FILE}",
+        out_dir / README_FILE: lambda path: _first_line(path).endswith(" for Ollama"),
+    }
+    existing = [path for path in targets if path.exists()]
     if existing and not force:
-        raise ScratchLMError(f"{', '.join(existing)} already exist(s); pass --force to overwrite")
-    config = ModelConfig.from_dict(read_metadata(resolve_checkpoint(checkpoint))["model"])
+        raise ScratchLMError(
+            f"{', '.join(map(str, existing))} already exist(s); pass --force to overwrite"
+        )
+    foreign = [str(path) for path in existing if not targets[path](path)]
+    if foreign:
+        raise ScratchLMError(
+            f"{', '.join(foreign)} exist(s) but {'were' if len(foreign) > 1 else 'was'} not "
+            "written by `scratchlm export ollama`; --force overwrites only its own files: move "
+            "them away or choose another --out"
+        )
+    config = read_config(resolve_checkpoint(checkpoint))
     check_exportable(config)  # before anything is written
     modelfile = modelfile_text(config, system=system)
     name = _model_name(config)
-    export_gguf(checkpoint, out_dir / GGUF_FILE, dtype=dtype, force=True)
-    atomic_write_text(out_dir / MODELFILE, modelfile)
-    atomic_write_text(out_dir / README_FILE, readme_text(name, dtype=dtype, system=system))
+    export_gguf(checkpoint, out_dir / GGUF_FILE, dtype=dtype, force=True, verify=verify)
+    for path, text in (
+        (out_dir / MODELFILE, modelfile),
+        (out_dir / README_FILE, readme_text(name, dtype=dtype, system=system)),
+    ):
+        try:
+            atomic_write_text(path, text)
+        except OSError as error:
+            raise write_failure(path, error) from None
     return out_dir / MODELFILE
+
+
+def _first_line(path: Path) -> str:
+    try:
+        with open(path, "rb") as handle:
+            return handle.readline(4096).decode("utf-8", errors="replace").rstrip("\n")
+    except OSError:
+        return ""
 
 
 def _model_name(config: ModelConfig) -> str:
@@ -121,10 +151,18 @@ def add_export_ollama_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="q8_0", choices=GGUF_DTYPES, help="GGUF weight type")
     parser.add_argument("--system", default=None, help="default system prompt (Modelfile SYSTEM)")
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
+    from scratchlm.cli import add_skip_checksums_argument
+
+    add_skip_checksums_argument(parser)
 
 
 def command_export_ollama(args: argparse.Namespace) -> None:
     modelfile = export_ollama(
-        args.checkpoint, args.out, dtype=args.dtype, system=args.system, force=args.force
+        args.checkpoint,
+        args.out,
+        dtype=args.dtype,
+        system=args.system,
+        force=args.force,
+        verify=not args.skip_checksums,
     )
     print(f"wrote {modelfile.parent}; run: ollama create NAME -f {modelfile}")

@@ -20,7 +20,7 @@ import torch
 
 from scratchlm.chat_template import Message, render, validate_messages
 from scratchlm.errors import ScratchLMError
-from scratchlm.tokenizer import Tokenizer
+from scratchlm.tokenizer import Tokenizer, require_unicode
 
 IGNORE = -100
 SFT_KEYS = ({"instruction", "output"}, {"messages"}, {"prompt", "completion"})
@@ -93,7 +93,11 @@ def read_conversations(path: str | Path) -> list[list[Message]]:
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise ScratchLMError(f"{file}:{number}: not valid JSON ({error.msg})") from None
-        conversations.append(record_to_messages(record, f"{file}:{number}"))
+        messages = record_to_messages(record, f"{file}:{number}")
+        for message in messages:
+            # JSON escapes can spell lone surrogates ("\\ud800") that no tokenizer accepts.
+            require_unicode(message["content"], f"{file}:{number}")
+        conversations.append(messages)
     if not conversations:
         raise ScratchLMError(f"{file} holds no examples")
     return conversations

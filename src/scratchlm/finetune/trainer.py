@@ -32,8 +32,10 @@ from scratchlm.finetune.lora import (
 from scratchlm.model import GPT, build_model
 from scratchlm.tokenizer import Tokenizer
 from scratchlm.training.checkpoint import (
+    checkpoint_config,
     load_model_state,
     read_metadata,
+    read_weights,
     resolve_checkpoint,
 )
 from scratchlm.training.run_config import TrainConfig
@@ -76,7 +78,7 @@ class FinetuneTrainer(Trainer):
         return Tokenizer.load(self.base_dir / "tokenizer.json")
 
     def make_model_config(self) -> ModelConfig:
-        config = ModelConfig.from_dict(self.base_metadata["model"])
+        config = checkpoint_config(self.base_dir, self.base_metadata)
         if self.config.dropout is not None:
             config = config.replace(dropout=self.config.dropout)
         return config
@@ -133,7 +135,9 @@ class FinetuneTrainer(Trainer):
         model = build_model(self.model_config, self.device, initialize=False)
         load_model_state(
             model,
-            load_file(str(self.base_dir / "model.safetensors"), device=str(self.device)),
+            read_weights(
+                self.base_dir, self.model_config, self.device, metadata=self.base_metadata
+            ),
             source=self.base_dir,
         )
         if self.lora is not None:

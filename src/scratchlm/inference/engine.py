@@ -20,7 +20,13 @@ import torch
 
 from scratchlm.errors import ScratchLMError
 from scratchlm.inference.kernels import FastDecoder, fast_decoder
-from scratchlm.inference.sampling import SamplingSettings, history_counts, sample_next_token
+from scratchlm.inference.sampling import (
+    LogitBias,
+    SamplingSettings,
+    check_logit_bias,
+    history_counts,
+    sample_next_token,
+)
 from scratchlm.inference.streaming import TextStream
 from scratchlm.kv_cache import KVCache
 from scratchlm.model import GPT
@@ -35,19 +41,29 @@ class GenerationRequest:
     seed: int | None = None
     stop_ids: frozenset[int] = frozenset()
     truncate: bool = False  # drop the oldest prompt tokens instead of refusing a too-long prompt
+    logit_bias: LogitBias = ()  # (token id, bias) pairs, as OpenAI's logit_bias
+
+    def __post_init__(self) -> None:
+        check_logit_bias(self.logit_bias)
 
 
 @dataclass
 class GenerationOutput:
     token_ids: list[int]
-    finish_reason: (
-        str  # "stop" (a stop token or string) or "length" (max_new_tokens / context full)
-    )
+    # "stop" (a stop token or string), "length" (max_new_tokens / context full), or "error" (this
+    # row's sampling or prefill failed; see BatchDecoder)
+    finish_reason: str
     prompt_tokens: int
     truncated_tokens: int = 0
 
 
+# torch.Generator.manual_seed takes [-2^63, 2^64 - 1]; anything else is a RuntimeError.
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
+
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    if seed is not None and not SEED_MIN <= seed <= SEED_MAX:
+        raise ScratchLMError(f"--seed must be in [-2**63, 2**64 - 1], got {seed}")
     generator = torch.Generator(device=device)
     # A fresh seed when none is given, drawn without touching the global torch RNG.
     generator.manual_seed(seed if seed is not None else secrets.randbits(63))
@@ -177,6 +193,10 @@ class Engine:
                 index, request = waiting.pop(0)
                 handles[decoder.add(request)] = index
             for row in decoder.step():
+                if row.finish_reason == "error":
+                    raise ScratchLMError(
+                        f"generation failed for request {handles[row.handle]}: {row.error}"
+                    )
                 outputs[handles[row.handle]] = row.output()
         return [outputs[index] for index in range(len(requests))]
 
@@ -194,7 +214,8 @@ class Row:
     position: int = 0  # where the next input token goes
     last_token: int = 0
     generated: list[int] = field(default_factory=list)
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # "error" when this row alone failed (see `error`)
+    error: str | None = None  # what went wrong, for finish_reason "error"
     # Prompt tokens not yet in the cache (chunked prefill); the row decodes once this is empty.
     pending: list[int] = field(default_factory=list)
     prompt: list[int] = field(default_factory=list)
@@ -223,6 +244,10 @@ class BatchDecoder:
     `prefill_chunk` prompt tokens (over all waiting rows, oldest first) after the decode forward.
     Rows still prefilling sit after the decoding rows (slots D..A-1), so the decode forward stays
     one contiguous (D, 1) batch; a row whose prompt is complete swaps into slot D.
+
+    A failure that belongs to one row (its sampling, or the forward of its own prefill chunk)
+    ends that row alone with finish_reason "error" and the reason in `row.error`; the others go
+    on. Only a failure of the shared decode forward propagates out of `step()`.
     """
 
     def __init__(
@@ -299,7 +324,11 @@ class BatchDecoder:
             return row.handle
         slot = len(self.rows)
         self.rows.append(row)
-        self._prefill(row, slot, prompt)
+        try:
+            self._prefill(row, slot, prompt)
+        except Exception:
+            self.rows.pop()  # the failed row must not stay behind in the batch
+            raise
         return row.handle
 
     def _prefill(self, row: Row, slot: int, tokens: list[int]) -> bool:
@@ -319,17 +348,26 @@ class BatchDecoder:
         del row.pending[: len(tokens)]
         if row.pending:
             return False
-        row.counts = history_counts(
-            row.prompt, row.request.sampling, self.config.vocab_size, self.device
-        )
-        self._accept(row, logits[:, -1, : self.config.vocab_size])
+        self._accept(row, logits[:, -1, : self.config.vocab_size], first=True)
         return True
 
-    def _accept(self, row: Row, logits: torch.Tensor) -> None:
-        """Sample the row's next token from logits (1, vocab) and update its stop state."""
-        token = int(
-            sample_next_token(logits, row.request.sampling, row.generator, row.counts).item()
-        )
+    def _accept(self, row: Row, logits: torch.Tensor, first: bool = False) -> None:
+        """Sample the row's next token from logits (1, vocab) and update its stop state; a
+        failure ends this row alone (finish_reason "error")."""
+        try:
+            if first:
+                row.counts = history_counts(
+                    row.prompt, row.request.sampling, self.config.vocab_size, self.device
+                )
+            request = row.request
+            token = int(
+                sample_next_token(
+                    logits, request.sampling, row.generator, row.counts, request.logit_bias
+                ).item()
+            )
+        except Exception as error:  # any failure here is this row's alone
+            self._fail(row, error)
+            return
         if token in row.request.stop_ids:
             row.finish_reason = "stop"
             return
@@ -370,6 +408,11 @@ class BatchDecoder:
                 self._drop(row)
         return done + newly_done + self._prefill_step()
 
+    @staticmethod
+    def _fail(row: Row, error: BaseException) -> None:
+        row.finish_reason = "error"
+        row.error = str(error) or type(error).__name__
+
     def _single_row_decoder(self) -> FastDecoder | None:
         """The kernel decoder over cache row 0 (built once: the cache never moves), or None."""
         if not self._fast_decoder_checked:
@@ -391,7 +434,16 @@ class BatchDecoder:
             tokens = row.pending[:budget]
             budget -= len(tokens)
             slot = self.rows.index(row)
-            if not self._prefill(row, slot, tokens):
+            try:
+                complete = self._prefill(row, slot, tokens)
+            except Exception as error:  # this row's own forward: it fails alone
+                if row.prefilling:
+                    self._fail(row, error)
+                    self._drop(row)
+                    finished.append(row)
+                    continue
+                raise
+            if not complete:
                 continue
             self._swap(slot, self.decoding - 1)  # the first slot after the other decoding rows
             if row.finish_reason is not None:

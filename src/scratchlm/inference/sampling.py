@@ -1,23 +1,50 @@
 """Sampling: pure functions of the logits (and the tokens so far) and a seeded generator.
 
 The pipeline for one row, in order:
-1. penalties from the history: repetition (the seed formula: a seen token's positive logit is divided
-   by the penalty, a negative one multiplied), presence (minus a constant once a token has appeared)
-   and frequency (minus a constant per occurrence), as OpenAI defines them;
-2. temperature 0 means argmax (greedy) — nothing below applies;
-3. divide by the temperature, then keep the top-k logits, the nucleus (the smallest set of tokens
-   whose probability mass reaches top-p) and the tokens with at least min-p times the top token's
-   probability;
-4. draw from the softmax with the caller's `torch.Generator`, so the same seed gives the same tokens.
+1. clean the logits: float32, NaN becomes -inf (never chosen) and +inf the largest float, so no
+   later step sees a NaN; a row without a single finite logit is an error (a broken model);
+2. logit bias (OpenAI's `logit_bias`: a constant added to chosen tokens' logits; a per-request
+   token map passed beside the settings, which hold the knobs every front end offers), then
+   penalties from the history: repetition (the seed formula: a seen token's positive logit is divided by the
+   penalty, a negative one multiplied), presence (minus a constant once a token has appeared) and
+   frequency (minus a constant per occurrence), as OpenAI defines them. The results are clamped
+   to finite floats, so extreme settings can reorder tokens but never make a NaN or an inf;
+3. temperature 0 means argmax (greedy) — nothing below applies;
+4. subtract the row's largest logit, then divide by the temperature (the top stays exactly 0, so
+   even a temperature that underflows to 0 in float32 gives the argmax, not 0/0), then keep the
+   top-k logits, the nucleus (the smallest set of tokens whose probability mass reaches top-p) and
+   the tokens with at least min-p times the top token's probability; each filter keeps the top;
+5. draw from the softmax with the caller's `torch.Generator`, so the same seed gives the same
+   tokens. The softmax has a term exp(0) = 1, so it is finite and sums to 1.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from scratchlm.errors import ScratchLMError
+
+# Penalized logits stay within ±this (the largest float32), so nothing downstream overflows to inf.
+FLOAT_MAX = torch.finfo(torch.float32).max
+FLOAT_TINY = torch.finfo(torch.float32).tiny  # the smallest normal float32
+LOGIT_BIAS_LIMIT = 100.0  # OpenAI's range for a logit_bias value
+# Temperatures whose float32 value and reciprocal are normal numbers: dividing by them needs no care.
+SAFE_TEMPERATURES = (1e-30, 1e30)
+
+
+class SamplingError(ScratchLMError):
+    """A sampling setting out of its range; `field` names it (the server reports it as `param`)."""
+
+    def __init__(self, field: str, requirement: str, value: object) -> None:
+        self.field, self.requirement, self.value = field, requirement, value
+        super().__init__(f"--{field.replace('_', '-')} {requirement}, got {value}")
+
+    def for_request(self) -> str:
+        """The message with the request field's name instead of the CLI flag."""
+        return f"{self.field} {self.requirement}, got {self.value}"
 
 
 @dataclass(frozen=True)
@@ -31,23 +58,26 @@ class SamplingSettings:
     frequency_penalty: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ScratchLMError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ScratchLMError(f"--top-k must be >= 1 (or omitted), got {self.top_k}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ScratchLMError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.min_p is not None and not 0.0 <= self.min_p <= 1.0:
-            raise ScratchLMError(f"--min-p must be in [0, 1], got {self.min_p}")
-        if self.repetition_penalty <= 0:
-            raise ScratchLMError(
-                f"--repetition-penalty must be > 0 (1 = off), got {self.repetition_penalty}"
-            )
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise SamplingError(name, "must be a finite number", value)
         for name in ("presence_penalty", "frequency_penalty"):
-            if not -2.0 <= getattr(self, name) <= 2.0:
-                raise ScratchLMError(
-                    f"--{name.replace('_', '-')} must be in [-2, 2], got {getattr(self, name)}"
-                )
+            value = getattr(self, name)
+            if not (math.isfinite(value) and -2.0 <= value <= 2.0):
+                raise SamplingError(name, "must be in [-2, 2]", value)
+        if self.temperature < 0:
+            raise SamplingError("temperature", "must be >= 0 (0 = greedy)", self.temperature)
+        if self.top_k is not None and self.top_k < 1:
+            raise SamplingError("top_k", "must be >= 1 (or omitted)", self.top_k)
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise SamplingError("top_p", "must be in (0, 1]", self.top_p)
+        if self.min_p is not None and not 0.0 <= self.min_p <= 1.0:
+            raise SamplingError("min_p", "must be in [0, 1]", self.min_p)
+        if self.repetition_penalty <= 0:
+            raise SamplingError(
+                "repetition_penalty", "must be > 0 (1 = off)", self.repetition_penalty
+            )
 
     @property
     def greedy(self) -> bool:
@@ -64,6 +94,18 @@ class SamplingSettings:
 
 GREEDY = SamplingSettings(temperature=0.0, top_k=None)
 
+# (token id, bias) pairs added to those tokens' logits before anything else (OpenAI's logit_bias).
+LogitBias = tuple[tuple[int, float], ...]
+
+
+def check_logit_bias(logit_bias: LogitBias) -> None:
+    """Token ids >= 0 and finite biases in [-100, 100] (the vocabulary bound is the sampler's)."""
+    for token, bias in logit_bias:
+        if token < 0:
+            raise SamplingError("logit_bias", "token ids must be >= 0", token)
+        if not (math.isfinite(bias) and -LOGIT_BIAS_LIMIT <= bias <= LOGIT_BIAS_LIMIT):
+            raise SamplingError("logit_bias", "values must be in [-100, 100]", bias)
+
 
 def history_counts(
     token_ids: list[int], settings: SamplingSettings, vocab_size: int, device: torch.device
@@ -77,6 +119,39 @@ def history_counts(
     return counts
 
 
+def clean_logits(logits: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """logits (B, V) -> (float32 logits with NaN as -inf and +inf as the largest float, whether
+    any -inf is left). A row with no finite logit is a ScratchLMError: nothing sensible to sample."""
+    logits = logits.float()
+    low, high = torch.aminmax(logits)  # NaN propagates into both
+    if math.isfinite(float(high)) and math.isfinite(float(low)):
+        return logits, False  # the usual case: one pass, nothing to clean
+    logits = torch.nan_to_num(logits, nan=-math.inf, posinf=FLOAT_MAX, neginf=-math.inf)
+    if not bool(torch.isfinite(logits).any(dim=-1).all()):
+        raise ScratchLMError(
+            "the model gave no finite logit for a sequence (NaN or -inf everywhere); its "
+            "weights may be damaged: check the checkpoint"
+        )
+    return logits, True
+
+
+def apply_logit_bias(logits: torch.Tensor, logit_bias: LogitBias) -> torch.Tensor:
+    """Add each (token, bias) of `logit_bias` to that token's logit in every row."""
+    if not logit_bias:
+        return logits
+    vocab = logits.shape[-1]
+    ids = [token for token, _ in logit_bias]
+    if max(ids) >= vocab:
+        raise SamplingError(
+            "logit_bias", f"token ids must be below the vocabulary size {vocab}", max(ids)
+        )
+    index = torch.tensor(ids, dtype=torch.long, device=logits.device)
+    values = torch.tensor(
+        [bias for _, bias in logit_bias], dtype=logits.dtype, device=logits.device
+    )
+    return logits.index_add(-1, index, values.expand(logits.shape[0], -1))
+
+
 def apply_penalties(
     logits: torch.Tensor, token_counts: torch.Tensor, settings: SamplingSettings
 ) -> torch.Tensor:
@@ -86,7 +161,8 @@ def apply_penalties(
     logits = logits.float()
     seen = token_counts > 0
     if settings.repetition_penalty != 1.0:
-        penalty = settings.repetition_penalty
+        # Within float32's normal numbers: 1e300 would become inf there, and 0 * inf is NaN.
+        penalty = min(max(settings.repetition_penalty, FLOAT_TINY), FLOAT_MAX)
         penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
         logits = torch.where(seen, penalized, logits)
     if settings.presence_penalty != 0.0:
@@ -94,6 +170,28 @@ def apply_penalties(
     if settings.frequency_penalty != 0.0:
         logits = logits - settings.frequency_penalty * token_counts.float()
     return logits
+
+
+def adjusted_logits(
+    logits: torch.Tensor,
+    settings: SamplingSettings,
+    token_counts: torch.Tensor | None = None,
+    logit_bias: LogitBias = (),
+) -> torch.Tensor:
+    """Steps 1-2: clean logits (B, V), add the bias, apply the penalties; every token that was
+    finite stays finite (clamped), every -inf stays -inf."""
+    logits, masked = clean_logits(logits)
+    penalized = token_counts is not None and settings.uses_history
+    if not (logit_bias or penalized):
+        return logits
+    usable = torch.isfinite(logits) if masked else None
+    logits = apply_logit_bias(logits, logit_bias)
+    if token_counts is not None:
+        logits = apply_penalties(logits, token_counts, settings)
+    # A tiny repetition penalty divides a positive logit into +inf (or multiplies a negative one
+    # into -inf); clamping keeps the token's rank without letting inf - inf make a NaN later.
+    logits = logits.clamp(-FLOAT_MAX, FLOAT_MAX)
+    return logits if usable is None else logits.masked_fill(~usable, -math.inf)
 
 
 def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -113,6 +211,8 @@ def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     # Mass of the tokens strictly before each one: a token is kept while that mass is still < p.
     mass_before = torch.cumsum(probabilities, dim=-1) - probabilities
     remove_sorted = mass_before >= p
+    # A p below float32's smallest number compares as 0: the top token is kept regardless.
+    remove_sorted[..., 0] = False
     remove = remove_sorted.scatter(-1, sorted_indices, remove_sorted)
     return logits.masked_fill(remove, float("-inf"))
 
@@ -122,28 +222,40 @@ def filter_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
     if min_p <= 0.0:
         return logits
     probabilities = torch.softmax(logits.float(), dim=-1)
-    threshold = probabilities.max(dim=-1, keepdim=True).values * min_p
-    return logits.masked_fill(probabilities < threshold, float("-inf"))
+    top = probabilities.max(dim=-1, keepdim=True)
+    remove = probabilities < top.values * min_p
+    remove.scatter_(-1, top.indices, False)  # the most likely token always stays
+    return logits.masked_fill(remove, float("-inf"))
 
 
 def shape_logits(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
-    """Temperature and the truncation filters (for temperature > 0): logits (B, V) -> logits."""
-    logits = logits.float() / settings.temperature
+    """Temperature and the truncation filters (for temperature > 0): adjusted logits (B, V) ->
+    logits whose row maximum is exactly 0."""
+    logits = logits.float()
+    shifted = logits - logits.max(dim=-1, keepdim=True).values  # (B, V), <= 0, 0 at the top
+    temperature = settings.temperature
+    scaled = shifted / temperature
+    if not SAFE_TEMPERATURES[0] <= temperature <= SAFE_TEMPERATURES[1]:
+        # In float32 such a temperature (or its reciprocal) is 0 or inf: 0/0 at the top and
+        # -inf/inf at masked tokens are NaN. Their limits are 0 (the top stays the top) and -inf.
+        scaled = scaled.masked_fill(shifted == 0, 0.0).masked_fill(shifted == -math.inf, -math.inf)
     if settings.top_k is not None:
-        logits = filter_top_k(logits, settings.top_k)
+        scaled = filter_top_k(scaled, settings.top_k)
     if settings.top_p is not None:
-        logits = filter_top_p(logits, settings.top_p)
+        scaled = filter_top_p(scaled, settings.top_p)
     if settings.min_p is not None:
-        logits = filter_min_p(logits, settings.min_p)
-    return logits
+        scaled = filter_min_p(scaled, settings.min_p)
+    return scaled
 
 
 def next_token_probabilities(
-    logits: torch.Tensor, settings: SamplingSettings, token_counts: torch.Tensor | None = None
+    logits: torch.Tensor,
+    settings: SamplingSettings,
+    token_counts: torch.Tensor | None = None,
+    logit_bias: LogitBias = (),
 ) -> torch.Tensor:
     """The distribution a sampler draws from, (B, V); one-hot on the argmax when greedy."""
-    if token_counts is not None:
-        logits = apply_penalties(logits, token_counts, settings)
+    logits = adjusted_logits(logits, settings, token_counts, logit_bias)
     if settings.greedy:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
     return torch.softmax(shape_logits(logits, settings), dim=-1)
@@ -154,10 +266,10 @@ def sample_next_token(
     settings: SamplingSettings,
     generator: torch.Generator | None = None,
     token_counts: torch.Tensor | None = None,
+    logit_bias: LogitBias = (),
 ) -> torch.Tensor:
     """logits (B, V) -> token ids (B,)."""
-    if token_counts is not None:
-        logits = apply_penalties(logits, token_counts, settings)
+    logits = adjusted_logits(logits, settings, token_counts, logit_bias)
     if settings.greedy:
         return torch.argmax(logits, dim=-1)
     probabilities = torch.softmax(shape_logits(logits, settings), dim=-1)

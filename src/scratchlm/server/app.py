@@ -2,16 +2,23 @@
 
 Every error, ours or the framework's, leaves as `{"error": {"message", "type", "param", "code"}}`
 with a 4xx status for caller mistakes, so OpenAI clients raise their usual exceptions.
+
+Around the routes, outermost first: `HostCheckMiddleware` (a keyless server answers only loopback
+Host names: a web page cannot reach it by DNS rebinding), `BodyLimitMiddleware` (size and read
+time of the body), CORS when asked for. Every body is checked for text that is not valid Unicode
+once, before any field is read (`require_valid_unicode`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, MutableMapping
+from collections.abc import AsyncIterator, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from scratchlm.chat_template import Message, end_of_turn_id, render
 from scratchlm.errors import ScratchLMError
 from scratchlm.inference.engine import GenerationRequest, fit_prompt
-from scratchlm.inference.sampling import SamplingSettings
+from scratchlm.inference.sampling import SamplingError, SamplingSettings
 from scratchlm.inference.streaming import IncrementalDecoder, StopStringFilter
 from scratchlm.model import GPT
 from scratchlm.server.metrics import Metrics
@@ -58,6 +65,8 @@ PLACEHOLDER_PAGE = (
     "<h1>scratchlm server</h1><p>The OpenAI-compatible API is at <code>/v1</code>.</p>"
     "</body></html>"
 )
+# Host names that only reach this machine: a DNS-rebinding page sends its own name instead.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 @dataclass
@@ -71,6 +80,13 @@ class ServerSettings:
     max_body_bytes: int = 1_000_000
     prefill_chunk: int = 256
     step_delay: float = 0.0  # seconds slept after each decode step; tests use it to hold rows
+    # Host names answered besides loopback ("*": any). None: loopback only without a key, any
+    # with one.
+    allowed_hosts: list[str] | None = None
+    header_timeout: float = 10.0  # seconds for a request's line and headers (see protocol.py)
+    body_timeout: float = 30.0  # seconds for a request's whole body, then 408
+    keep_alive_timeout: int = 5  # seconds an idle kept-alive connection stays open
+    max_connections: int = 256  # open connections (and requests) at once; beyond: 503
 
 
 class APIError(Exception):
@@ -98,12 +114,75 @@ def error_body(
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
+def host_name(header: str) -> str:
+    """A Host header's name, lower case, without port or trailing dot: '[::1]:8000' -> '::1'."""
+    name = header.strip().lower()
+    if name.startswith("["):  # an IPv6 literal, with or without a port after the bracket
+        end = name.find("]")
+        name = name[1:end] if end > 0 else name
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    return name.rstrip(".")
+
+
+def allowed_host_names(settings: ServerSettings) -> frozenset[str] | None:
+    """The Host names the server answers; None for any."""
+    if settings.allowed_hosts is None:
+        # A key protects the routes whatever name a client uses; without one, only a name that
+        # cannot be rebound to another address proves the caller meant this machine.
+        return None if settings.api_key else LOOPBACK_HOSTS
+    names = {host_name(name) for name in settings.allowed_hosts}
+    return None if "*" in names else LOOPBACK_HOSTS | names
+
+
+class HostCheckMiddleware:
+    """Answer 403 to requests whose Host header is not an allowed name (DNS-rebinding defence,
+    as Jupyter and llama.cpp do). A request without a Host header (HTTP/1.0) passes: browsers
+    always send one."""
+
+    def __init__(self, app: Any, allowed: frozenset[str] | None, metrics: Metrics) -> None:
+        self.app, self.allowed, self.metrics = app, allowed, metrics
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if self.allowed is None or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"host")
+        if header is None or self.allows(host_name(header.decode("latin-1"))):
+            await self.app(scope, receive, send)
+            return
+        self.metrics.count_error(403)
+        shown = header.decode("latin-1")[:100]
+        response = JSONResponse(
+            error_body(
+                f"the Host header {shown!r} is not allowed: this server answers only "
+                f"{', '.join(sorted(self.allowed))} (a defence against DNS rebinding); to serve "
+                "it under another name, start it with --allowed-host NAME or with --api-key",
+                "invalid_request_error",
+                code="host_not_allowed",
+            ),
+            status_code=403,
+        )
+        await response(scope, receive, send)
+
+    def allows(self, name: str) -> bool:
+        assert self.allowed is not None
+        if name in self.allowed:
+            return True
+        try:  # any loopback address (127.0.0.2...): an IP literal cannot be rebound
+            return ipaddress.ip_address(name).is_loopback
+        except ValueError:
+            return False
+
+
 class BodyLimitMiddleware:
     """Refuse request bodies over the limit with 413, whether or not Content-Length is sent
-    (chunked bodies are counted as they arrive), before any of it reaches JSON parsing."""
+    (chunked bodies are counted as they arrive), before any of it reaches JSON parsing; a body
+    that has not all arrived within `timeout` seconds gets 408 and the connection is closed
+    (a client trickling bytes must not hold a connection forever)."""
 
-    def __init__(self, app: Any, limit: int, metrics: Metrics) -> None:
-        self.app, self.limit, self.metrics = app, limit, metrics
+    def __init__(self, app: Any, limit: int, metrics: Metrics, timeout: float = 30.0) -> None:
+        self.app, self.limit, self.metrics, self.timeout = app, limit, metrics, timeout
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -115,8 +194,14 @@ class BodyLimitMiddleware:
             return
         chunks: list[bytes] = []
         total = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:  # (not the builtin TimeoutError before Python 3.11)
+                await self._too_slow(scope, receive, send)
+                return
             if message["type"] == "http.disconnect":
                 return
             body = message.get("body", b"")
@@ -138,17 +223,83 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
+    async def _too_slow(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        message = f"the request body did not arrive within {self.timeout:g} s; send it at once"
+        await self._answer(408, message, "request_timeout", scope, receive, send)
+
     async def _refuse(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        self.metrics.count_error(413)
+        message = f"the request body is over the {self.limit}-byte limit; send a smaller request"
+        await self._answer(413, message, "request_too_large", scope, receive, send)
+
+    async def _answer(
+        self,
+        status: int,
+        message: str,
+        code: str,
+        scope: MutableMapping[str, Any],
+        receive: Any,
+        send: Any,
+    ) -> None:
+        self.metrics.count_error(status)
         response = JSONResponse(
-            error_body(
-                f"the request body is over the {self.limit}-byte limit; send a smaller request",
-                "invalid_request_error",
-                code="request_too_large",
-            ),
-            status_code=413,
+            error_body(message, "invalid_request_error", code=code),
+            status_code=status,
+            headers={"Connection": "close"},  # the rest of the body is never read
         )
         await response(scope, receive, send)
+
+
+# Pydantic names the member of a union it tried in an error's location ("prompt", "str"): not a
+# field, so not part of the `param` a client sees.
+UNION_MEMBER = re.compile(r"str|int|float|bool|none|[a-z-]+\[.*\]")
+
+
+def field_path(location: Sequence[Any]) -> list[str]:
+    """A validation error's location without "body" and union members: ["messages", "0"]."""
+    return [
+        str(part)
+        for part in location
+        if part != "body" and not (isinstance(part, str) and UNION_MEMBER.fullmatch(part))
+    ]
+
+
+def invalid_text_path(value: Any) -> str | None:
+    """The dotted path ("messages.0.content") of the first string in parsed JSON that is not
+    valid Unicode (a lone surrogate; for a key, the object's path), "" for the top level, or None
+    when all text is valid.
+    Iterative: a deeply nested body must not exhaust the stack."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if not valid_text(item):
+                return path
+            continue
+        if isinstance(item, dict):
+            children: list[tuple[Any, str]] = []
+            for key, child in item.items():
+                if not valid_text(key):
+                    return path  # a key: the object that holds it
+                children.append((child, f"{path}.{key}" if path else key))
+        elif isinstance(item, list):
+            children = [
+                (child, f"{path}.{index}" if path else str(index))
+                for index, child in enumerate(item)
+            ]
+        else:
+            continue
+        stack.extend(reversed(children))  # popped in document order: the first bad one is named
+    return None
+
+
+def valid_text(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class ChoiceText:
@@ -187,6 +338,8 @@ class Prepared:
 def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> FastAPI:
     model.eval()
     context_length = model.config.context_length
+    # Ids a logit_bias may name: both a logit and a piece of text.
+    vocab_size = min(model.config.vocab_size, tokenizer.vocab_size)
     max_tokens_limit = settings.max_tokens_limit or context_length
     metrics = Metrics()
     scheduler = Scheduler(
@@ -204,7 +357,10 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
         yield
         scheduler.stop()
 
-    app = FastAPI(title="scratchlm", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No /docs, /redoc or /openapi.json: the schema would be public even with --api-key set.
+    app = FastAPI(
+        title="scratchlm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.scheduler = scheduler
     app.state.metrics = metrics
     app.state.settings = settings
@@ -215,7 +371,14 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.max_body_bytes,
+        metrics=metrics,
+        timeout=settings.body_timeout,
+    )
+    # Added last: the outermost, so a refused Host never gets further.
+    app.add_middleware(HostCheckMiddleware, allowed=allowed_host_names(settings), metrics=metrics)
 
     # --- errors ---------------------------------------------------------------------------
     def error_response(
@@ -241,7 +404,7 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = error.errors()
         first = problems[0] if problems else {}
-        location = [str(part) for part in first.get("loc", ()) if part != "body"]
+        location = field_path(first.get("loc", ()))
         param = ".".join(location) or None
         if first.get("type") == "json_invalid":
             message = f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}"
@@ -249,14 +412,23 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
             message = "the request body must be a JSON object"
         else:
             message = "; ".join(
-                f"{'.'.join(str(part) for part in problem.get('loc', ()) if part != 'body')}: "
-                f"{problem.get('msg', 'invalid')}"
+                f"{'.'.join(field_path(problem.get('loc', ())))}: "
+                f"{problem.get('msg', 'invalid').removeprefix('Value error, ')}"
                 for problem in problems
             )
         return error_response(400, message, param=param, code="invalid_value")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == 400 and error.detail == "There was an error parsing the body":
+            # FastAPI's words for a body json.loads refused outright: bytes that are not UTF-8,
+            # an integer of over 4300 digits, nesting deeper than Python's recursion limit.
+            return error_response(
+                400,
+                "the request body could not be read as JSON: send UTF-8 text holding one JSON "
+                "object (integers of at most 4300 digits, nesting a few hundred levels deep)",
+                code="invalid_json",
+            )
         return error_response(error.status_code, str(error.detail), code=None)
 
     @app.exception_handler(Exception)
@@ -277,6 +449,24 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
                 "missing or wrong API key; send 'Authorization: Bearer <key>'",
                 param=None,
                 code="invalid_api_key",
+            )
+
+    async def require_valid_unicode(request: Request) -> None:
+        """Refuse a JSON body holding a lone surrogate ("\\ud800") anywhere, keys included: no
+        tokenizer or response encoder can take it. One check for every field, known or not."""
+        try:
+            body = await request.json()  # parsed (and cached) already for a JSON body
+        except Exception:
+            return  # not JSON: the body's own validation says so
+        path = invalid_text_path(body)
+        if path is not None:
+            raise APIError(
+                400,
+                f"{path or 'the request body'} is not valid Unicode text: it holds a lone "
+                "surrogate (an unpaired \\ud800-\\udfff escape or its bytes), which UTF-8 "
+                "cannot encode; send valid text",
+                param=path or None,
+                code="invalid_unicode",
             )
 
     # --- plain routes ---------------------------------------------------------------------
@@ -326,6 +516,7 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
         stop_ids: frozenset[int],
         max_tokens: int | None,
         prompt_param: str,
+        max_tokens_param: str = "max_tokens",
     ) -> Prepared:
         try:
             fit_prompt(prompt_ids, context_length, truncate=False)
@@ -341,10 +532,24 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
         if max_tokens is not None and max_tokens > max_tokens_limit:
             raise APIError(
                 400,
-                f"max_tokens is {max_tokens} but this server allows at most {max_tokens_limit}",
-                param="max_tokens",
+                f"{max_tokens_param} is {max_tokens} but this server allows at most "
+                f"{max_tokens_limit}",
+                param=max_tokens_param,
                 code="invalid_value",
             )
+        unsupported = body.unsupported()
+        if unsupported is not None:
+            raise APIError(400, unsupported[1], param=unsupported[0], code="unsupported_parameter")
+        logit_bias = body.bias_pairs()
+        for token, _ in logit_bias:
+            if token >= vocab_size:
+                raise APIError(
+                    400,
+                    f"logit_bias names token {token}, but the vocabulary has {vocab_size} tokens "
+                    f"(ids 0..{vocab_size - 1})",
+                    param="logit_bias",
+                    code="invalid_value",
+                )
         try:
             sampling = SamplingSettings(
                 temperature=body.temperature,
@@ -355,18 +560,22 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
                 presence_penalty=body.presence_penalty,
                 frequency_penalty=body.frequency_penalty,
             )
-        except ScratchLMError as error:
-            raise APIError(400, str(error).replace("--", "").replace("-", "_")) from error
+        except SamplingError as error:
+            raise APIError(
+                400, error.for_request(), param=error.field, code="invalid_value"
+            ) from error
         # Generation also stops when the context is full (finish_reason "length").
         new_tokens = max_tokens if max_tokens is not None else max_tokens_limit
+        # n choices must differ, and the same seed must give the same n choices: choice i uses
+        # seed + i, which stays within what a torch.Generator takes (seed < 2^63, n <= 64).
         requests = [
             GenerationRequest(
                 prompt_ids,
                 max_new_tokens=new_tokens,
                 sampling=sampling,
-                # n choices must differ, and the same seed must give the same n choices.
                 seed=None if body.seed is None else body.seed + index,
                 stop_ids=stop_ids,
+                logit_bias=logit_bias,
             )
             for index in range(body.n)
         ]
@@ -396,7 +605,7 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
                 if poll_disconnect:
                     try:
                         event = await asyncio.wait_for(events.get(), DISCONNECT_POLL_SECONDS)
-                    except TimeoutError:
+                    except asyncio.TimeoutError:  # (not the builtin before Python 3.11)
                         if await request.is_disconnected():
                             return
                         continue
@@ -539,7 +748,9 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @app.post("/v1/completions", dependencies=[Depends(require_key)])
+    generation_checks = [Depends(require_key), Depends(require_valid_unicode)]
+
+    @app.post("/v1/completions", dependencies=generation_checks)
     async def completions(request: Request, body: CompletionRequest) -> Response:
         metrics.count_request("completions")
         if isinstance(body.prompt, str):
@@ -560,7 +771,7 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
         )
         return await respond(request, body, prepared, chat=False)
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
+    @app.post("/v1/chat/completions", dependencies=generation_checks)
     async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
         metrics.count_request("chat_completions")
         messages: list[Message] = [
@@ -576,8 +787,11 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
         except ScratchLMError as error:
             raise APIError(400, str(error), param="messages") from error
         stop_ids = frozenset({end_of_turn_id(tokenizer), tokenizer.eos_id})
-        max_tokens = body.max_completion_tokens or body.max_tokens
-        prepared = prepare(body, prompt_ids, stop_ids, max_tokens, "messages")
+        max_tokens: int | None = body.max_tokens
+        max_tokens_param = "max_tokens"
+        if body.max_completion_tokens is not None:
+            max_tokens, max_tokens_param = body.max_completion_tokens, "max_completion_tokens"
+        prepared = prepare(body, prompt_ids, stop_ids, max_tokens, "messages", max_tokens_param)
         return await respond(request, body, prepared, chat=True)
 
     return app

@@ -4,8 +4,10 @@ command runs, so the rest of the CLI works without the `serve` extra."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import socket
+import sys
 from pathlib import Path
 
 from scratchlm.errors import ScratchLMError
@@ -18,13 +20,27 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host",
         default="127.0.0.1",
-        help="interface to listen on (0.0.0.0 for every interface: set --api-key then)",
+        help="interface to listen on (beyond loopback, e.g. 0.0.0.0, needs --api-key)",
     )
     parser.add_argument("--port", type=int, default=8000, help="TCP port")
     parser.add_argument(
         "--api-key",
         default=None,
         help=f"require 'Authorization: Bearer KEY' on /v1 and /metrics (default: ${API_KEY_ENVIRONMENT})",
+    )
+    parser.add_argument(
+        "--allow-public-without-key",
+        action="store_true",
+        help="listen beyond loopback without an API key (refused otherwise): anyone who can "
+        "reach the port can use the model",
+    )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a Host name to answer besides 127.0.0.1, localhost and [::1] (repeatable; '*' for "
+        "any). Default: loopback names only without a key, any name with one",
     )
     parser.add_argument(
         "--max-batch", type=int, default=8, help="rows decoded together (continuous batching)"
@@ -58,6 +74,30 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=256,
         help="prompt tokens prefilled per decode step, so long prompts do not stall others",
     )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a client has to send a request's line and headers",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a client has to send a request's body (then HTTP 408)",
+    )
+    parser.add_argument(
+        "--keep-alive-timeout",
+        type=int,
+        default=5,
+        help="seconds an idle kept-alive connection stays open",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        help="open connections at once; beyond that new requests get HTTP 503",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument(
         "--quantize",
@@ -65,10 +105,46 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default="none",
         help="int8 dynamic quantization of linear layers (CPU)",
     )
+    from scratchlm.cli import add_skip_checksums_argument
+
+    add_skip_checksums_argument(parser)
 
 
-def check_arguments(args: argparse.Namespace) -> None:
-    for name in ("max_batch", "prefill_chunk"):
+def resolve_api_key(args: argparse.Namespace) -> str | None:
+    """--api-key, else $SCRATCHLM_API_KEY, else None. An empty or blank key is an error, never
+    "no authentication": `--api-key "$UNSET"` must not quietly open the server."""
+    if args.api_key is not None:
+        key, source = args.api_key, "--api-key"
+    elif API_KEY_ENVIRONMENT in os.environ:
+        key, source = os.environ[API_KEY_ENVIRONMENT], f"${API_KEY_ENVIRONMENT}"
+    else:
+        return None
+    key = key.strip()
+    if not key:
+        raise ScratchLMError(
+            f'{source} is empty; give a key (e.g. python -c "import secrets; '
+            f'print(secrets.token_urlsafe(32))"), or leave {source} out to serve without one'
+        )
+    if not (key.isascii() and key.isprintable()):
+        raise ScratchLMError(
+            f"{source} must be printable ASCII (it travels in an HTTP header); "
+            "use letters, digits and punctuation"
+        )
+    return key
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name other than localhost, or "" (every interface)
+
+
+def check_arguments(args: argparse.Namespace) -> str | None:
+    """Validate the flags before anything is bound or loaded; returns the API key (or None)."""
+    for name in ("max_batch", "prefill_chunk", "keep_alive_timeout", "max_connections"):
         if getattr(args, name) < 1:
             raise ScratchLMError(
                 f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}"
@@ -79,14 +155,32 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ScratchLMError(f"--max-tokens-limit must be >= 1, got {args.max_tokens_limit}")
     if not 0 <= args.port <= 65535:
         raise ScratchLMError(f"--port must be in 0..65535, got {args.port}")
+    for name in ("header_timeout", "body_timeout"):
+        value = getattr(args, name)
+        if not 0 < value < float("inf"):
+            raise ScratchLMError(
+                f"--{name.replace('_', '-')} must be a number of seconds > 0, got {value}"
+            )
+    for name in args.allowed_host or []:
+        if not name.strip():
+            raise ScratchLMError("--allowed-host needs a name (or '*' for any), got ''")
+    api_key = resolve_api_key(args)
+    if api_key is None and not is_loopback(args.host) and not args.allow_public_without_key:
+        raise ScratchLMError(
+            f"--host {args.host or '(every interface)'} listens beyond loopback without an API "
+            f"key; set --api-key (or ${API_KEY_ENVIRONMENT}), or pass --allow-public-without-key "
+            "to let anyone who can reach the port use the model"
+        )
+    return api_key
 
 
 def command_serve(args: argparse.Namespace) -> None:
-    check_arguments(args)
+    api_key = check_arguments(args)
     try:
         import uvicorn
 
         from scratchlm.server.app import ServerSettings, create_app
+        from scratchlm.server.protocol import uvicorn_config
     except ImportError as error:
         raise ScratchLMError(
             f"serving needs FastAPI and uvicorn ({error}); install them with "
@@ -94,19 +188,21 @@ def command_serve(args: argparse.Namespace) -> None:
         ) from error
     from scratchlm.cli import load_for_inference
 
-    api_key = args.api_key or os.environ.get(API_KEY_ENVIRONMENT) or None
     # Bind first, so a port in use is one clear line before the model is loaded.
     try:
-        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        bind_host = args.host.strip("[]")  # "[::1]" as in a URL
+        family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
         listener = socket.socket(family, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((args.host, args.port))
+        listener.bind((bind_host, args.port))
     except OSError as error:
         raise ScratchLMError(
             f"cannot listen on {args.host}:{args.port} ({error.strerror}); pick another --port "
             "or --host"
         ) from error
-    loaded, _device = load_for_inference(args.checkpoint, args.device, args.quantize)
+    loaded, _device = load_for_inference(
+        args.checkpoint, args.device, args.quantize, verify=not args.skip_checksums
+    )
     context_length = loaded.model.config.context_length
     if args.max_tokens_limit is not None and args.max_tokens_limit > context_length:
         raise ScratchLMError(
@@ -121,15 +217,25 @@ def command_serve(args: argparse.Namespace) -> None:
         max_tokens_limit=args.max_tokens_limit,
         cors_origins=list(args.cors_origin),
         prefill_chunk=args.prefill_chunk,
+        allowed_hosts=args.allowed_host,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
+        max_connections=args.max_connections,
     )
     app = create_app(loaded.model, loaded.tokenizer, settings)
-    if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+    if api_key is None and not is_loopback(args.host):
+        names = ", ".join(args.allowed_host or ["127.0.0.1", "localhost", "[::1]"])
         print(
-            f"warning: listening on {args.host} without --api-key: anyone who can reach it can use it"
+            f"WARNING: listening on {args.host or 'every interface'} WITHOUT AN API KEY "
+            "(--allow-public-without-key): anyone who can reach this port can use the model. "
+            f"Requests are answered only for the Host names {names} (--allowed-host).",
+            file=sys.stderr,
+            flush=True,
         )
     host, port = listener.getsockname()[:2]
     print(
         f"serving {settings.model_name} at http://{host}:{port}/v1 (OpenAI-compatible)", flush=True
     )
-    server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5))
+    server = uvicorn.Server(uvicorn_config(app))
     server.run(sockets=[listener])

@@ -5,6 +5,11 @@ rows of cancelled jobs, admit waiting jobs while the batch has room, run one `st
 forward plus at most one prefill chunk), and hand each job its new tokens through its asyncio
 queue. The HTTP side never touches the model, so a slow step never blocks the event loop, and a
 full waiting queue is refused at once (HTTP 429) instead of piling up.
+
+Failures stay as small as they can: a row whose own work fails (its sampling, its prefill) ends
+alone with an `ErrorEvent` for its job while the other rows keep streaming; only a failure of the
+shared decode forward fails the rows in it, and then a fresh decoder serves the next requests.
+The load gauges are set after every step, so they read 0 again once the server is idle.
 """
 
 from __future__ import annotations
@@ -171,8 +176,7 @@ class Scheduler:
                     continue
                 self.jobs[job.handle] = job
                 self.metrics.count_prompt(len(job.request.prompt_ids))
-            with self.condition:
-                self.metrics.set_load(len(self.waiting), self.decoder.active)
+            self._set_load()
             if not self.decoder.active:
                 continue
             try:
@@ -183,12 +187,19 @@ class Scheduler:
                 logger.exception("a decode step failed")
                 failed, self.jobs = list(self.jobs.values()), {}
                 self.decoder = self._new_decoder()  # before anyone hears of the failure
+                self._set_load()
                 for job in failed:
                     job.emit(ErrorEvent(job.index, f"generation failed: {error}"))
                 continue
+            # The gauges first: a client that hears its row is done then reads the batch without it.
+            self._set_load()
             self._deliver(list(self.decoder.rows) + finished, {row.handle for row in finished})
             if self.step_delay:
                 time.sleep(self.step_delay)
+
+    def _set_load(self) -> None:
+        with self.condition:
+            self.metrics.set_load(len(self.waiting), self.decoder.active)
 
     def _deliver(self, rows: list[Row], finished: set[int]) -> None:
         generated = 0
@@ -203,6 +214,11 @@ class Scheduler:
                 job.emit(TokensEvent(job.index, new_tokens))
             if row.handle in finished:
                 del self.jobs[row.handle]
-                job.emit(DoneEvent(job.index, row.finish_reason or "length"))
+                if row.finish_reason == "error":
+                    # This row alone failed (its sampling or its prefill): only its job hears.
+                    logger.error("a row failed: %s", row.error)
+                    job.emit(ErrorEvent(job.index, f"generation failed: {row.error}"))
+                else:
+                    job.emit(DoneEvent(job.index, row.finish_reason or "length"))
         if generated:
             self.metrics.count_generated(generated)

@@ -4,15 +4,23 @@ A checkpoint directory holds `config.json` (model config, tokenizer kind, chat t
 training summary), `model.safetensors`, `tokenizer.json`, and for resuming `trainer_state.pt`
 (optimizer, scaler, RNG states, data position; loaded with `weights_only=True`, never unpickling
 arbitrary objects). A run directory holds `checkpoints/step_NNNNNN/`, `best/` and a `latest` pointer.
+
+Loading trusts nothing it has not checked: the config against `ModelConfig`'s limits, then the
+files against the checksums in config.json (first, so that a damaged file is diagnosed as damaged),
+then the safetensors header against the shapes the config implies; only then are tensors read and
+the model built.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +36,7 @@ from scratchlm.config import ModelConfig
 from scratchlm.errors import ScratchLMError
 from scratchlm.io_utils import atomic_directory, atomic_write_json, atomic_write_text
 from scratchlm.model import GPT, build_model
-from scratchlm.tokenizer import Tokenizer
+from scratchlm.tokenizer import Tokenizer, unicode_problem
 
 FORMAT_VERSION = 1
 CHAT_TEMPLATE_VERSION = 1
@@ -37,6 +45,29 @@ WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 TRAINER_STATE_FILE = "trainer_state.pt"
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{6,})$")
+# A checkpoint's config.json is a few KB; anything near this is not one of ours.
+MAX_CONFIG_BYTES = 16 * 2**20
+# The safetensors library's own limit on the JSON header (ours are ~100 bytes per tensor).
+MAX_SAFETENSORS_HEADER_BYTES = 100_000_000
+SAFETENSORS_DTYPE_BYTES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
+# The flag of every command that reads a checkpoint to load a damaged one anyway.
+SKIP_CHECKSUMS_FLAG = "--skip-checksums"
 
 
 @dataclass
@@ -237,21 +268,39 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
 def read_metadata(checkpoint_dir: Path) -> dict[str, Any]:
     config_path = checkpoint_dir / CONFIG_FILE
     try:
+        size = config_path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ScratchLMError(
+                f"{config_path} is {size:,} bytes, far more than a checkpoint's config "
+                f"(at most {MAX_CONFIG_BYTES:,}); the checkpoint is damaged or not a scratchlm one"
+            )
         metadata = json.loads(config_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ScratchLMError(
             f"{checkpoint_dir} has no {CONFIG_FILE}; it is not a complete checkpoint "
             "(pass the run directory to pick its latest complete one)"
         ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:
+        # ValueError: not JSON, not UTF-8, or an integer too long to parse; RecursionError:
+        # nesting deeper than the parser allows. None of them is a config that we wrote.
+        if isinstance(error, ScratchLMError):
+            raise
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)[:200]
         raise ScratchLMError(
-            f"{config_path} is not valid JSON ({error}); the checkpoint is damaged, use an earlier one"
+            f"{config_path} is not valid JSON ({reason}); the checkpoint is damaged, use an "
+            "earlier one"
         ) from None
     if not isinstance(metadata, dict) or "model" not in metadata:
         raise ScratchLMError(
             f"{config_path} has no 'model' section; it is not a scratchlm checkpoint"
         )
-    if metadata.get("format_version", 0) > FORMAT_VERSION:
+    format_version = metadata.get("format_version", 0)
+    if not isinstance(format_version, int) or isinstance(format_version, bool):
+        raise ScratchLMError(
+            f"{config_path}: format_version is not an integer; the checkpoint is damaged or not "
+            "a scratchlm one"
+        )
+    if format_version > FORMAT_VERSION:
         raise ScratchLMError(
             f"{checkpoint_dir} was written by a newer scratchlm (format "
             f"{metadata['format_version']}); upgrade scratchlm to read it"
@@ -259,15 +308,277 @@ def read_metadata(checkpoint_dir: Path) -> dict[str, Any]:
     return metadata
 
 
+def checkpoint_config(checkpoint_dir: Path, metadata: dict[str, Any]) -> ModelConfig:
+    """The checkpoint's model config, checked against the limits of `ModelConfig` before anything
+    is derived from it or allocated; a bad one is a ScratchLMError naming the file."""
+    try:
+        return ModelConfig.from_dict(metadata["model"])
+    except ScratchLMError as error:
+        raise ScratchLMError(
+            f"{checkpoint_dir / CONFIG_FILE}: {error}; the checkpoint is damaged or not a "
+            "scratchlm checkpoint"
+        ) from None
+
+
+def read_config(checkpoint_dir: Path) -> ModelConfig:
+    return checkpoint_config(checkpoint_dir, read_metadata(checkpoint_dir))
+
+
+def other_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """The other checkpoints of the run a checkpoint belongs to (best/ and step checkpoints,
+    newest first); empty for a checkpoint outside a run directory."""
+    checkpoint_dir = checkpoint_dir.absolute()
+    if checkpoint_dir.name in ("best", "best.old"):
+        run_dir = checkpoint_dir.parent
+    elif (
+        CHECKPOINT_PATTERN.match(checkpoint_dir.name)
+        and checkpoint_dir.parent.name == "checkpoints"
+    ):
+        run_dir = checkpoint_dir.parent.parent
+    else:
+        return []
+    found = [path for path in (run_dir / "best", run_dir / "best.old") if is_checkpoint_dir(path)]
+    found += reversed(list_checkpoints(run_dir))
+    return [path for path in found if path != checkpoint_dir]
+
+
+def restore_advice(checkpoint_dir: Path) -> str:
+    """What to do about a damaged checkpoint: use or restore another checkpoint of its run, else
+    write it again."""
+    others = other_checkpoints(checkpoint_dir)
+    if others:
+        named = ", ".join(_display(path) for path in others[:3])
+        return f"pass another checkpoint of the run as --checkpoint ({named}) or restore this one from a copy"
+    return "restore it from a copy, or export or train it again"
+
+
+def _display(path: Path) -> str:
+    """A path relative to the working directory when it is below it (as users type them)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def verify_checksums(
+    checkpoint_dir: Path, metadata: dict[str, Any], names: tuple[str, ...]
+) -> None:
+    """Check the files `names` against the SHA-256 that config.json records (each file is hashed
+    once); a mismatch is a ScratchLMError naming the file and what to do. Checkpoints written
+    before checksums existed have none, and pass."""
+    checksums = metadata.get("checksums")
+    if checksums is None:
+        return
+    config_path = checkpoint_dir / CONFIG_FILE
+    if not isinstance(checksums, dict):
+        raise ScratchLMError(
+            f"{config_path}: 'checksums' is not a mapping of file names to SHA-256 digests; the "
+            f"checkpoint is damaged: {restore_advice(checkpoint_dir)}, or pass "
+            f"{SKIP_CHECKSUMS_FLAG} to load it anyway"
+        )
+    for name in names:
+        if name not in checksums:
+            continue
+        path = checkpoint_dir / name
+        if not path.is_file():
+            raise ScratchLMError(
+                f"{path} is missing; the checkpoint is incomplete: {restore_advice(checkpoint_dir)}"
+            )
+        if file_sha256(path) != checksums[name]:
+            raise ScratchLMError(
+                f"{path} does not match the checksum in its {CONFIG_FILE} (the file is truncated "
+                f"or corrupted): {restore_advice(checkpoint_dir)}, or pass {SKIP_CHECKSUMS_FLAG} to "
+                "load it anyway"
+            )
+
+
+def read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Tensor name -> (dtype, shape) from a safetensors file's header, without reading the
+    tensors; every inconsistency of the header with itself or with the file's size is a
+    ScratchLMError naming the file.
+
+    The format: an 8-byte little-endian header length N, N bytes of JSON
+    {name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}, then the data."""
+
+    def damaged(what: str) -> ScratchLMError:
+        return ScratchLMError(
+            f"{path}: {what}; the file is damaged or not a safetensors file: "
+            f"{restore_advice(path.parent)}"
+        )
+
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise damaged(f"it is {size} bytes, too short for a safetensors header")
+            (header_bytes,) = struct.unpack("<Q", prefix)
+            if header_bytes > MAX_SAFETENSORS_HEADER_BYTES:
+                raise damaged(
+                    f"its header claims {header_bytes:,} bytes, more than the "
+                    f"{MAX_SAFETENSORS_HEADER_BYTES:,} a safetensors header may have"
+                )
+            if 8 + header_bytes > size:
+                raise damaged(
+                    f"the file is shorter than its header claims ({size:,} bytes, the header "
+                    f"alone needs {8 + header_bytes:,})"
+                )
+            raw = handle.read(header_bytes)
+    except FileNotFoundError:
+        raise ScratchLMError(
+            f"{path} is missing; the checkpoint is incomplete: {restore_advice(path.parent)}"
+        ) from None
+    except OSError as error:
+        raise ScratchLMError(f"cannot read {path} ({error.strerror or error})") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise damaged("its header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise damaged("its header is not a JSON object")
+    data_bytes = size - 8 - header_bytes
+    tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            valid = (
+                dtype in SAFETENSORS_DTYPE_BYTES
+                and isinstance(shape, list)
+                and len(shape) <= 8  # ours are 1-D or 2-D; the bound keeps the product cheap
+                and all(type(dim) is int and 0 <= dim < 2**63 for dim in shape)
+                and all(type(offset) is int and offset >= 0 for offset in (begin, end))
+            )
+        except (KeyError, TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise damaged(f"the header entry of tensor {_short(name)} is malformed")
+        if end - begin != math.prod(shape) * SAFETENSORS_DTYPE_BYTES[dtype]:
+            raise damaged(f"tensor {_short(name)} of shape {tuple(shape)} does not fit its offsets")
+        if end > data_bytes:
+            raise damaged(
+                f"the file is shorter than its header claims ({size:,} bytes, tensor "
+                f"{_short(name)} ends at byte {8 + header_bytes + end:,})"
+            )
+        tensors[name] = (dtype, tuple(shape))
+    return tensors
+
+
+def _clip(name: str) -> str:
+    """A tensor name from a stranger's header, cut to a readable length."""
+    return name if len(name) <= 80 else name[:77] + "..."
+
+
+def _short(name: str) -> str:
+    return repr(_clip(name))
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of the weights `config` implies, as saved (a tied head once), from a
+    model on the meta device. The blocks are identical in shape, so one block is built and its
+    names repeated: the cost stays the same for any depth."""
+    with torch.device("meta"):
+        model = GPT(dataclasses.replace(config, n_layer=1))
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, tensor in model.state_dict().items():
+        if name.startswith("blocks.0."):
+            rest = name.removeprefix("blocks.0.")
+            for layer in range(config.n_layer):
+                shapes[f"blocks.{layer}.{rest}"] = tuple(tensor.shape)
+        else:
+            shapes[name] = tuple(tensor.shape)
+    if config.tie_embeddings:
+        shapes.pop("lm_head.weight", None)
+    return shapes
+
+
+def check_weights_file(path: Path, config: ModelConfig) -> None:
+    """The tensors a safetensors header announces against those `config` implies: names and
+    shapes, before any tensor is read or the model is built."""
+    found = {name: entry[1] for name, entry in read_safetensors_header(path).items()}
+    check_tensor_shapes(path, expected_shapes(config), found, tied=config.tie_embeddings)
+
+
+def check_tensor_shapes(
+    source: Path,
+    expected: dict[str, tuple[int, ...]],
+    found: dict[str, tuple[int, ...]],
+    *,
+    tied: bool,
+) -> None:
+    """Tensor names and shapes found in a file against those the config implies (a tied head may
+    be stored or not); a mismatch means the weights and the config come from different models."""
+    if tied:
+        expected = {name: shape for name, shape in expected.items() if name != "lm_head.weight"}
+        found = {name: shape for name, shape in found.items() if name != "lm_head.weight"}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise ScratchLMError(
+            f"{source} does not match its {CONFIG_FILE} (missing {missing[:3]}, unexpected "
+            f"{[_clip(name) for name in unexpected[:3]]}); the weights and config come from "
+            "different models"
+        )
+    for name, shape in expected.items():
+        if found[name] != shape:
+            raise ScratchLMError(
+                f"{source}: tensor {name} has shape {found[name]} but {CONFIG_FILE} implies "
+                f"{shape}; the weights and config come from different models"
+            )
+
+
+def read_weights(
+    checkpoint_dir: Path,
+    config: ModelConfig,
+    device: torch.device | str = "cpu",
+    *,
+    verify: bool = True,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors, read only after the checks that make them safe to read: the
+    checksums of model.safetensors and tokenizer.json (unless `verify` is False), then the
+    safetensors header against the shapes `config` implies."""
+    weights_path = checkpoint_dir / WEIGHTS_FILE
+    if verify:
+        if metadata is None:
+            metadata = read_metadata(checkpoint_dir)
+        verify_checksums(checkpoint_dir, metadata, (WEIGHTS_FILE, TOKENIZER_FILE))
+    check_weights_file(weights_path, config)
+    if unicode_problem(str(weights_path)) is not None:
+        # Linux paths may hold any bytes; safetensors (Rust) opens only UTF-8 ones.
+        raise ScratchLMError(
+            f"safetensors cannot open {weights_path}: the path holds bytes that are not UTF-8; "
+            "rename the directory (or copy the checkpoint to a UTF-8 path)"
+        )
+    try:
+        return load_file(str(weights_path), device=str(device))
+    except (SafetensorError, OSError) as error:
+        raise ScratchLMError(
+            f"cannot read {weights_path} ({error}); the file is damaged or incomplete: "
+            f"{restore_advice(checkpoint_dir)}"
+        ) from None
+
+
 def load_checkpoint(
     path: str | os.PathLike[str],
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
+    *,
+    verify: bool = True,
 ) -> Checkpoint:
-    """Load a model, its config and its tokenizer; every mismatch is a one-line ScratchLMError."""
+    """Load a model, its config and its tokenizer; every mismatch is a one-line ScratchLMError.
+
+    Nothing is trusted before it is checked: the config against `ModelConfig`'s limits, the files
+    against the checksums in config.json (`verify=False` skips only this, for speed or to load a
+    damaged checkpoint anyway), and the weights' header against the config's shapes. A run
+    directory resolves to its best/ (else latest) checkpoint; if that one is damaged the error
+    names it and the run's other checkpoints, and no older one is loaded silently."""
     checkpoint_dir = resolve_checkpoint(path)
     metadata = read_metadata(checkpoint_dir)
-    config = ModelConfig.from_dict(metadata["model"])
+    config = checkpoint_config(checkpoint_dir, metadata)
+    if verify:
+        verify_checksums(checkpoint_dir, metadata, (WEIGHTS_FILE, TOKENIZER_FILE))
     tokenizer = Tokenizer.load(checkpoint_dir / TOKENIZER_FILE)
     if tokenizer.vocab_size != config.vocab_size:
         raise ScratchLMError(
@@ -276,13 +587,7 @@ def load_checkpoint(
             "checkpoint's own tokenizer.json"
         )
     weights_path = checkpoint_dir / WEIGHTS_FILE
-    try:
-        state = load_file(str(weights_path), device=str(device))
-    except (SafetensorError, OSError) as error:
-        raise ScratchLMError(
-            f"cannot read {weights_path} ({error}); the file is damaged or incomplete, use an "
-            "earlier checkpoint"
-        ) from None
+    state = read_weights(checkpoint_dir, config, device, verify=False)  # verified above
     model = build_model(config, device, initialize=False)
     load_model_state(model, state, source=weights_path)
     if dtype is not None:
@@ -292,23 +597,15 @@ def load_checkpoint(
 
 
 def load_model_state(model: GPT, state: dict[str, torch.Tensor], *, source: Path) -> None:
-    expected = model.state_dict()
-    if model.config.tie_embeddings:
-        expected.pop("lm_head.weight", None)
+    tied = model.config.tie_embeddings
+    if tied:
         state.pop("lm_head.weight", None)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ScratchLMError(
-            f"{source} does not match its config.json (missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}); the weights and config come from different models"
-        )
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise ScratchLMError(
-                f"{source}: tensor {name} has shape {tuple(tensor.shape)} but config.json implies "
-                f"{tuple(expected[name].shape)}; the weights and config come from different models"
-            )
+    check_tensor_shapes(
+        source,
+        {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()},
+        {name: tuple(tensor.shape) for name, tensor in state.items()},
+        tied=tied,
+    )
     model.load_state_dict(state, strict=False)
     if model.config.tie_embeddings:
         model.lm_head.weight = model.token_embedding.weight

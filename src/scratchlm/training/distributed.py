@@ -113,6 +113,16 @@ def all_reduce_mean(value: torch.Tensor, context: DistributedContext) -> torch.T
     return total / context.world_size
 
 
+def max_over_ranks(value: int, context: DistributedContext, device: torch.device) -> int:
+    """The largest of the ranks' values, on every rank (a stop signal any rank received stops
+    them all at the same step)."""
+    if not context.enabled:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 def broadcast_object(value: Any, context: DistributedContext) -> Any:
     """Rank 0's value on every rank (used for decisions that must agree, like stopping)."""
     if not context.enabled:

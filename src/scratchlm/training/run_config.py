@@ -8,8 +8,12 @@ directory.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,6 +207,7 @@ class TrainConfig:
             problems.append(f"--spike-lr-factor must be in (0, 1] (got {self.spike_lr_factor})")
         if self.max_backtracks < 0:
             problems.append("--max-backtracks must be >= 0")
+        parse_model_overrides(self.set)  # a mistyped --set fails now, not after the data is read
         if problems:
             raise ScratchLMError("; ".join(problems))
 
@@ -227,12 +232,173 @@ def parse_duration(text: str | float | int) -> float:
     return value * {"": 1, "s": 1, "m": 60, "h": 3600}[unit]
 
 
-def read_config_file(path: str) -> dict[str, Any]:
-    """A YAML or JSON file of TrainConfig keys (kebab-case or snake_case)."""
+# --- typed settings from files and --set ------------------------------------------------------
+
+# Names users bring from other tools, mapped to ours (the closest match by spelling misses them).
+ALIASES = {
+    "learning_rate": "lr",
+    "steps": "max_steps",
+    "n_embd": "d_model",
+    "block_size": "context_length",
+    "n_ctx": "context_length",
+    "seq_len": "context_length",
+    "num_layers": "n_layer",
+    "num_heads": "n_head",
+    "vocab": "vocab_size",
+}
+_NULLS = ("none", "null", "~", "")
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """A dataclass's fields -> their resolved annotations (`from __future__ import annotations`
+    leaves them as strings)."""
+    hints = typing.get_type_hints(cls)
+    return {item.name: hints[item.name] for item in dataclasses.fields(cls)}
+
+
+def closest_name(name: str, known: list[str]) -> str:
+    """The known name a mistyped one most likely meant (always one: the brief says which)."""
+    if name in ALIASES and ALIASES[name] in known:
+        return ALIASES[name]
+    match = difflib.get_close_matches(name, known, n=1, cutoff=0.0)
+    return match[0] if match else known[0]
+
+
+def _expected(annotation: Any) -> str:
+    """How an error message names a type: 'a float', 'an integer or null', 'one of a, b'."""
+    origin = typing.get_origin(annotation)
+    arguments = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = [_expected(option) for option in arguments if option is not type(None)]
+        return " or ".join(inner) + (" or null" if type(None) in arguments else "")
+    if origin is typing.Literal:
+        return "one of " + ", ".join(str(choice) for choice in arguments)
+    if origin is list:
+        return "a list of strings"
+    return {bool: "true or false", int: "an integer", float: "a float", str: "a string"}.get(
+        annotation, getattr(annotation, "__name__", str(annotation))
+    )
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class _Mismatch(Exception):
+    """A value does not fit a type (turned into one ScratchLMError by `coerce_setting`)."""
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    arguments = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NULLS):
+            if type(None) in arguments:
+                return None
+            raise _Mismatch
+        for option in arguments:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option)
+            except _Mismatch:
+                continue
+        raise _Mismatch
+    if origin is typing.Literal:
+        text = value if isinstance(value, str) else None
+        if text is None or text not in arguments:
+            raise _Mismatch
+        return text
+    if origin is list:
+        if isinstance(value, dict):  # `set: {n_layer: 8}` -> ["n_layer=8"]
+            return [f"{key}={_as_text(item)}" for key, item in value.items()]
+        items = value if isinstance(value, list) else [value]
+        return [_as_text(item) for item in items]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise _Mismatch
+    if annotation is int:
+        if isinstance(value, bool):
+            raise _Mismatch
+        if isinstance(value, int):
+            return value
+        number = value if isinstance(value, float) else _number(value)
+        if number is not None and math.isfinite(number) and float(number).is_integer():
+            # 2e6 tokens, 1_000 steps: integers written the way people write them
+            return int(number)
+        raise _Mismatch
+    if annotation is float:
+        if isinstance(value, bool):
+            raise _Mismatch
+        number = float(value) if isinstance(value, (int, float)) else _number(value)
+        if number is None or not math.isfinite(number):
+            raise _Mismatch
+        return float(number)
+    if annotation is str:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise _Mismatch
+        return value if isinstance(value, str) else _as_text(value)
+    return value
+
+
+def _number(value: Any) -> float | int | None:
+    """'3e-4' (YAML 1.1 reads it as a string), '1_000', '42' -> a number; None if not one."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip().replace("_", "")
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def coerce_setting(value: Any, annotation: Any, *, key: str, source: str) -> Any:
+    """`value` as the type `annotation` names (strings from YAML or --set become numbers,
+    booleans or None where the field wants one), or a one-line ScratchLMError naming `key`."""
+    try:
+        return _coerce(value, annotation)
+    except _Mismatch:
+        raise ScratchLMError(
+            f"{source}: {key} must be {_expected(annotation)}, got {_shown(value)}"
+        ) from None
+
+
+def read_config_file(
+    path: str,
+    *,
+    extra: dict[str, Any] | None = None,
+    refused: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A YAML or JSON file of TrainConfig keys (kebab-case or snake_case), each coerced to its
+    field's type. `extra` adds settings the command takes besides TrainConfig's (name -> type:
+    fine-tuning's LoRA flags); `refused` names settings the command does not take (name -> why)."""
     file = Path(path)
     if not file.is_file():
         raise ScratchLMError(f"config file {file} does not exist; pass a YAML or JSON file")
-    text = file.read_text(encoding="utf-8")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ScratchLMError(f"{file} is not UTF-8 text; save it as UTF-8") from None
     try:
         if file.suffix == ".json":
             values = json.loads(text)
@@ -246,26 +412,49 @@ def read_config_file(path: str) -> dict[str, Any]:
         return {}
     if not isinstance(values, dict):
         raise ScratchLMError(f"{file} must hold a mapping of settings (key: value)")
-    known = set(TrainConfig.field_names())
+    known = {name: kind for name, kind in field_types(TrainConfig).items() if name != "config"}
+    known.update(extra or {})
+    for name in refused or {}:
+        known.pop(name, None)
     result: dict[str, Any] = {}
     for key, value in values.items():
         name = str(key).replace("-", "_")
-        if name not in known or name == "config":
+        if refused and name in refused:
+            raise ScratchLMError(f"{file}: {key} {refused[name]}")
+        if name not in known:
+            suggestion = closest_name(name, sorted(known))
             raise ScratchLMError(
-                f"{file}: unknown setting {key!r}; use the train flags' names (see `scratchlm train --help`)"
+                f"{file}: unknown setting {key!r}; did you mean {suggestion!r}? "
+                "(the settings are the flags' names, see --help)"
             )
-        result[name] = value
+        result[name] = coerce_setting(value, known[name], key=name, source=str(file))
     return result
 
 
 def parse_model_overrides(assignments: list[str]) -> dict[str, Any]:
-    """['n_layer=8', 'qk_norm=true'] -> {'n_layer': 8, 'qk_norm': True} (values parsed as YAML)."""
-    import yaml
+    """['n_layer=8', 'qk_norm=true', 'norm_eps=1e-5'] -> {'n_layer': 8, 'qk_norm': True,
+    'norm_eps': 1e-05}: each value coerced to its ModelConfig field's type."""
+    from scratchlm.config import ModelConfig
 
+    kinds = field_types(ModelConfig)
+    # Derived or owned elsewhere: an override would be silently replaced.
+    owned = {
+        "padded_vocab_size": "is derived from vocab_size and vocab_pad_multiple",
+        "vocab_size": "comes from the tokenizer; use --vocab-size to size a BPE tokenizer",
+        "description": "is not a model setting",
+    }
     overrides: dict[str, Any] = {}
     for assignment in assignments:
         if "=" not in assignment:
             raise ScratchLMError(f"--set expects FIELD=VALUE, got {assignment!r}")
-        key, raw = assignment.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(raw)
+        key, raw = (part.strip() for part in assignment.split("=", 1))
+        if key in owned:
+            raise ScratchLMError(f"--set {key}: {key} {owned[key]}")
+        if key not in kinds:
+            suggestion = closest_name(key, sorted(set(kinds) - set(owned)))
+            raise ScratchLMError(
+                f"--set {assignment}: unknown model field {key!r}; did you mean {suggestion!r}? "
+                "(`scratchlm info --preset tiny` lists the fields)"
+            )
+        overrides[key] = coerce_setting(raw, kinds[key], key=key, source=f"--set {assignment}")
     return overrides

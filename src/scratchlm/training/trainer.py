@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import math
+import os
+import re
+import shutil
 import sys
 import time
 from collections import deque
@@ -55,6 +59,7 @@ from scratchlm.tokenizer import END_OF_TURN_TOKEN, Tokenizer, train_bpe, train_c
 from scratchlm.training import distributed
 from scratchlm.training.checkpoint import (
     TRAINER_STATE_FILE,
+    latest_checkpoint,
     latest_valid_checkpoint,
     load_model_state,
     load_trainer_state,
@@ -78,7 +83,14 @@ from scratchlm.training.memory import (
 )
 from scratchlm.training.metrics import MetricsLogger, plot_loss_curve
 from scratchlm.training.optim import build_optimizer, learning_rate_at
-from scratchlm.training.run_config import TrainConfig, parse_duration, parse_model_overrides
+from scratchlm.training.run_config import (
+    TrainConfig,
+    coerce_setting,
+    field_types,
+    parse_duration,
+    parse_model_overrides,
+)
+from scratchlm.training.signals import StopSignals, signal_name
 from scratchlm.training.token_weights import cached_token_weights, weighted_cross_entropy
 
 DEFAULT_MAX_STEPS = 2000
@@ -236,6 +248,9 @@ class TrainingResult:
     final_train_loss: float
     best_val_loss: float | None
     tokens_per_s: float
+    # The signal (SIGTERM, SIGUSR1) that stopped the run after saving `checkpoint`; None when the
+    # run finished, paused or stopped early.
+    stop_signal: int | None = None
 
 
 @dataclass
@@ -290,6 +305,10 @@ class Trainer:
         self.distributed, device_name = distributed.init_distributed(config.device)
         self.is_main = self.distributed.is_main
         self.log = log if not config.quiet and self.is_main else (lambda message: None)
+        # What --quiet must not hide (it silences progress, not safety): damaged checkpoints
+        # skipped, a run stopped by a signal.
+        self.warn = log if self.is_main else (lambda message: None)
+        self.saved_run_config: dict[str, Any] = {}
         self.run_dir = Path(config.out or f"runs/{config.preset}")
         self.device = select_device(device_name)
         self.precision = select_precision(config.precision, self.device)
@@ -375,9 +394,49 @@ class Trainer:
 
     def _saved_resolution(self) -> dict[str, Any]:
         """What the run being resumed resolved at its start (run_config.json's "resolved")."""
-        saved_path = self.run_dir / RUN_CONFIG_FILE
-        saved = json.loads(saved_path.read_text(encoding="utf-8")) if saved_path.is_file() else {}
-        return dict(saved.get("resolved", {}))
+        return dict(self.saved_run_config.get("resolved", {}))
+
+    def _read_saved_run_config(self) -> dict[str, Any]:
+        """The run being resumed's run_config.json with its values checked ({} if it has none);
+        a damaged one is a one-line error (it decides how the resumed run trains)."""
+        path = self.run_dir / RUN_CONFIG_FILE
+        if not path.is_file():
+            return {}
+        fix = (
+            "restore it, or delete it (--resume then reads the settings saved in the latest "
+            "checkpoint)"
+        )
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ScratchLMError(f"{path} is damaged (not valid JSON: {error}); {fix}") from None
+        return checked_run_config(saved, str(path), f"the file is damaged: {fix}")
+
+    def _run_config_of(self, checkpoint: Path) -> dict[str, Any]:
+        """The run config a checkpoint saved (config.json's training.run_config and .resolved):
+        what --resume uses when run_config.json is gone."""
+        metadata = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+        training = metadata.get("training") if isinstance(metadata, dict) else None
+        if not isinstance(training, dict) or not isinstance(training.get("run_config"), dict):
+            return {}
+        saved = {**training["run_config"], "resolved": training.get("resolved") or {}}
+        return checked_run_config(
+            saved,
+            f"{checkpoint / 'config.json'} (training.run_config)",
+            "the checkpoint is damaged: restore run_config.json, or start a new run",
+        )
+
+    def _check_out_path(self) -> None:
+        """--out must be a directory or a path where one can be created."""
+        for path in (self.run_dir, *self.run_dir.parents):
+            if path.is_dir():
+                return
+            if path.exists():
+                where = "" if path == self.run_dir else f" ({path} is a file)"
+                raise ScratchLMError(
+                    f"--out {self.run_dir} is not a directory{where}; pass a directory for "
+                    "--out (it is created if missing) or move the file away"
+                )
 
     def _resolve_learning_rate(self, *, resumed: bool) -> float:
         """--lr, else the run's saved rate when resuming (defaults may have changed since it
@@ -554,6 +613,7 @@ class Trainer:
     # --- run directory ------------------------------------------------------------------------
     def _check_run_directory(self) -> Path | None:
         """The checkpoint to resume from (None: start at step 0), after refusing mismatches."""
+        self._check_out_path()
         has_run = self.run_dir.is_dir() and (
             (self.run_dir / RUN_CONFIG_FILE).is_file() or (self.run_dir / "checkpoints").is_dir()
         )
@@ -569,9 +629,14 @@ class Trainer:
                 f"--resume: {self.run_dir} has no checkpoint to resume from; drop --resume to "
                 "start a new run there, or pass the --out of an earlier run"
             )
-        saved_path = self.run_dir / RUN_CONFIG_FILE
-        if saved_path.is_file():
-            saved = json.loads(saved_path.read_text(encoding="utf-8"))
+        saved = self._read_saved_run_config()
+        checkpoint = latest_valid_checkpoint(
+            self.run_dir, require=TRAINER_STATE_FILE, log=self.warn
+        )
+        if not saved and checkpoint is not None:
+            saved = self._run_config_of(checkpoint)
+        self.saved_run_config = saved
+        if saved:
             for name in ("preset", "set", "context_length", "tokenizer", "vocab_size", "seed"):
                 ours = getattr(self.config, name)
                 if (
@@ -584,10 +649,11 @@ class Trainer:
                         f"the run was started with ({saved[name]!r}); resume with the original "
                         "settings or start a new run with another --out"
                     )
-        checkpoint = latest_valid_checkpoint(self.run_dir, require=TRAINER_STATE_FILE, log=self.log)
         if checkpoint is None:
             # Killed before its first checkpoint was complete: nothing is lost by starting over.
-            self.log(f"--resume: {self.run_dir} has no complete checkpoint yet; starting at step 0")
+            self.warn(
+                f"--resume: {self.run_dir} has no complete checkpoint yet; starting at step 0"
+            )
         return checkpoint
 
     def _restore(
@@ -604,19 +670,40 @@ class Trainer:
                 "resume with the original --preset/--set/--context-length"
             )
         state = load_trainer_state(checkpoint_dir, "cpu")
-        distributed.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        if restore_loader:
-            self.loader.load_state_dict(state["loader"])
-        self._restore_rng(state["rng"], step=int(state["step"]))
-        self.state = RunState.from_dict(state.get("run", {}))
-        # checkpoints from before RunState was saved whole
-        self.state.step = int(state["step"])
-        self.state.tokens = int(state["tokens"])
-        self.state.elapsed = float(state["elapsed"])
-        self.state.best_val_loss = float(state["best_val_loss"])
-        self.state.finished = bool(state.get("finished", False))
+
+        def unusable(problem: str) -> ScratchLMError:
+            # Its checksum matched: written whole, but not by a trainer whose state this is.
+            return ScratchLMError(
+                f"cannot resume from {checkpoint_dir}: its {TRAINER_STATE_FILE} {problem}; it "
+                "was written by another scratchlm version or program. Move that checkpoint out "
+                f"of {checkpoint_dir.parent} to resume from the one before it, or start a new "
+                "run with another --out"
+            )
+
+        problem = trainer_state_problem(state)
+        if problem is not None:
+            raise unusable(problem)
+        try:
+            distributed.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            if restore_loader:
+                self.loader.load_state_dict(state["loader"])
+            self._restore_rng(state["rng"], step=int(state["step"]))
+            self.state = RunState.from_dict(state.get("run") or {})
+            # checkpoints from before RunState was saved whole
+            self.state.step = int(state["step"])
+            self.state.tokens = int(state["tokens"])
+            self.state.elapsed = float(state["elapsed"])
+            self.state.best_val_loss = float(state["best_val_loss"])
+            self.state.finished = bool(state.get("finished", False))
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as error:
+            detail = str(error).splitlines()[0][:200] if str(error) else ""
+            raise unusable(
+                f"does not fit this run ({type(error).__name__}"
+                + (f": {detail}" if detail else "")
+                + ")"
+            ) from None
         self.log(f"resuming {self.run_dir} from {checkpoint_dir.name} (step {self.state.step})")
 
     def _restore_rng(self, saved: dict[str, Any], *, step: int) -> None:
@@ -675,44 +762,68 @@ class Trainer:
             else self.state.best_val_loss,
             "precision": self.precision,
             "run_config": self.config.to_dict(),
+            # what --resume must keep although defaults may change (run_config.json has it too)
+            "resolved": {"learning_rate": self.learning_rate, "optimizer": self.optimizer_kind},
             **(extra or {}),
         }
 
     def save(self) -> Path:
-        """A step checkpoint (collective: every rank calls it; rank 0 writes)."""
+        """A step checkpoint (collective: every rank calls it; rank 0 writes). A failed write
+        (a full disk) is a ScratchLMError on every rank; the checkpoints before stay intact."""
         target = self.run_dir / "checkpoints" / f"step_{self.state.step:06d}"
         weights = self._weights()
         trainer_state = self._trainer_state()
+        problem: str | None = None
         if self.is_main:
-            save_checkpoint(
-                target,
-                self.model,
-                self.tokenizer,
-                training=self._training_summary(),
-                trainer_state=trainer_state,
-                replace=True,
-                weights=weights,
-                extra_files=self.extra_checkpoint_files(),
-                extra_metadata=self.checkpoint_metadata(),
-            )
-            set_latest(self.run_dir, target)
-            prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
-        distributed.barrier(self.distributed)  # nobody reads a checkpoint before it is complete
+            previous = latest_checkpoint(self.run_dir)
+            try:
+                save_checkpoint(
+                    target,
+                    self.model,
+                    self.tokenizer,
+                    training=self._training_summary(),
+                    trainer_state=trainer_state,
+                    replace=True,
+                    weights=weights,
+                    extra_files=self.extra_checkpoint_files(),
+                    extra_metadata=self.checkpoint_metadata(),
+                )
+                set_latest(self.run_dir, target)
+            except Exception as error:
+                problem = save_failure(target, previous, error, [weights, trainer_state])
+                if problem is None:
+                    raise
+            else:
+                prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
+        # Also the barrier: nobody reads a checkpoint before it is complete.
+        problem = distributed.broadcast_object(problem, self.distributed)
+        if problem is not None:
+            raise ScratchLMError(problem)
         return target
 
     def save_best(self, evaluation: dict[str, float]) -> None:
         weights = self._weights()
+        problem: str | None = None
         if self.is_main:
-            save_checkpoint(
-                self.run_dir / "best",
-                self.model,
-                self.tokenizer,
-                training=self._training_summary({"val": evaluation}),
-                replace=True,
-                weights=weights,
-                extra_metadata=self.checkpoint_metadata(),
-            )
-        distributed.barrier(self.distributed)
+            target = self.run_dir / "best"
+            previous = target if (target / "config.json").is_file() else None
+            try:
+                save_checkpoint(
+                    target,
+                    self.model,
+                    self.tokenizer,
+                    training=self._training_summary({"val": evaluation}),
+                    replace=True,
+                    weights=weights,
+                    extra_metadata=self.checkpoint_metadata(),
+                )
+            except Exception as error:
+                problem = save_failure(target, previous, error, [weights])
+                if problem is None:
+                    raise
+        problem = distributed.broadcast_object(problem, self.distributed)
+        if problem is not None:
+            raise ScratchLMError(problem)
 
     # --- evaluation and samples ---------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -847,7 +958,9 @@ class Trainer:
                 f"{self.state.backtracks} backtracks; lower --lr, raise --warmup-steps, or allow "
                 "more with --max-backtracks"
             )
-        checkpoint = latest_valid_checkpoint(self.run_dir, require=TRAINER_STATE_FILE, log=self.log)
+        checkpoint = latest_valid_checkpoint(
+            self.run_dir, require=TRAINER_STATE_FILE, log=self.warn
+        )
         if checkpoint is None:
             raise ScratchLMError(
                 f"a loss {reason} at step {spiked_at} but no checkpoint to backtrack to in "
@@ -909,6 +1022,15 @@ class Trainer:
     def run(self) -> TrainingResult:
         try:
             return self._run()
+        except OSError as error:
+            # A full (or read-only) disk while writing metrics, run_config.json, the loss chart:
+            # every checkpoint write is atomic, so what was saved is whole.
+            if error.errno not in WRITE_FAILURES:
+                raise
+            raise ScratchLMError(
+                f"could not write {error.filename or self.run_dir}: {error.strerror}; "
+                f"{write_failure_advice(error.errno)}; the checkpoints saved so far are intact"
+            ) from None
         except Exception as error:
             if is_out_of_memory(error):
                 raise ScratchLMError(
@@ -938,7 +1060,7 @@ class Trainer:
                 f"{self.run_dir} already finished at step {self.state.step}{how}; nothing to do "
                 "(raise --max-steps/--max-tokens/--max-time to train further)"
             )
-            finished_checkpoint = latest_valid_checkpoint(self.run_dir, log=self.log)
+            finished_checkpoint = latest_valid_checkpoint(self.run_dir, log=self.warn)
             assert finished_checkpoint is not None
             return self._result(finished_checkpoint, float("nan"), 0.0)
         self.state.finished = False
@@ -978,6 +1100,8 @@ class Trainer:
         window_tokens, window_start = 0, time.perf_counter()
         tokens_per_s, loss = 0.0, float("nan")
         checkpoint: Path | None = None
+        stop_signal = 0
+        stops = StopSignals().install()
         try:
             while self.progress() < 1.0:
                 learning_rate = self.state.lr_scale * learning_rate_at(
@@ -1040,11 +1164,24 @@ class Trainer:
                     done = done or self.state.stopped_early
                 if done:
                     self.state.finished = True
-                if step % config.save_every == 0 or done or paused:
+                else:
+                    # A SIGTERM/SIGUSR1 on any rank stops every rank after this same step, so
+                    # that none is left waiting in a collective (finishing wins over stopping).
+                    stop_signal = distributed.max_over_ranks(
+                        stops.received, self.distributed, self.device
+                    )
+                if step % config.save_every == 0 or done or paused or stop_signal:
                     checkpoint = self.save()
                 if time.perf_counter() - now_after_step > 0.05:
                     # evaluation and saving are not training: keep them out of tokens/s
                     window_tokens, window_start = 0, time.perf_counter()
+                if stop_signal:
+                    bar.clear()
+                    self.warn(
+                        f"stopped by {signal_name(stop_signal)} at step {step}: saved "
+                        f"{checkpoint}; continue with --resume"
+                    )
+                    break
                 if paused and not done:
                     self.log(f"paused after step {step}; continue with --resume")
                     break
@@ -1054,10 +1191,11 @@ class Trainer:
             bar.close()
             self.state.elapsed = time.perf_counter() - started
             checkpoint = self.save()
-            self.log(f"interrupted: saved {checkpoint}; continue with --resume")
+            self.warn(f"interrupted: saved {checkpoint}; continue with --resume")
             metrics.close()
             raise
         finally:
+            stops.restore()
             bar.close()
         if checkpoint is None:
             checkpoint = self.save()
@@ -1082,7 +1220,9 @@ class Trainer:
                 "best_step": self.state.best_step,
                 "stopped_early": self.state.stopped_early,
                 "backtracks": self.state.backtracks,
-                "reason": "early stop"
+                "reason": f"stopped by {signal_name(stop_signal)}"
+                if stop_signal
+                else "early stop"
                 if self.state.stopped_early
                 else "finished"
                 if self.state.finished
@@ -1092,7 +1232,9 @@ class Trainer:
         metrics.close()
         if self.is_main:
             plot_loss_curve(self.run_dir)
-        return self._result(final, loss, tokens_per_s)
+        result = self._result(final, loss, tokens_per_s)
+        result.stop_signal = stop_signal or None
+        return result
 
     def _evaluate_and_sample(self, metrics: Any, bar: tqdm, step: int) -> None:
         # Every rank evaluates and samples (an FSDP forward needs all of them); rank 0 reports.
@@ -1162,6 +1304,106 @@ class Trainer:
             else self.state.best_val_loss,
             tokens_per_s=average or tokens_per_s,
         )
+
+
+def checked_run_config(saved: Any, source: str, fix: str) -> dict[str, Any]:
+    """A saved run config (run_config.json, or a checkpoint's copy) with its values coerced to
+    their types; anything else is a one-line error ending in `fix`."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("resolved", {}), dict):
+        raise ScratchLMError(f"{source} is damaged (not a JSON object of settings); {fix}")
+    kinds = field_types(TrainConfig)
+    resolved = saved.get("resolved", {})
+    try:
+        for name, value in saved.items():
+            if name in kinds:
+                saved[name] = coerce_setting(value, kinds[name], key=name, source=source)
+        for name, kind in (("learning_rate", float), ("optimizer", str)):
+            if name in resolved:
+                resolved[name] = coerce_setting(
+                    resolved[name], kind, key=f"resolved.{name}", source=source
+                )
+    except ScratchLMError as error:
+        raise ScratchLMError(f"{error}; {fix}") from None
+    return saved
+
+
+# --- faults -----------------------------------------------------------------------------------------
+
+# errno values that mean "this disk cannot take the write": the fix is space or another --out.
+WRITE_FAILURES = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def write_failure_advice(number: int | None) -> str:
+    if number in (errno.ENOSPC, errno.EDQUOT):
+        return "free space or point --out elsewhere"
+    return "point --out at a writable directory"
+
+
+def tensor_bytes(value: Any) -> int:
+    """The bytes of every tensor inside nested dicts/lists (what a checkpoint write needs)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(item) for item in value)
+    return 0
+
+
+def save_failure(
+    target: Path, previous: Path | None, error: BaseException, contents: list[Any]
+) -> str | None:
+    """The one-line message for a checkpoint write that failed with `error`, or None when the
+    error is not one of writing (a bug: let it raise).
+
+    The writers report a full disk differently: Python as OSError(ENOSPC), safetensors as
+    SafetensorError('... I/O error: ... (os error 28)'), torch.save as a RuntimeError that says
+    only 'unexpected pos'; for the last the free space decides."""
+    number: int | None = None
+    reason: str | None = None
+    if isinstance(error, OSError):
+        number, reason = error.errno, error.strerror or str(error)
+    elif type(error).__name__ == "SafetensorError" and (
+        match := re.search(r"os error (\d+)", str(error))
+    ):
+        number = int(match.group(1))
+        reason = os.strerror(number)
+    else:
+        existing = next(path for path in (target, *target.parents) if path.exists())
+        if shutil.disk_usage(existing).free < tensor_bytes(contents):
+            number, reason = errno.ENOSPC, os.strerror(errno.ENOSPC)
+    if reason is None:
+        return None
+    kept = (
+        f"the previous checkpoint {previous} is intact"
+        if previous is not None
+        else "no checkpoint had been saved before"
+    )
+    return (
+        f"could not save the checkpoint to {target}: {reason}; "
+        f"{write_failure_advice(number)}; {kept}"
+    )
+
+
+def trainer_state_problem(state: Any) -> str | None:
+    """What makes a loaded trainer_state unusable for resuming (None: it has what we read)."""
+    if not isinstance(state, dict):
+        return f"holds a {type(state).__name__}, not the trainer's state"
+    required = ("step", "tokens", "elapsed", "best_val_loss", "optimizer", "loader", "rng")
+    missing = [key for key in required if key not in state]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    for key in ("step", "tokens", "elapsed", "best_val_loss"):
+        if isinstance(state[key], bool) or not isinstance(state[key], (int, float)):
+            return f"holds a {type(state[key]).__name__} as {key}, not a number"
+    for key in ("optimizer", "loader", "rng"):
+        if not isinstance(state[key], dict):
+            return f"holds a {type(state[key]).__name__} as {key}, not a mapping"
+    if not isinstance(state["rng"].get("torch"), torch.Tensor):
+        return "has no random generator state (rng.torch)"
+    if not isinstance(state.get("run") or {}, dict):
+        return "holds run progress (run) that is not a mapping"
+    return None
 
 
 def train(config: TrainConfig, *, log: Callable[[str], None] = print) -> TrainingResult:
