@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from scratchlm.checkpoint import save_checkpoint
 from scratchlm.config import preset_config
 from scratchlm.export.gguf import export_gguf
 from scratchlm.export.hf import to_transformers_llama
@@ -23,7 +24,6 @@ from scratchlm.inference.quantize import quantize_for_cpu
 from scratchlm.inference.sampling import GREEDY
 from scratchlm.model import build_model
 from scratchlm.tokenizer import train_bpe
-from scratchlm.training.checkpoint import save_checkpoint
 
 
 def main() -> None:

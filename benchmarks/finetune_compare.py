@@ -22,11 +22,11 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 def run_one(mode: str, base: str, data: str, steps: int, out: str) -> None:
     """Child process: fine-tune once, print one JSON line with the numbers."""
+    from scratchlm.checkpoint import load_checkpoint
     from scratchlm.evaluation.perplexity import evaluate_batches
     from scratchlm.finetune import datasets
     from scratchlm.finetune.lora import LoRASettings
     from scratchlm.finetune.trainer import finetune
-    from scratchlm.training.checkpoint import load_checkpoint
     from scratchlm.training.run_config import TrainConfig
 
     loaded = load_checkpoint(base)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
+from scratchlm.checkpoint import load_checkpoint
 from scratchlm.inference.engine import Engine
 from scratchlm.inference.sampling import GREEDY, SamplingSettings
 from scratchlm.inference.speculative import SpeculativeStats, speculative_generate
-from scratchlm.training.checkpoint import load_checkpoint
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

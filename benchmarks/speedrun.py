@@ -195,9 +195,9 @@ def spread(values: list[float]) -> str:
 def print_samples(run_dir: Path, prompts: tuple[str, ...]) -> None:
     import torch
 
+    from scratchlm.checkpoint import load_checkpoint
     from scratchlm.inference.engine import Engine
     from scratchlm.inference.sampling import SamplingSettings
-    from scratchlm.training.checkpoint import load_checkpoint
 
     torch.set_num_threads(2)
     checkpoint = load_checkpoint(run_dir)

@@ -30,12 +30,12 @@ from pathlib import Path
 
 import torch
 
+from scratchlm.checkpoint import file_sha256, save_checkpoint
 from scratchlm.config import preset_config
 from scratchlm.data.synthetic import generate_stories
 from scratchlm.model import build_model
 from scratchlm.tokenizer import train_char
 from scratchlm.training import distributed
-from scratchlm.training.checkpoint import file_sha256, save_checkpoint
 from scratchlm.training.optim import build_optimizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

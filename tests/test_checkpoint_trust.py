@@ -14,18 +14,18 @@ from typing import Any
 import pytest
 import torch
 
-import scratchlm.training.checkpoint as checkpoint_module
-from scratchlm.cli import main
-from scratchlm.config import PRESETS
-from scratchlm.errors import ScratchLMError
-from scratchlm.model import GPT, build_model
-from scratchlm.tokenizer import Tokenizer
-from scratchlm.training.checkpoint import (
+import scratchlm.checkpoint as checkpoint_module
+from scratchlm.checkpoint import (
     expected_shapes,
     load_checkpoint,
     save_checkpoint,
     set_latest,
 )
+from scratchlm.cli import main
+from scratchlm.config import PRESETS
+from scratchlm.errors import ScratchLMError
+from scratchlm.model import GPT, build_model
+from scratchlm.tokenizer import Tokenizer
 from tests.conftest import tiny_config
 
 

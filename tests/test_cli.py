@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from scratchlm.checkpoint import save_checkpoint
 from scratchlm.cli import main
 from scratchlm.data.synthetic import generate_stories
 from scratchlm.model import build_model
 from scratchlm.tokenizer import Tokenizer
-from scratchlm.training.checkpoint import save_checkpoint
 from tests.conftest import tiny_config
 
 COMMANDS = [

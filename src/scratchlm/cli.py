@@ -68,7 +68,7 @@ def command_info(args: argparse.Namespace) -> None:
 
     metadata: dict[str, Any] = {}
     if args.checkpoint:
-        from scratchlm.training.checkpoint import (
+        from scratchlm.checkpoint import (
             checkpoint_config,
             read_metadata,
             resolve_checkpoint,
@@ -115,7 +115,7 @@ def load_tokenizer_argument(path: str) -> Any:
 
     candidate = Path(path)
     if candidate.is_dir() and not (candidate / "tokenizer.json").is_file():
-        from scratchlm.training.checkpoint import resolve_checkpoint
+        from scratchlm.checkpoint import resolve_checkpoint
 
         candidate = resolve_checkpoint(candidate)
     return Tokenizer.load(candidate)
@@ -376,32 +376,6 @@ def command_merge_lora(args: argparse.Namespace) -> None:
 # --- inference and evaluation ---------------------------------------------------------------------
 
 
-def load_for_inference(
-    checkpoint: str, device_name: str, quantize: str = "none", *, verify: bool = True
-) -> Any:
-    """The checkpoint's model on the chosen device, ready to decode. `verify=False`
-    (`--skip-checksums`) skips only the checksums; the config and the weights' shapes are always
-    checked before anything is allocated."""
-    from scratchlm.inference.quantize import quantize_for_cpu
-    from scratchlm.training.checkpoint import load_checkpoint
-    from scratchlm.training.trainer import select_device
-
-    device = select_device(device_name)
-    loaded = load_checkpoint(checkpoint, device, dtype=inference_dtype(device), verify=verify)
-    loaded.model = quantize_for_cpu(loaded.model, quantize)
-    return loaded, device
-
-
-def inference_dtype(device: Any) -> Any:
-    """bf16 weights on GPUs that support it (fp16 otherwise); fp32 on CPU, where it is fastest
-    without int8 (see `--quantize`)."""
-    import torch
-
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
-
-
 SAMPLERS = ("greedy", "temperature", "top-k", "top-p", "beam")
 
 
@@ -489,6 +463,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 def command_generate(args: argparse.Namespace) -> None:
     from scratchlm.inference.beam import beam_search
     from scratchlm.inference.engine import Engine
+    from scratchlm.inference.load import load_for_inference
 
     loaded, device = load_for_inference(
         args.checkpoint, args.device, args.quantize, verify=not args.skip_checksums
@@ -521,7 +496,7 @@ def command_generate(args: argparse.Namespace) -> None:
         return
     draft = None
     if args.draft_checkpoint:
-        from scratchlm.training.checkpoint import load_checkpoint
+        from scratchlm.checkpoint import load_checkpoint
 
         draft = load_checkpoint(args.draft_checkpoint, device, verify=not args.skip_checksums)
         if draft.tokenizer.fingerprint() != tokenizer.fingerprint():
@@ -591,14 +566,16 @@ def command_bench(args: argparse.Namespace) -> None:
     from scratchlm.inference.bench import run_benchmark
 
     if args.checkpoint:
+        from scratchlm.inference.load import load_for_inference
+
         loaded, device = load_for_inference(
             args.checkpoint, args.device, verify=not args.skip_checksums
         )
         model = loaded.model
     else:
         from scratchlm.config import preset_config
+        from scratchlm.device import select_device
         from scratchlm.model import build_model
-        from scratchlm.training.trainer import select_device
 
         device = select_device(args.device)
         torch.manual_seed(0)
@@ -649,6 +626,7 @@ def command_eval(args: argparse.Namespace) -> None:
         )
     from scratchlm.data import iter_documents
     from scratchlm.evaluation.perplexity import evaluate_text
+    from scratchlm.inference.load import load_for_inference
 
     loaded, device = load_for_inference(
         args.checkpoint, args.device, verify=not args.skip_checksums
@@ -674,11 +652,13 @@ def command_eval(args: argparse.Namespace) -> None:
 
 
 def command_eval_prompts(args: argparse.Namespace) -> None:
+    from scratchlm.checkpoint import load_checkpoint
     from scratchlm.evaluation.prompts import read_prompts, run_prompt_suite
-    from scratchlm.training.checkpoint import load_checkpoint
 
     prompts = read_prompts(args.prompts)
     verify = not args.skip_checksums
+    from scratchlm.inference.load import load_for_inference
+
     loaded, device = load_for_inference(args.checkpoint, args.device, args.quantize, verify=verify)
     others = [load_checkpoint(path, device, verify=verify) for path in args.compare or []]
     markdown, jsonl = run_prompt_suite(

@@ -288,6 +288,34 @@ def _derived_from(derived: str) -> set[str]:
     }[derived]
 
 
+def model_flops_per_token(config: ModelConfig) -> float:
+    """Training FLOPs per token (forward + backward), PaLM appendix B convention:
+
+        6 * N  +  12 * n_layer * n_head * head_dim * context_length
+
+    N counts the weights of every matmul (no embeddings, norms or biases, which cost next to
+    nothing): per layer q (d_model x n_head*head_dim), k and v (d_model x n_kv_head*head_dim each,
+    so GQA/MQA is counted as it really is), o (n_head*head_dim x d_model), the MLP (3 matrices
+    d_model x ffn_hidden for swiglu, 2 otherwise); plus the output head (padded_vocab_size x
+    d_model), which is a matmul even when its weight is tied to the embedding. A matmul with W
+    costs 2 FLOPs per weight forward and 4 backward, hence 6. The second term is the attention
+    scores (QK^T) and the weighted values (AV): 2 matmuls x 2 FLOPs x 3 (forward + backward) per
+    query-head dimension and context position, counted over the full context (no causal
+    halving), as PaLM does.
+    """
+    assert config.n_kv_head is not None and config.head_dim is not None
+    assert config.ffn_hidden is not None and config.padded_vocab_size is not None
+    d, head_dim = config.d_model, config.head_dim
+    q_width, kv_width = config.n_head * head_dim, config.n_kv_head * head_dim
+    attention = d * q_width + 2 * d * kv_width + q_width * d
+    mlp_matrices = 3 if config.mlp == "swiglu" else 2
+    mlp = mlp_matrices * d * config.ffn_hidden
+    head = config.padded_vocab_size * d
+    matmul_params = config.n_layer * (attention + mlp) + head
+    attention_flops = 12 * config.n_layer * config.n_head * head_dim * config.context_length
+    return float(6 * matmul_params + attention_flops)
+
+
 # --- presets: plain data --------------------------------------------------------------------------
 # Each preset is a dict of ModelConfig fields. The seed systems' presets keep their published
 # architecture; `tiny`/`small` are CPU defaults in Llama math (so they export losslessly).

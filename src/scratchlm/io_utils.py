@@ -135,3 +135,16 @@ def write_failure(target: Path, error: Exception, flag: str = "--out") -> Scratc
         f"could not write {target}: {reason}; free space or choose another {flag} (nothing was "
         "written there)"
     )
+
+
+def read_jsonl(path: Path) -> list[Any]:
+    """The records of a JSON-lines file we append to (metrics.jsonl); a line cut by a crash is
+    skipped, a missing file is empty."""
+    records = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records

@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 from scratchlm.chat_template import Message, end_of_turn_id, render
+from scratchlm.checkpoint import load_checkpoint
 from scratchlm.data.synthetic import generate_instruction_examples
 from scratchlm.errors import ScratchLMError
 from scratchlm.finetune.trainer import FinetuneTrainer
 from scratchlm.inference.engine import Engine
 from scratchlm.inference.sampling import SamplingSettings
 from scratchlm.io_utils import atomic_write_text
-from scratchlm.training.checkpoint import load_checkpoint
 from scratchlm.training.run_config import TrainConfig
 from scratchlm.training.trainer import Trainer
 

@@ -12,11 +12,11 @@ import torch
 
 from scratchlm.chat.conversation import Conversation
 from scratchlm.chat.terminal import ChatApp, ChatSettings, PlainView
+from scratchlm.checkpoint import load_checkpoint, save_checkpoint
 from scratchlm.inference.sampling import SamplingSettings
 from scratchlm.inference.session import DecodeSession
 from scratchlm.model import build_model
 from scratchlm.tokenizer import Tokenizer
-from scratchlm.training.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import tiny_config
 
 

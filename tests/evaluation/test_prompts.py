@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from scratchlm.checkpoint import save_checkpoint
 from scratchlm.cli import main
 from scratchlm.model import build_model
 from scratchlm.tokenizer import Tokenizer
-from scratchlm.training.checkpoint import save_checkpoint
 from tests.conftest import tiny_config
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from scratchlm.checkpoint import save_checkpoint
 from scratchlm.cli import main
 from scratchlm.errors import ScratchLMError
 from scratchlm.export.hf import export_hf, import_hf
 from scratchlm.model import build_model
 from scratchlm.tokenizer import Tokenizer
-from scratchlm.training.checkpoint import save_checkpoint
 from tests.conftest import tiny_config
 
 pytest.importorskip("gguf")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from scratchlm.chat_template import JINJA_TEMPLATE, Message, render, render_text
+from scratchlm.checkpoint import save_checkpoint
 from scratchlm.errors import ScratchLMError
 from scratchlm.export.gguf import (
     add_export_gguf_arguments,
@@ -19,7 +20,6 @@ from scratchlm.export.gguf import (
 )
 from scratchlm.model import apply_rope, build_model, rope_tables
 from scratchlm.tokenizer import Tokenizer
-from scratchlm.training.checkpoint import save_checkpoint
 from tests.conftest import SAMPLE_TEXT, seeded, tiny_config
 
 gguf = pytest.importorskip("gguf")
@@ -138,7 +138,7 @@ def test_rejects_unknown_dtype(tmp_path: Path, bpe_tokenizer: Tokenizer) -> None
 
 
 def our_logits(checkpoint: Path, ids: list[int]) -> np.ndarray:
-    from scratchlm.training.checkpoint import load_checkpoint
+    from scratchlm.checkpoint import load_checkpoint
 
     model = load_checkpoint(checkpoint).model
     with torch.no_grad():
@@ -147,7 +147,7 @@ def our_logits(checkpoint: Path, ids: list[int]) -> np.ndarray:
 
 
 def our_greedy(checkpoint: Path, ids: list[int], steps: int) -> list[int]:
-    from scratchlm.training.checkpoint import load_checkpoint
+    from scratchlm.checkpoint import load_checkpoint
 
     model = load_checkpoint(checkpoint).model
     sequence = list(ids)

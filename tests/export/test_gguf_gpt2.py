@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from scratchlm.checkpoint import save_checkpoint
 from scratchlm.errors import ScratchLMError
 from scratchlm.export.gguf import export_gguf
 from scratchlm.model import build_model
 from scratchlm.tokenizer import Tokenizer
-from scratchlm.training.checkpoint import save_checkpoint
 from tests.conftest import seeded, tiny_config
 from tests.export.test_gguf import llama_greedy, llama_logits, our_greedy, our_logits
 

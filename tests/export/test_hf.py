@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from scratchlm.chat_template import Message, render
+from scratchlm.checkpoint import load_checkpoint, save_checkpoint
 from scratchlm.cli import main
 from scratchlm.errors import ScratchLMError
 from scratchlm.export.hf import export_hf, load_or_adopt_tokenizer
@@ -16,7 +17,6 @@ from scratchlm.inference.engine import Engine
 from scratchlm.inference.sampling import GREEDY
 from scratchlm.model import build_model
 from scratchlm.tokenizer import Tokenizer, train_bpe
-from scratchlm.training.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import tiny_config
 
 transformers = pytest.importorskip("transformers")

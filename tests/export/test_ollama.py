@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from scratchlm.chat_template import Message, render_text
+from scratchlm.checkpoint import save_checkpoint
 from scratchlm.errors import ScratchLMError
 from scratchlm.export.ollama import (
     OLLAMA_TEMPLATE,
@@ -18,7 +19,6 @@ from scratchlm.export.ollama import (
 )
 from scratchlm.model import build_model
 from scratchlm.tokenizer import Tokenizer
-from scratchlm.training.checkpoint import save_checkpoint
 from tests.conftest import tiny_config
 
 pytest.importorskip("gguf")

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from scratchlm.checkpoint import load_checkpoint, save_checkpoint
 from scratchlm.cli import main
 from scratchlm.errors import ScratchLMError
 from scratchlm.evaluation.perplexity import evaluate_batches
@@ -15,7 +16,6 @@ from scratchlm.finetune.lora import LoRASettings, apply_lora, merge_lora, merged
 from scratchlm.finetune.trainer import finetune
 from scratchlm.model import build_model
 from scratchlm.tokenizer import Tokenizer
-from scratchlm.training.checkpoint import load_checkpoint, save_checkpoint
 from scratchlm.training.run_config import TrainConfig
 from tests.conftest import tiny_config
 

@@ -15,10 +15,10 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from scratchlm.checkpoint import Checkpoint, load_checkpoint
 from scratchlm.server.app import ServerSettings, create_app
 from scratchlm.server.protocol import uvicorn_config
 from scratchlm.tokenizer import Tokenizer
-from scratchlm.training.checkpoint import Checkpoint, load_checkpoint
 from tests.chat.conftest import write_checkpoint
 
 

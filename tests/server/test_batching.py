@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from openai import OpenAI
 
+from scratchlm.checkpoint import Checkpoint
 from scratchlm.inference.engine import Engine
 from scratchlm.inference.sampling import SamplingSettings
-from scratchlm.training.checkpoint import Checkpoint
 from tests.server.conftest import RunningServer, StartServer, metric_value
 
 GREEDY = SamplingSettings(temperature=0.0, top_k=None)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from scratchlm.training.checkpoint import Checkpoint
+from scratchlm.checkpoint import Checkpoint
 from tests.server.conftest import RunningServer, start_server
 
 try:

@@ -16,9 +16,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scratchlm.checkpoint import Checkpoint
 from scratchlm.inference import engine as engine_module
 from scratchlm.inference.sampling import SamplingSettings
-from scratchlm.training.checkpoint import Checkpoint
 from tests.server.conftest import RunningServer, StartServer, metric_value
 from tests.server.test_api import reference
 from tests.server.test_errors import assert_error_shape

@@ -22,10 +22,10 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
+from scratchlm.checkpoint import file_sha256, load_checkpoint, verify_checkpoint
 from scratchlm.cli import main
 from scratchlm.data.synthetic import generate_stories
 from scratchlm.errors import ScratchLMError
-from scratchlm.training.checkpoint import file_sha256, load_checkpoint, verify_checkpoint
 from scratchlm.training.run_config import TrainConfig
 from scratchlm.training.trainer import Trainer, default_learning_rate
 from tests.training.helpers import (
@@ -396,7 +396,7 @@ def io_error_in_torch_save(*args: Any, **kwargs: Any) -> None:
     ("patch", "reason", "advice"),
     [
         (
-            ("scratchlm.training.checkpoint.save_file", full_disk_in_safetensors),
+            ("scratchlm.checkpoint.save_file", full_disk_in_safetensors),
             "No space left on device",
             "free space or point --out elsewhere",
         ),

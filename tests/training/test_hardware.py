@@ -7,12 +7,11 @@ import json
 import pytest
 import torch
 
-from scratchlm.config import ModelConfig
+from scratchlm.config import ModelConfig, model_flops_per_token
 from scratchlm.training.hardware import (
     describe_hardware,
     measure_cpu_peak_flops,
     mfu,
-    model_flops_per_token,
     peak_flops,
     published_peak_flops,
 )

@@ -582,7 +582,8 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command_chat(args: argparse.Namespace) -> None:
-    from scratchlm.cli import load_for_inference, sampling_from_args
+    from scratchlm.cli import sampling_from_args
+    from scratchlm.inference.load import load_for_inference
     from scratchlm.inference.session import DecodeSession
 
     if args.sampler == "beam":

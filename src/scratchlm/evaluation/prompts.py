@@ -8,11 +8,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from scratchlm.checkpoint import Checkpoint
 from scratchlm.errors import ScratchLMError
 from scratchlm.inference.engine import Engine
 from scratchlm.inference.sampling import SamplingSettings
 from scratchlm.io_utils import atomic_write_text
-from scratchlm.training.checkpoint import Checkpoint
 
 
 @dataclass

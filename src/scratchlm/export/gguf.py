@@ -316,7 +316,7 @@ def export_gguf(
 ) -> Path:
     """Export a checkpoint to one GGUF file; refuses a config that is neither Llama math nor the
     GPT-2 layout with tanh GELU, and an existing `out`."""
-    from scratchlm.training.checkpoint import load_checkpoint
+    from scratchlm.checkpoint import load_checkpoint
 
     out = Path(out)
     if dtype not in GGUF_DTYPES:

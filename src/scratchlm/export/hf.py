@@ -19,6 +19,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from scratchlm.chat_template import JINJA_TEMPLATE
+from scratchlm.checkpoint import (
+    CONFIG_FILE,
+    TOKENIZER_FILE,
+    TRAINER_STATE_FILE,
+    WEIGHTS_FILE,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+)
 from scratchlm.config import MlpKind, ModelConfig
 from scratchlm.errors import ScratchLMError
 from scratchlm.io_utils import atomic_directory, refuse_foreign_entries, write_failure
@@ -34,15 +43,6 @@ from scratchlm.tokenizer import (
     UNK_TOKEN,
     USER_TOKEN,
     Tokenizer,
-)
-from scratchlm.training.checkpoint import (
-    CONFIG_FILE,
-    TOKENIZER_FILE,
-    TRAINER_STATE_FILE,
-    WEIGHTS_FILE,
-    load_checkpoint,
-    load_model_state,
-    save_checkpoint,
 )
 
 # ours -> Hugging Face Llama, "{i}" is the layer index

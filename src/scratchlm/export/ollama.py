@@ -81,7 +81,7 @@ def export_ollama(
     verify: bool = True,
 ) -> Path:
     """Write model.gguf, Modelfile and README.md into `out_dir`; returns the Modelfile's path."""
-    from scratchlm.training.checkpoint import read_config, resolve_checkpoint
+    from scratchlm.checkpoint import read_config, resolve_checkpoint
 
     out_dir = Path(out_dir)
     if dtype not in GGUF_DTYPES:

@@ -6,15 +6,15 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from scratchlm.errors import ScratchLMError
-from scratchlm.finetune.lora import LoRASettings, apply_lora, load_adapter_state, merge_lora
-from scratchlm.finetune.trainer import ADAPTER_FILE
-from scratchlm.training.checkpoint import (
+from scratchlm.checkpoint import (
     load_checkpoint,
     read_metadata,
     resolve_checkpoint,
     save_checkpoint,
 )
+from scratchlm.errors import ScratchLMError
+from scratchlm.finetune.lora import LoRASettings, apply_lora, load_adapter_state, merge_lora
+from scratchlm.finetune.trainer import ADAPTER_FILE
 
 
 def merge_lora_checkpoint(

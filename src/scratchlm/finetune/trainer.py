@@ -19,6 +19,13 @@ import torch
 from safetensors.torch import load_file, save
 
 from scratchlm.chat_template import render
+from scratchlm.checkpoint import (
+    checkpoint_config,
+    load_model_state,
+    read_metadata,
+    read_weights,
+    resolve_checkpoint,
+)
 from scratchlm.config import ModelConfig
 from scratchlm.errors import ScratchLMError
 from scratchlm.finetune import datasets
@@ -31,13 +38,6 @@ from scratchlm.finetune.lora import (
 )
 from scratchlm.model import GPT, build_model
 from scratchlm.tokenizer import Tokenizer
-from scratchlm.training.checkpoint import (
-    checkpoint_config,
-    load_model_state,
-    read_metadata,
-    read_weights,
-    resolve_checkpoint,
-)
 from scratchlm.training.run_config import TrainConfig
 from scratchlm.training.trainer import Trainer, TrainingResult
 

@@ -144,9 +144,8 @@ def flops_per_token(run: RunData) -> tuple[float | None, str]:
         return recorded, "recorded by the trainer"
     if not run.model:
         return None, NOT_RECORDED
-    from scratchlm.config import ModelConfig
+    from scratchlm.config import ModelConfig, model_flops_per_token
     from scratchlm.errors import ScratchLMError
-    from scratchlm.training.hardware import model_flops_per_token
 
     try:
         return model_flops_per_token(ModelConfig.from_dict(run.model)), "computed by the report"

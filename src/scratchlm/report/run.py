@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.training.metrics import read_metrics
+from scratchlm.io_utils import read_jsonl
 
 METRICS_FILE = "metrics.jsonl"
 RUN_CONFIG_FILE = "run_config.json"
@@ -94,7 +94,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunData:
             resolved_value = loaded.pop("resolved", {})
             resolved = resolved_value if isinstance(resolved_value, dict) else {}
             settings = loaded
-    records = [record for record in read_metrics(metrics_path) if isinstance(record, dict)]
+    records = [record for record in read_jsonl(metrics_path) if isinstance(record, dict)]
 
     def of_kind(kind: str) -> list[dict[str, Any]]:
         # Records written before "kind" existed were training records.

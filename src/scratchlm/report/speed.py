@@ -34,8 +34,8 @@ def measure_inference_speed(run_dir: Path, new_tokens: int = DEFAULT_NEW_TOKENS)
         raise ScratchLMError(
             f"--bench-tokens must be at least 2 (got {new_tokens}): decode speed needs a second token"
         )
+    from scratchlm.checkpoint import load_checkpoint, resolve_checkpoint
     from scratchlm.inference.bench import run_benchmark
-    from scratchlm.training.checkpoint import load_checkpoint, resolve_checkpoint
 
     try:
         checkpoint_dir = resolve_checkpoint(run_dir)

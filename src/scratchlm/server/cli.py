@@ -186,7 +186,7 @@ def command_serve(args: argparse.Namespace) -> None:
             f"serving needs FastAPI and uvicorn ({error}); install them with "
             "pip install 'scratchlm[serve]'"
         ) from error
-    from scratchlm.cli import load_for_inference
+    from scratchlm.inference.load import load_for_inference
 
     # Bind first, so a port in use is one clear line before the model is loaded.
     try:

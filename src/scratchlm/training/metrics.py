@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.io_utils import atomic_write_bytes
+from scratchlm.io_utils import atomic_write_bytes, read_jsonl
 
 
 class MetricsLogger:
@@ -73,20 +73,9 @@ class MetricsLogger:
             self.wandb_run.finish()
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    records = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash
-    return records
-
-
 def plot_loss_curve(run_dir: Path) -> Path | None:
     """Write run_dir/loss.png (training and validation loss over tokens) from metrics.jsonl."""
-    records = read_metrics(run_dir / "metrics.jsonl")
+    records = read_jsonl(run_dir / "metrics.jsonl")
     train = [(r["tokens"], r["loss"]) for r in records if r.get("kind") == "train" and "loss" in r]
     evals = [(r["tokens"], r["val_loss"]) for r in records if r.get("kind") == "eval"]
     if not train and not evals:

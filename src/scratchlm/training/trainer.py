@@ -16,7 +16,6 @@ to change.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -38,26 +37,7 @@ import torch.nn.functional as F
 from torch.distributed.fsdp import FSDPModule
 from tqdm import tqdm
 
-from scratchlm.config import ModelConfig, preset_config
-from scratchlm.data import (
-    CleaningOptions,
-    TokenShards,
-    TokenWindowLoader,
-    default_cache_root,
-    iter_eval_batches,
-    prepare_cached,
-    sample_text,
-    source_identity,
-)
-from scratchlm.errors import ScratchLMError
-from scratchlm.evaluation.perplexity import evaluate_batches
-from scratchlm.inference.engine import Engine
-from scratchlm.inference.sampling import SamplingSettings
-from scratchlm.io_utils import atomic_write_json
-from scratchlm.model import GPT, build_model, count_parameters
-from scratchlm.tokenizer import END_OF_TURN_TOKEN, Tokenizer, train_bpe, train_char
-from scratchlm.training import distributed
-from scratchlm.training.checkpoint import (
+from scratchlm.checkpoint import (
     TRAINER_STATE_FILE,
     latest_checkpoint,
     latest_valid_checkpoint,
@@ -68,10 +48,29 @@ from scratchlm.training.checkpoint import (
     save_checkpoint,
     set_latest,
 )
+from scratchlm.config import ModelConfig, model_flops_per_token, preset_config
+from scratchlm.data import (
+    CleaningOptions,
+    TokenShards,
+    TokenWindowLoader,
+    default_cache_root,
+    iter_eval_batches,
+    prepare_cached,
+    sample_text,
+    source_identity,
+)
+from scratchlm.device import autocast_context, select_device, select_precision
+from scratchlm.errors import ScratchLMError
+from scratchlm.evaluation.perplexity import evaluate_batches
+from scratchlm.inference.engine import Engine
+from scratchlm.inference.sampling import SamplingSettings
+from scratchlm.io_utils import atomic_write_json
+from scratchlm.model import GPT, build_model, count_parameters
+from scratchlm.tokenizer import END_OF_TURN_TOKEN, Tokenizer, train_bpe, train_char
+from scratchlm.training import distributed
 from scratchlm.training.hardware import (
     describe_hardware,
     mfu,
-    model_flops_per_token,
     peak_flops,
 )
 from scratchlm.training.memory import (
@@ -95,59 +94,6 @@ from scratchlm.training.token_weights import cached_token_weights, weighted_cros
 
 DEFAULT_MAX_STEPS = 2000
 RUN_CONFIG_FILE = "run_config.json"
-
-
-# --- device and precision -------------------------------------------------------------------------
-
-
-def select_device(name: str) -> torch.device:
-    """auto: CUDA > MPS > CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ScratchLMError(
-            f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ScratchLMError(
-            "--device cuda was asked for but no CUDA GPU is visible; use --device cpu"
-        )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ScratchLMError(
-            "--device mps was asked for but MPS is not available; use --device cpu"
-        )
-    return device
-
-
-def select_precision(name: str, device: torch.device) -> str:
-    """auto: bf16 autocast where the GPU supports it, fp16 (with a GradScaler) on older GPUs, fp32
-    on CPU (CPU autocast is slower than fp32 for small models)."""
-    if name != "auto":
-        if name == "fp16" and device.type == "cpu":
-            raise ScratchLMError(
-                "fp16 training is not supported on CPU; use --precision bf16 or fp32"
-            )
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "mps":
-        return "fp16"
-    return "fp32"
-
-
-def autocast_context(
-    precision: str, device: torch.device
-) -> contextlib.AbstractContextManager[Any]:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def default_learning_rate(n_params: int, optimizer: str = "adamw") -> float:

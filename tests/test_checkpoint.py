@@ -6,15 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from scratchlm.errors import ScratchLMError
-from scratchlm.model import build_model
-from scratchlm.tokenizer import Tokenizer
-from scratchlm.training.checkpoint import (
+from scratchlm.checkpoint import (
     load_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
     set_latest,
 )
+from scratchlm.errors import ScratchLMError
+from scratchlm.model import build_model
+from scratchlm.tokenizer import Tokenizer
 from tests.conftest import tiny_config
 
 
@@ -66,7 +66,7 @@ def test_atomic_save_leaves_previous_checkpoint_whole(
     target = tmp_path / "best"
     make_checkpoint(target, bpe_tokenizer)
     before = (target / "model.safetensors").read_bytes()
-    import scratchlm.training.checkpoint as checkpoint_module
+    import scratchlm.checkpoint as checkpoint_module
 
     def crash(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")

@@ -1,0 +1,74 @@
+"""Device, precision and autocast: the choices every command shares (training, inference, bench).
+
+- `select_device("auto")`: CUDA > MPS > CPU; a named device that is not there is a one-line error.
+- `select_precision("auto", device)`: bf16 autocast on GPUs that support it, fp16 (with a GradScaler)
+  on older ones and on MPS, fp32 on CPU (CPU autocast is slower than fp32 for small models).
+- `inference_dtype(device)`: the dtype weights are loaded in for inference (None keeps fp32).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from scratchlm.errors import ScratchLMError
+
+
+def select_device(name: str) -> torch.device:
+    """auto: CUDA > MPS > CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ScratchLMError(
+            f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ScratchLMError(
+            "--device cuda was asked for but no CUDA GPU is visible; use --device cpu"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ScratchLMError(
+            "--device mps was asked for but MPS is not available; use --device cpu"
+        )
+    return device
+
+
+def select_precision(name: str, device: torch.device) -> str:
+    """auto: bf16 autocast where the GPU supports it, fp16 (with a GradScaler) on older GPUs, fp32
+    on CPU (CPU autocast is slower than fp32 for small models)."""
+    if name != "auto":
+        if name == "fp16" and device.type == "cpu":
+            raise ScratchLMError(
+                "fp16 training is not supported on CPU; use --precision bf16 or fp32"
+            )
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "mps":
+        return "fp16"
+    return "fp32"
+
+
+def autocast_context(
+    precision: str, device: torch.device
+) -> contextlib.AbstractContextManager[Any]:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def inference_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 weights on GPUs that support it (fp16 otherwise); fp32 on CPU, where it is fastest
+    without int8 (see `--quantize`)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
