@@ -11,8 +11,8 @@ import time
 
 from scratchlm.chat_template import Message, end_of_turn_id, render
 from scratchlm.checkpoint import load_checkpoint
-from scratchlm.inference.sampling import SamplingSettings
 from scratchlm.inference.session import DecodeSession
+from scratchlm.inference.settings import SamplingSettings
 
 QUESTIONS = [
     "Tell me a story about a cat who finds a ball.",

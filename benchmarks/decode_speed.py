@@ -28,11 +28,11 @@ import torch
 
 from scratchlm.config import preset_config
 from scratchlm.export.hf import llama_blockers, to_transformers_llama
-from scratchlm.inference import kernels
 from scratchlm.inference.bench import time_batch_one, time_batched
 from scratchlm.inference.engine import Engine
+from scratchlm.inference.kernels import loader as kernels
 from scratchlm.inference.quantize import quantize_for_cpu
-from scratchlm.inference.sampling import GREEDY
+from scratchlm.inference.settings import GREEDY
 from scratchlm.model import GPT, build_model, count_parameters
 
 

@@ -21,7 +21,7 @@ from scratchlm.export.gguf import export_gguf
 from scratchlm.export.hf import to_transformers_llama
 from scratchlm.inference.engine import Engine
 from scratchlm.inference.quantize import quantize_for_cpu
-from scratchlm.inference.sampling import GREEDY
+from scratchlm.inference.settings import GREEDY
 from scratchlm.model import build_model
 from scratchlm.tokenizer import train_bpe
 

@@ -53,7 +53,8 @@ def child(spec: dict[str, Any]) -> dict[str, int]:
 
     from scratchlm.config import preset_config
     from scratchlm.model import build_model
-    from scratchlm.training.memory import TensorMemoryTracker, apply_activation_checkpointing
+    from scratchlm.training.activation_checkpointing import apply_activation_checkpointing
+    from scratchlm.training.memory import TensorMemoryTracker
     from scratchlm.training.optim import build_optimizer
     from scratchlm.training.token_weights import weighted_cross_entropy
 

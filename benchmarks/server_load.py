@@ -24,12 +24,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-LAUNCH = (
-    "import argparse, sys\n"
-    "from scratchlm.server.cli import add_serve_arguments, command_serve\n"
-    "parser = argparse.ArgumentParser(); add_serve_arguments(parser)\n"
-    "command_serve(parser.parse_args(sys.argv[1:]))\n"
-)
+LAUNCH = "import sys; from scratchlm.cli import main; sys.exit(main(['serve', *sys.argv[1:]]))"
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 
 from scratchlm.checkpoint import load_checkpoint
 from scratchlm.inference.engine import Engine
-from scratchlm.inference.sampling import GREEDY, SamplingSettings
+from scratchlm.inference.settings import GREEDY, SamplingSettings
 from scratchlm.inference.speculative import SpeculativeStats, speculative_generate
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -197,7 +197,7 @@ def print_samples(run_dir: Path, prompts: tuple[str, ...]) -> None:
 
     from scratchlm.checkpoint import load_checkpoint
     from scratchlm.inference.engine import Engine
-    from scratchlm.inference.sampling import SamplingSettings
+    from scratchlm.inference.settings import SamplingSettings
 
     torch.set_num_threads(2)
     checkpoint = load_checkpoint(run_dir)

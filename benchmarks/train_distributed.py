@@ -32,7 +32,7 @@ import torch
 
 from scratchlm.checkpoint import file_sha256, save_checkpoint
 from scratchlm.config import preset_config
-from scratchlm.data.synthetic import generate_stories
+from scratchlm.data.stories.corpus import generate_stories
 from scratchlm.model import build_model
 from scratchlm.tokenizer import train_char
 from scratchlm.training import distributed

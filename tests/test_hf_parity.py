@@ -8,7 +8,7 @@ import torch
 from scratchlm.errors import ScratchLMError
 from scratchlm.export.hf import llama_config, to_transformers_llama
 from scratchlm.inference.engine import Engine
-from scratchlm.inference.sampling import GREEDY
+from scratchlm.inference.settings import GREEDY
 from scratchlm.model import build_model
 from tests.conftest import tiny_config
 

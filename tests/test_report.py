@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from scratchlm.cli import main
-from scratchlm.data.synthetic import generate_stories
+from scratchlm.data.stories.corpus import generate_stories
 from scratchlm.errors import ScratchLMError
 from scratchlm.report import load_run, write_report
 from scratchlm.report.svg import nice_ticks, thin

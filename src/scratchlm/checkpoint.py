@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +131,6 @@ def save_checkpoint(
         metadata["checksums"] = {
             child.name: file_sha256(child) for child in sorted(temp_dir.iterdir())
         }
-        _test_pause("SCRATCHLM_TEST_PAUSE_IN_SAVE")
         # config.json last: a directory with a config.json was written completely.
         (temp_dir / CONFIG_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     return target
@@ -144,14 +142,6 @@ def file_sha256(path: Path) -> str:
         while chunk := handle.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _test_pause(variable: str) -> None:
-    """Test hook: sleep here for $variable seconds, so a crash test can kill a process in the
-    middle of a checkpoint write. Unset in normal use."""
-    seconds = os.environ.get(variable)
-    if seconds:
-        time.sleep(float(seconds))
 
 
 def verify_checkpoint(checkpoint_dir: Path) -> str | None:

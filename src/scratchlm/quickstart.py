@@ -16,11 +16,11 @@ from pathlib import Path
 
 from scratchlm.chat_template import Message, end_of_turn_id, render
 from scratchlm.checkpoint import load_checkpoint
-from scratchlm.data.synthetic import generate_instruction_examples
+from scratchlm.data.stories.instructions import generate_instruction_examples
 from scratchlm.errors import ScratchLMError
 from scratchlm.finetune.trainer import FinetuneTrainer
 from scratchlm.inference.engine import Engine
-from scratchlm.inference.sampling import SamplingSettings
+from scratchlm.inference.settings import SamplingSettings
 from scratchlm.io_utils import atomic_write_text
 from scratchlm.training.run_config import TrainConfig
 from scratchlm.training.trainer import Trainer
@@ -82,10 +82,8 @@ def run_quickstart(
     setup_s = time.perf_counter() - started
     chat_s = min(CHAT_STAGE_S, minutes * 60 * 0.25) if chat else 0.0
     train_s = max(10.0, minutes * 60 - setup_s - chat_s - RESERVE_S)
-    trainer.max_time = train_s
-    trainer.config.max_time = f"{train_s:.0f}s"
     print(f"2/{stages} pretraining for {train_s:.0f}s (setup took {setup_s:.0f}s)")
-    result = trainer.run()
+    result = trainer.run(max_time_s=train_s)
     if result.stop_signal is not None:
         print(f"quickstart stopped during pretraining; the model so far is in {out}")
         return int(result.stop_signal)

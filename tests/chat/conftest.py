@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from scratchlm.chat.app import ChatApp, ChatSettings
 from scratchlm.chat.conversation import Conversation
-from scratchlm.chat.terminal import ChatApp, ChatSettings, PlainView
+from scratchlm.chat.views import PlainView
 from scratchlm.checkpoint import load_checkpoint, save_checkpoint
-from scratchlm.inference.sampling import SamplingSettings
 from scratchlm.inference.session import DecodeSession
+from scratchlm.inference.settings import SamplingSettings
 from scratchlm.model import build_model
 from scratchlm.tokenizer import Tokenizer
 from tests.conftest import tiny_config

@@ -1,9 +1,7 @@
-"""ChatApp and `command_chat` in-process: the mechanics without a terminal."""
+"""ChatApp in-process: the mechanics without a terminal (the command: tests/cli/test_chat.py)."""
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import re
 from collections.abc import Iterator
@@ -12,14 +10,9 @@ from typing import Any
 
 import pytest
 
-from scratchlm.chat.terminal import (
-    TurnStats,
-    add_chat_arguments,
-    command_chat,
-    visible_text,
-)
+from scratchlm.chat.app import TurnStats
+from scratchlm.chat.views import visible_text
 from scratchlm.chat_template import render
-from scratchlm.errors import ScratchLMError
 from tests.chat.conftest import MakeApp
 
 FIRST = "Once upon a time, there was a little cat named Tom."
@@ -209,64 +202,3 @@ def test_stats_line_format() -> None:
 
 def test_visible_text_keeps_newlines_and_shows_control_characters() -> None:
     assert visible_text("a\nb\tc\x1b[2J\r\x07") == "a\nb\tc␛[2J␍␇"
-
-
-# --- the command in-process (standard input is not a terminal here: the plain view) -----------
-
-
-def parse_chat_args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_chat_arguments(parser)
-    return parser.parse_args(list(argv))
-
-
-def run_chat(monkeypatch: pytest.MonkeyPatch, stdin: str, *argv: str) -> None:
-    monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
-    command_chat(parse_chat_args(*argv))
-
-
-def test_chat_defaults_avoid_loops() -> None:
-    args = parse_chat_args("--checkpoint", "x")
-    assert (args.temperature, args.repetition_penalty, args.max_new_tokens) == (0.7, 1.1, 256)
-
-
-def test_command_chat_plain_mode_and_context_file(
-    chat_checkpoint: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    context = tmp_path / "context.json"
-    common = ("--checkpoint", str(chat_checkpoint), "--max-new-tokens", "8", "--seed", "1")
-    run_chat(monkeypatch, "hello\nquit\n", *common, "--context-file", str(context))
-    captured = capsys.readouterr()
-    assert "\x1b" not in captured.out + captured.err and "╭" not in captured.out + captured.err
-    assert "parameters:" in captured.err and STATS.search(captured.err)
-    first = json.loads(context.read_text(encoding="utf-8"))
-    assert [m["role"] for m in first["messages"]] == ["user", "assistant"]
-    assert first["settings"]["max_new_tokens"] == 8
-    # A second run continues the saved conversation (end of input also ends the session).
-    run_chat(monkeypatch, "again\n", *common, "--context-file", str(context))
-    second = json.loads(context.read_text(encoding="utf-8"))
-    assert [m["content"] for m in second["messages"] if m["role"] == "user"] == ["hello", "again"]
-    assert "history: 2 messages" in capsys.readouterr().err
-
-
-def test_command_chat_user_errors(
-    chat_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with pytest.raises(ScratchLMError, match="does not exist"):
-        run_chat(monkeypatch, "", "--checkpoint", str(tmp_path / "nope"))
-    with pytest.raises(ScratchLMError, match="beam"):
-        run_chat(monkeypatch, "", "--checkpoint", str(chat_checkpoint), "--sampler", "beam")
-    (tmp_path / "broken.json").write_text("[", encoding="utf-8")
-    # A broken --context-file stops the start: continuing would overwrite it.
-    with pytest.raises(ScratchLMError, match="not valid JSON"):
-        run_chat(
-            monkeypatch,
-            "",
-            "--checkpoint",
-            str(chat_checkpoint),
-            "--context-file",
-            str(tmp_path / "broken.json"),
-        )

@@ -14,7 +14,7 @@ from scratchlm.chat.commands import (
     parse_settings,
 )
 from scratchlm.errors import ScratchLMError
-from scratchlm.inference.sampling import SamplingSettings
+from scratchlm.inference.settings import SamplingSettings
 
 
 @pytest.mark.parametrize(

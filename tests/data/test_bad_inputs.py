@@ -93,7 +93,7 @@ def test_corpus_too_small_for_a_validation_split(
         str(tiny),
         tmp_path,
         alphabet_tokenizer,
-        r"too small to split off 0.1.*--val-source",
+        r"too small to split off 0.1.*--val-data",
         val_fraction=0.1,
     )
 

@@ -181,10 +181,6 @@ def test_hugging_face_dataset_with_its_validation_split(
 def test_synthetic_corpus_is_generated_once_into_the_cache(
     tmp_path: Path, cache_dir: Path, alphabet_tokenizer: Tokenizer
 ) -> None:
-    try:
-        import scratchlm.data.synthetic  # noqa: F401
-    except ImportError:
-        pytest.skip("scratchlm.data.synthetic (written by another helper) is not there yet")
     tokenizer = train_char(sources.sample_text("synthetic:0.05", max_chars=200_000))
     out = prepare("synthetic:0.05", tmp_path / "out", tokenizer)
     manifest = read_manifest(out)

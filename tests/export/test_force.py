@@ -163,7 +163,7 @@ def test_import_of_a_damaged_hf_directory_is_one_line(
     exported = export_hf(str(checkpoint), tmp_path / "hf")
     damage(exported)
     out = tmp_path / "imported"
-    assert main(["import", "hf", "--model", str(exported), "--out", str(out)]) == 2
+    assert main(["import", "hf", "--checkpoint", str(exported), "--out", str(out)]) == 2
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and re.search(message, error), error
     assert not out.exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,6 @@ from scratchlm.chat_template import JINJA_TEMPLATE, Message, render, render_text
 from scratchlm.checkpoint import save_checkpoint
 from scratchlm.errors import ScratchLMError
 from scratchlm.export.gguf import (
-    add_export_gguf_arguments,
-    command_export_gguf,
     export_gguf,
     interleave_rope_rows,
 )
@@ -243,15 +240,3 @@ def test_llama_cpp_tokenizes_rendered_chat_like_our_template(
     theirs = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)  # type: ignore[attr-defined]
     assert theirs == render(messages, bpe_tokenizer, add_generation_prompt=True)[0]
     assert llm.metadata["tokenizer.chat_template"] == JINJA_TEMPLATE  # type: ignore[attr-defined]
-
-
-def test_command_line_functions(tmp_path: Path, bpe_tokenizer: Tokenizer) -> None:
-    checkpoint = make_checkpoint(tmp_path / "ckpt", bpe_tokenizer)
-    parser = argparse.ArgumentParser()
-    add_export_gguf_arguments(parser)
-    out = tmp_path / "model.gguf"
-    args = parser.parse_args(["--checkpoint", str(checkpoint), "--out", str(out), "--dtype", "f16"])
-    command_export_gguf(args)
-    assert out.read_bytes()[:4] == b"GGUF"
-    with pytest.raises(ScratchLMError, match="--force"):
-        command_export_gguf(args)

@@ -14,7 +14,7 @@ from scratchlm.cli import main
 from scratchlm.errors import ScratchLMError
 from scratchlm.export.hf import export_hf, load_or_adopt_tokenizer
 from scratchlm.inference.engine import Engine
-from scratchlm.inference.sampling import GREEDY
+from scratchlm.inference.settings import GREEDY
 from scratchlm.model import build_model
 from scratchlm.tokenizer import Tokenizer, train_bpe
 from tests.conftest import tiny_config
@@ -114,7 +114,9 @@ def test_import_round_trip_is_exact(layout: str, tmp_path: Path, tokenizer: Toke
     export_hf(str(checkpoint), tmp_path / "hf", max_shard_bytes=50_000)  # several shards + index
     assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
     assert (
-        main(["import", "hf", "--model", str(tmp_path / "hf"), "--out", str(tmp_path / "back")])
+        main(
+            ["import", "hf", "--checkpoint", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]
+        )
         == 0
     )
     original, back = load_checkpoint(checkpoint), load_checkpoint(tmp_path / "back")
@@ -193,7 +195,9 @@ def test_import_of_a_foreign_model_keeps_its_function(tmp_path: Path) -> None:
     )
     theirs = transformers.GPT2LMHeadModel(config).eval()
     theirs.save_pretrained(foreign)
-    assert main(["import", "hf", "--model", str(foreign), "--out", str(tmp_path / "ours")]) == 0
+    assert (
+        main(["import", "hf", "--checkpoint", str(foreign), "--out", str(tmp_path / "ours")]) == 0
+    )
     ours = load_checkpoint(tmp_path / "ours")
     assert ours.tokenizer.eos_id == 2 and ours.tokenizer.vocab_size == backend.get_vocab_size() + 7
     text = "Tom loved to play 😀 with code: def f(x):"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
@@ -13,8 +12,6 @@ from scratchlm.checkpoint import save_checkpoint
 from scratchlm.errors import ScratchLMError
 from scratchlm.export.ollama import (
     OLLAMA_TEMPLATE,
-    add_export_ollama_arguments,
-    command_export_ollama,
     export_ollama,
 )
 from scratchlm.model import build_model
@@ -114,14 +111,3 @@ def test_refusals(tmp_path: Path, bpe_tokenizer: Tokenizer) -> None:
     assert not (tmp_path / "akane-out" / "model.gguf").exists()
     with pytest.raises(ScratchLMError, match='"""'):
         export_ollama(checkpoint, tmp_path / "other", system='say """hi"""')
-
-
-def test_command_line_functions(tmp_path: Path, bpe_tokenizer: Tokenizer) -> None:
-    checkpoint = make_checkpoint(tmp_path / "ckpt", bpe_tokenizer)
-    parser = argparse.ArgumentParser()
-    add_export_ollama_arguments(parser)
-    out = tmp_path / "ollama"
-    args = parser.parse_args(["--checkpoint", str(checkpoint), "--out", str(out), "--system", "Hi"])
-    assert args.dtype == "q8_0"
-    command_export_ollama(args)
-    assert 'SYSTEM """Hi"""' in (out / "Modelfile").read_text()

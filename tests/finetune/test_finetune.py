@@ -13,7 +13,7 @@ from scratchlm.errors import ScratchLMError
 from scratchlm.evaluation.perplexity import evaluate_batches
 from scratchlm.finetune import datasets
 from scratchlm.finetune.lora import LoRASettings, apply_lora, merge_lora, merged_state
-from scratchlm.finetune.trainer import finetune
+from scratchlm.finetune.trainer import LORA_LR, FinetuneTrainer, finetune
 from scratchlm.model import build_model
 from scratchlm.tokenizer import Tokenizer
 from scratchlm.training.run_config import TrainConfig
@@ -190,3 +190,12 @@ def test_bad_finetune_data(tmp_path: Path, base: Path) -> None:
         datasets.read_conversations(bad)
     with pytest.raises(ScratchLMError, match="lora-targets"):
         LoRASettings(targets=("attention",))
+
+
+def test_the_default_rate_goes_to_the_trainers_copy(
+    tmp_path: Path, base: Path, instructions: Path
+) -> None:
+    settings = config(tmp_path / "run", instructions, lr=None, max_steps=1)
+    trainer = FinetuneTrainer(settings, base=str(base), lora=LoRASettings(rank=2))
+    assert trainer.config.lr == LORA_LR and trainer.learning_rate == LORA_LR
+    assert settings.lr is None  # the caller's config is not changed

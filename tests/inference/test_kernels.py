@@ -1,4 +1,4 @@
-"""The fp32 CPU decode kernels (scratchlm.inference.kernels): parity with the model's forward,
+"""The fp32 CPU decode kernels (scratchlm.inference.kernels) behind the decode primitive: parity with the model's forward,
 greedy identity through Engine, and the fallback whenever they cannot or must not be used.
 
 The kernel tests need a C++ compiler (the library is built on first use, ~2 s, then cached); they
@@ -12,22 +12,24 @@ import torch
 from torch import nn
 
 from scratchlm.config import preset_config
-from scratchlm.inference import kernels
+from scratchlm.inference.batch import BatchDecoder, GenerationRequest
 from scratchlm.inference.bench import time_batch_one
-from scratchlm.inference.engine import BatchDecoder, Engine, GenerationRequest
+from scratchlm.inference.engine import Engine
+from scratchlm.inference.kernels import decoder as kernel_decoder
+from scratchlm.inference.kernels import loader
 from scratchlm.inference.quantize import quantize_for_cpu
-from scratchlm.inference.sampling import GREEDY, SamplingSettings
 from scratchlm.inference.session import DecodeSession
+from scratchlm.inference.settings import GREEDY, SamplingSettings
 from scratchlm.kv_cache import KVCache
 from scratchlm.model import GPT, build_model
 from tests.conftest import tiny_config
 
 
 def _library_or_skip() -> None:
-    if not kernels.kernels_enabled():
+    if not loader.kernels_enabled():
         pytest.skip("SCRATCHLM_KERNELS=0")
-    if kernels.load_library() is None:
-        pytest.skip(f"fp32 decode kernels unavailable: {kernels.unavailable_reason()}")
+    if loader.load_library() is None:
+        pytest.skip(f"fp32 decode kernels unavailable: {loader.unavailable_reason()}")
 
 
 def _model(preset: str, **overrides: object) -> GPT:
@@ -62,7 +64,7 @@ def test_decode_steps_match_the_model_forward(preset: str, overrides: dict[str, 
     fast_cache = KVCache.for_model(config, 1, 16)
     model(prompt, kv_cache=reference_cache, last_token_only=True)
     model(prompt, kv_cache=fast_cache, last_token_only=True)
-    decoder = kernels.fast_decoder(model, fast_cache)
+    decoder = kernel_decoder.fast_decoder(model, fast_cache)
     assert decoder is not None
     token = 3
     for _ in range(10):
@@ -92,7 +94,7 @@ def test_gemv_matches_linear(threads: int) -> None:
             eps = torch.finfo(torch.float32).eps
             tolerance = columns**0.5 * eps * (weight.abs() @ x.abs()) + 1e-6
             for with_bias in (None, bias):
-                fast = kernels.gemv(weight, x, with_bias)
+                fast = loader.gemv(weight, x, with_bias)
                 reference = nn.functional.linear(x, weight, with_bias)
                 assert fast.shape == reference.shape
                 assert bool(((fast - reference).abs() <= tolerance).all())
@@ -109,17 +111,17 @@ def test_greedy_generation_is_identical_with_and_without_kernels(
     model = build_model(config).eval()  # the real `small` shape, random weights
     prompt = torch.randint(0, config.vocab_size, (12,)).tolist()
     calls = 0
-    original = kernels.FastDecoder.step
+    original = kernel_decoder.FastDecoder.step
 
-    def counted(self: kernels.FastDecoder, token: int) -> torch.Tensor:
+    def counted(self: kernel_decoder.FastDecoder, token: int) -> torch.Tensor:
         nonlocal calls
         calls += 1
         return original(self, token)
 
-    monkeypatch.setattr(kernels.FastDecoder, "step", counted)
+    monkeypatch.setattr(kernel_decoder.FastDecoder, "step", counted)
     fast = list(Engine(model).generate(prompt, max_new_tokens=32, sampling=GREEDY))
     assert calls == 31  # the prefill gives the first token, the kernels the other 31
-    monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+    monkeypatch.setenv(loader.ENV_SWITCH, "0")
     reference = list(Engine(model).generate(prompt, max_new_tokens=32, sampling=GREEDY))
     assert calls == 31
     assert fast == reference
@@ -133,7 +135,7 @@ def test_seeded_sampling_and_context_end_with_kernels(monkeypatch: pytest.Monkey
     # prefill's token, then one per free position: 9).
     prompt = list(range(1, 25))
     fast = list(Engine(model).generate(prompt, max_new_tokens=10, sampling=settings, seed=7))
-    monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+    monkeypatch.setenv(loader.ENV_SWITCH, "0")
     reference = list(Engine(model).generate(prompt, max_new_tokens=10, sampling=settings, seed=7))
     assert fast == reference and len(fast) == 9
 
@@ -142,14 +144,14 @@ def test_bench_decode_uses_the_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     _library_or_skip()
     model = _model("llama-42m")
     used: list[bool] = []
-    original = kernels.fast_decoder
+    original = kernel_decoder.fast_decoder
 
-    def spy(model: nn.Module, cache: KVCache) -> kernels.FastDecoder | None:
+    def spy(model: nn.Module, cache: KVCache) -> kernel_decoder.FastDecoder | None:
         decoder = original(model, cache)
         used.append(decoder is not None)
         return decoder
 
-    monkeypatch.setattr("scratchlm.inference.bench.fast_decoder", spy)
+    monkeypatch.setattr("scratchlm.inference.decode.fast_decoder", spy)
     _, _, rate = time_batch_one(model, torch.tensor([[1, 2, 3]]), 6)
     assert used == [True] and rate > 0
 
@@ -160,7 +162,7 @@ def test_step_refuses_a_full_cache_and_bad_tokens() -> None:
     cache = KVCache.for_model(model.config, 1, 4)
     with torch.inference_mode():
         model(torch.tensor([[1, 2, 3]]), kv_cache=cache)
-        decoder = kernels.fast_decoder(model, cache)
+        decoder = kernel_decoder.fast_decoder(model, cache)
         assert decoder is not None
         assert model.config.padded_vocab_size is not None
         with pytest.raises(IndexError, match="vocabulary"):
@@ -177,36 +179,38 @@ def test_fallback_when_the_fast_path_does_not_apply(monkeypatch: pytest.MonkeyPa
     model = _model("llama-42m")
     cache = KVCache.for_model(model.config, 1, 8)
     quantized = quantize_for_cpu(model, "int8")
-    assert kernels.fast_decoder(quantized, cache) is None
-    assert "not an nn.Linear" in str(kernels.unsupported_reason(quantized, cache))
-    assert kernels.unsupported_reason(model, KVCache.for_model(model.config, 2, 8)) is not None
+    assert kernel_decoder.fast_decoder(quantized, cache) is None
+    assert "not an nn.Linear" in str(kernel_decoder.unsupported_reason(quantized, cache))
+    assert (
+        kernel_decoder.unsupported_reason(model, KVCache.for_model(model.config, 2, 8)) is not None
+    )
     bf16 = _model("llama-42m").to(torch.bfloat16)
-    assert kernels.unsupported_reason(bf16, cache) is not None
+    assert kernel_decoder.unsupported_reason(bf16, cache) is not None
     compiled = _model("llama-42m")
     compiled.forward = torch.compile(compiled.forward)  # type: ignore[method-assign]
-    assert kernels.unsupported_reason(compiled, cache) is not None
+    assert kernel_decoder.unsupported_reason(compiled, cache) is not None
     dropout = build_model(tiny_config("llama-42m", dropout=0.1))  # training mode
-    assert kernels.unsupported_reason(dropout, cache) is not None
+    assert kernel_decoder.unsupported_reason(dropout, cache) is not None
     hooked = _model("llama-42m")
     hooked.blocks[0].register_forward_hook(lambda *args: None)
-    assert kernels.unsupported_reason(hooked, cache) is not None
-    monkeypatch.setenv(kernels.ENV_SWITCH, "0")
-    assert kernels.fast_decoder(model, cache) is None
+    assert kernel_decoder.unsupported_reason(hooked, cache) is not None
+    monkeypatch.setenv(loader.ENV_SWITCH, "0")
+    assert kernel_decoder.fast_decoder(model, cache) is None
 
 
 def test_generation_falls_back_without_the_library(monkeypatch: pytest.MonkeyPatch) -> None:
     # As on a machine without a compiler: the build fails, nothing is raised, PyTorch decodes.
-    monkeypatch.setattr(kernels, "_library", None)
-    monkeypatch.setattr(kernels, "_load_attempted", False)
-    monkeypatch.setattr(kernels, "_failure", None)
+    monkeypatch.setattr(loader, "_library", None)
+    monkeypatch.setattr(loader, "_load_attempted", False)
+    monkeypatch.setattr(loader, "_failure", None)
     monkeypatch.setenv("CXX", "/nonexistent/c++")
-    assert kernels.load_library() is None
-    assert "compiler" in str(kernels.unavailable_reason())
+    assert loader.load_library() is None
+    assert "compiler" in str(loader.unavailable_reason())
     model = _model("llama-42m")
     tokens = list(Engine(model).generate([1, 2, 3], max_new_tokens=8, sampling=GREEDY))
     assert len(tokens) == 8
     with pytest.raises(RuntimeError, match="unavailable"):
-        kernels.gemv(torch.ones(2, 2), torch.ones(2))
+        loader.gemv(torch.ones(2, 2), torch.ones(2))
 
 
 def test_chat_session_turns_use_the_kernels_and_match(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -216,14 +220,14 @@ def test_chat_session_turns_use_the_kernels_and_match(monkeypatch: pytest.Monkey
     model = _model("llama-42m")
     settings = SamplingSettings(temperature=0.9, top_k=20)
     calls = 0
-    original = kernels.FastDecoder.step
+    original = kernel_decoder.FastDecoder.step
 
-    def counted(self: kernels.FastDecoder, token: int) -> torch.Tensor:
+    def counted(self: kernel_decoder.FastDecoder, token: int) -> torch.Tensor:
         nonlocal calls
         calls += 1
         return original(self, token)
 
-    monkeypatch.setattr(kernels.FastDecoder, "step", counted)
+    monkeypatch.setattr(kernel_decoder.FastDecoder, "step", counted)
 
     def conversation() -> list[list[int]]:
         session = DecodeSession(model)
@@ -238,7 +242,7 @@ def test_chat_session_turns_use_the_kernels_and_match(monkeypatch: pytest.Monkey
 
     fast = conversation()
     assert calls == 15  # 5 per turn: the prefill gives each turn's first token
-    monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+    monkeypatch.setenv(loader.ENV_SWITCH, "0")
     assert conversation() == fast
     assert calls == 15
 
@@ -254,14 +258,14 @@ def test_batch_decoder_uses_the_kernels_while_one_row_decodes(
     model = _model("llama-42m")
     settings = SamplingSettings(temperature=0.9, top_k=20)
     calls = 0
-    original = kernels.FastDecoder.step
+    original = kernel_decoder.FastDecoder.step
 
-    def counted(self: kernels.FastDecoder, token: int) -> torch.Tensor:
+    def counted(self: kernel_decoder.FastDecoder, token: int) -> torch.Tensor:
         nonlocal calls
         calls += 1
         return original(self, token)
 
-    monkeypatch.setattr(kernels.FastDecoder, "step", counted)
+    monkeypatch.setattr(kernel_decoder.FastDecoder, "step", counted)
 
     def serve() -> dict[int, list[int]]:
         decoder = BatchDecoder(model, max_batch=2)
@@ -282,7 +286,7 @@ def test_batch_decoder_uses_the_kernels_while_one_row_decodes(
     fast = serve()
     assert calls >= 6  # 3 steps before the second row joins, and the last ones after one leaves
     kernel_calls = calls
-    monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+    monkeypatch.setenv(loader.ENV_SWITCH, "0")
     assert serve() == fast
     assert calls == kernel_calls
     assert [len(fast[0]), len(fast[1])] == [first_tokens, second_tokens]

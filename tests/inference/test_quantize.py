@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.inference.engine import BatchDecoder, Engine, GenerationRequest
+from scratchlm.inference.batch import BatchDecoder, GenerationRequest
+from scratchlm.inference.engine import Engine
 from scratchlm.inference.quantize import quantize_for_cpu
-from scratchlm.inference.sampling import GREEDY
+from scratchlm.inference.settings import GREEDY
 from scratchlm.model import build_model
 from tests.conftest import tiny_config
 

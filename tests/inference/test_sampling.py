@@ -6,22 +6,17 @@ import pytest
 import torch
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.inference import engine as engine_module
-from scratchlm.inference.engine import (
-    BatchDecoder,
-    Engine,
-    GenerationRequest,
-    make_generator,
-)
+from scratchlm.inference import batch as batch_module
+from scratchlm.inference.batch import BatchDecoder, GenerationRequest
+from scratchlm.inference.engine import Engine
 from scratchlm.inference.sampling import (
-    GREEDY,
-    SamplingError,
-    SamplingSettings,
     filter_top_k,
     filter_top_p,
+    make_generator,
     next_token_probabilities,
     sample_next_token,
 )
+from scratchlm.inference.settings import GREEDY, SamplingError, SamplingSettings
 from tests.conftest import seeded
 from tests.inference.test_engine import make_model
 
@@ -222,7 +217,7 @@ POISONED = SamplingSettings(temperature=0.7, top_k=None, presence_penalty=1.25)
 def test_a_row_whose_sampling_fails_ends_alone(
     monkeypatch: pytest.MonkeyPatch, prefill_chunk: int | None
 ) -> None:
-    real = engine_module.sample_next_token
+    real = batch_module.sample_next_token
 
     def flaky(
         logits: torch.Tensor, settings: SamplingSettings, *args: Any, **kwargs: Any
@@ -248,10 +243,10 @@ def test_a_row_whose_sampling_fails_ends_alone(
         )
         for request in (requests[0], requests[2])
     ]
-    monkeypatch.setattr(engine_module, "sample_next_token", flaky)
+    monkeypatch.setattr(batch_module, "sample_next_token", flaky)
     decoder = BatchDecoder(model, max_batch=3, prefill_chunk=prefill_chunk)
     handles = [decoder.add(request) for request in requests]
-    finished: dict[int, engine_module.Row] = {}
+    finished: dict[int, batch_module.Row] = {}
     while decoder.active:
         finished.update((row.handle, row) for row in decoder.step())
     failed = finished[handles[1]]
@@ -278,7 +273,7 @@ def test_a_row_whose_prefill_forward_fails_ends_alone(monkeypatch: pytest.Monkey
     decoder = BatchDecoder(model, max_batch=2, prefill_chunk=2)
     good = decoder.add(GenerationRequest([5, 6, 7], max_new_tokens=6, sampling=GREEDY))
     bad = decoder.add(GenerationRequest([1, 2, marker, 3], max_new_tokens=6, sampling=GREEDY))
-    finished: dict[int, engine_module.Row] = {}
+    finished: dict[int, batch_module.Row] = {}
     while decoder.active:
         finished.update((row.handle, row) for row in decoder.step())
     assert finished[bad].finish_reason == "error"

@@ -14,13 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.inference.sampling import (
-    SamplingError,
-    SamplingSettings,
-    check_logit_bias,
-    next_token_probabilities,
-    sample_next_token,
-)
+from scratchlm.inference.sampling import next_token_probabilities, sample_next_token
+from scratchlm.inference.settings import SamplingError, SamplingSettings, check_logit_bias
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 # Deterministic (no example database, the same examples every run) and bounded in count.

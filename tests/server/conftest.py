@@ -3,6 +3,7 @@ port race), serving a tiny random-weight checkpoint (the tests check mechanics, 
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 import time
@@ -10,14 +11,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import uvicorn
 from fastapi import FastAPI
 
 from scratchlm.checkpoint import Checkpoint, load_checkpoint
+from scratchlm.server import app as app_module
 from scratchlm.server.app import ServerSettings, create_app
 from scratchlm.server.protocol import uvicorn_config
+from scratchlm.server.scheduler import Scheduler
 from scratchlm.tokenizer import Tokenizer
 from tests.chat.conftest import write_checkpoint
 
@@ -48,9 +52,28 @@ class RunningServer:
         self.thread.join(timeout=10)
 
 
-def start_server(loaded: Checkpoint, **settings: Any) -> RunningServer:
+class SlowScheduler(Scheduler):
+    """Sleeps after each decode step, so that rows stay in the batch long enough for a test to
+    see them together (or to fill the queue)."""
+
+    def __init__(self, *args: Any, step_delay: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.step_delay = step_delay
+
+    def _deliver(self, rows: Any, finished: set[int]) -> None:
+        super()._deliver(rows, finished)
+        time.sleep(self.step_delay)
+
+
+def start_server(loaded: Checkpoint, *, step_delay: float = 0.0, **settings: Any) -> RunningServer:
+    """A running server; `step_delay` seconds of sleep after each decode step hold rows."""
     settings.setdefault("model_name", "tiny")
-    app = create_app(loaded.model, loaded.tokenizer, ServerSettings(**settings))
+    if step_delay:
+        scheduler = functools.partial(SlowScheduler, step_delay=step_delay)
+        with mock.patch.object(app_module, "Scheduler", scheduler):
+            app = create_app(loaded.model, loaded.tokenizer, ServerSettings(**settings))
+    else:
+        app = create_app(loaded.model, loaded.tokenizer, ServerSettings(**settings))
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]

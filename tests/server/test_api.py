@@ -9,7 +9,7 @@ from openai import OpenAI
 from scratchlm.chat_template import end_of_turn_id, render
 from scratchlm.checkpoint import Checkpoint
 from scratchlm.inference.engine import Engine
-from scratchlm.inference.sampling import SamplingSettings
+from scratchlm.inference.settings import SamplingSettings
 from tests.server.conftest import RunningServer, metric_value
 
 GREEDY = SamplingSettings(temperature=0.0, top_k=None)

@@ -10,7 +10,7 @@ from openai import OpenAI
 
 from scratchlm.checkpoint import Checkpoint
 from scratchlm.inference.engine import Engine
-from scratchlm.inference.sampling import SamplingSettings
+from scratchlm.inference.settings import SamplingSettings
 from tests.server.conftest import RunningServer, StartServer, metric_value
 
 GREEDY = SamplingSettings(temperature=0.0, top_k=None)

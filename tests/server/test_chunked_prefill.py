@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.inference.engine import BatchDecoder, Engine, GenerationRequest
-from scratchlm.inference.sampling import SamplingSettings
+from scratchlm.inference.batch import BatchDecoder, GenerationRequest
+from scratchlm.inference.engine import Engine
+from scratchlm.inference.settings import SamplingSettings
 from scratchlm.model import build_model
 from tests.conftest import tiny_config
 

@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scratchlm.checkpoint import Checkpoint
+from scratchlm.inference import batch as batch_module
 from scratchlm.inference import engine as engine_module
-from scratchlm.inference.sampling import SamplingSettings
+from scratchlm.inference.settings import SamplingSettings
 from tests.server.conftest import RunningServer, StartServer, metric_value
 from tests.server.test_api import reference
 from tests.server.test_errors import assert_error_shape
@@ -230,7 +231,7 @@ def stream_completion(url: str, body: dict[str, Any]) -> tuple[str, str | None, 
 def test_a_failing_row_ends_alone_and_extreme_settings_hurt_nobody(
     make_server: StartServer, loaded: Checkpoint, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = engine_module.sample_next_token
+    real = batch_module.sample_next_token
 
     def flaky(
         logits: torch.Tensor, sampling: SamplingSettings, *args: Any, **kwargs: Any
@@ -239,7 +240,7 @@ def test_a_failing_row_ends_alone_and_extreme_settings_hurt_nobody(
             raise RuntimeError("injected sampling failure")
         return real(logits, sampling, *args, **kwargs)
 
-    monkeypatch.setattr(engine_module, "sample_next_token", flaky)
+    monkeypatch.setattr(batch_module, "sample_next_token", flaky)
     running = make_server(max_batch=8, step_delay=0.02)
     url = running.base_url + "/completions"
     tokenizer = loaded.tokenizer

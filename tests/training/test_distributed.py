@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scratchlm.data.synthetic import generate_stories
+from scratchlm.data.stories.corpus import generate_stories
 from tests.training.helpers import as_flags, scratchlm_command
 
 pytestmark = pytest.mark.xdist_group("torchrun")

@@ -24,10 +24,11 @@ from safetensors import SafetensorError
 
 from scratchlm.checkpoint import file_sha256, load_checkpoint, verify_checkpoint
 from scratchlm.cli import main
-from scratchlm.data.synthetic import generate_stories
+from scratchlm.data.stories.corpus import generate_stories
 from scratchlm.errors import ScratchLMError
 from scratchlm.training.run_config import TrainConfig
-from scratchlm.training.trainer import Trainer, default_learning_rate
+from scratchlm.training.setup import default_learning_rate
+from scratchlm.training.trainer import Trainer
 from tests.training.helpers import (
     TINY_MODEL,
     TINY_RUN,
@@ -90,6 +91,28 @@ def cli_arguments(corpus: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "scratchlm", "train", *as_flags(settings), *extra]
 
 
+# Runs `python -m scratchlm ...` with each checksum of a checkpoint write taking 2 s longer, so
+# that a kill lands between the files and config.json (what a crash mid-write leaves behind).
+_SLOW_WRITES = """
+import runpy, sys, time
+import scratchlm.checkpoint as checkpoint
+checksum = checkpoint.file_sha256
+def slow_checksum(path):
+    if path.parent.name.endswith(".tmp"):  # a write, not a verification
+        time.sleep(2)
+    return checksum(path)
+checkpoint.file_sha256 = slow_checksum
+sys.argv = ["scratchlm", *sys.argv[1:]]
+runpy.run_module("scratchlm", run_name="__main__", alter_sys=True)
+"""
+
+
+def slow_checkpoint_writes(arguments: list[str]) -> list[str]:
+    """`arguments` (a `python -m scratchlm` command line) with slowed checkpoint writes."""
+    assert arguments[1:3] == ["-m", "scratchlm"]
+    return [arguments[0], "-c", _SLOW_WRITES, *arguments[3:]]
+
+
 def logged_steps(run_dir: Path) -> int:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
@@ -137,12 +160,11 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(
             cli_arguments(corpus, crashed, "--resume"), stderr=subprocess.DEVNULL
         )
         kills += kill_when(process, lambda target=target: logged_steps(crashed) >= target)
-    # 3) in the middle of writing a checkpoint (the test hook pauses inside the write)
+    # 3) in the middle of writing a checkpoint (checksumming is slowed down in that process)
     checkpoints = crashed / "checkpoints"
     process = subprocess.Popen(
-        cli_arguments(corpus, crashed, "--resume"),
+        slow_checkpoint_writes(cli_arguments(corpus, crashed, "--resume")),
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "SCRATCHLM_TEST_PAUSE_IN_SAVE": "2"},
     )
     mid_write = kill_when(
         process,
@@ -205,6 +227,16 @@ def test_a_truncated_trainer_state_falls_back_too(corpus: Path, tmp_path: Path) 
 # --- loss spikes and NaNs -----------------------------------------------------------------------
 
 
+def inject_loss(trainer: Trainer, change: Callable[[int, torch.Tensor], torch.Tensor]) -> None:
+    """Pass every micro-batch loss through change(step being trained, loss)."""
+    compute_loss = trainer.compute_loss
+
+    def changed(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return change(trainer.state.step + 1, compute_loss(logits, targets))
+
+    trainer.compute_loss = changed  # type: ignore[method-assign]
+
+
 def test_spike_and_nan_backtrack_with_a_halved_learning_rate(corpus: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     trainer = Trainer(fault_run(corpus, run_dir, max_steps=30))
@@ -220,7 +252,7 @@ def test_spike_and_nan_backtrack_with_a_halved_learning_rate(corpus: Path, tmp_p
             return loss * float("nan")
         return loss
 
-    trainer.loss_hook = hook
+    inject_loss(trainer, hook)
     result = trainer.run()
     assert result.steps == 30 and injected == [17, 24]
     events = records(run_dir, "backtrack")
@@ -244,7 +276,7 @@ def test_spike_and_nan_backtrack_with_a_halved_learning_rate(corpus: Path, tmp_p
 
 def test_backtracking_gives_up_after_the_limit(corpus: Path, tmp_path: Path) -> None:
     trainer = Trainer(fault_run(corpus, tmp_path / "run", max_backtracks=2))
-    trainer.loss_hook = lambda step, loss: loss * float("nan") if step > 8 else loss
+    inject_loss(trainer, lambda step, loss: loss * float("nan") if step > 8 else loss)
     with pytest.raises(ScratchLMError, match="after 2 backtracks"):
         trainer.run()
     assert len(records(tmp_path / "run", "backtrack")) == 2
@@ -252,7 +284,7 @@ def test_backtracking_gives_up_after_the_limit(corpus: Path, tmp_path: Path) -> 
 
 def test_without_backtracking_a_nan_stops_the_run(corpus: Path, tmp_path: Path) -> None:
     trainer = Trainer(fault_run(corpus, tmp_path / "run", spike_factor=0))
-    trainer.loss_hook = lambda step, loss: loss * float("nan") if step == 4 else loss
+    inject_loss(trainer, lambda step, loss: loss * float("nan") if step == 4 else loss)
     with pytest.raises(ScratchLMError, match="diverged"):
         trainer.run()
 
@@ -309,7 +341,7 @@ def test_out_of_memory_mid_run_names_the_flags_to_change(corpus: Path, tmp_path:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return loss
 
-    trainer.loss_hook = exhaust
+    inject_loss(trainer, exhaust)
     with pytest.raises(ScratchLMError) as caught:
         trainer.run()
     message = str(caught.value)

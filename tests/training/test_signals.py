@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from scratchlm.checkpoint import save_checkpoint, verify_checkpoint
 from scratchlm.config import preset_config
-from scratchlm.data.synthetic import generate_stories
+from scratchlm.data.stories.corpus import generate_stories
 from scratchlm.model import build_model
 from scratchlm.tokenizer import train_char
 from scratchlm.training.run_config import parse_model_overrides

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from scratchlm.data import TokenShards
-from scratchlm.data.synthetic import generate_stories
+from scratchlm.data.stories.corpus import generate_stories
 from scratchlm.errors import ScratchLMError
 from scratchlm.training.optim import learning_rate_at
 from scratchlm.training.run_config import TrainConfig, parse_duration
@@ -34,17 +34,21 @@ def unigram_entropy(shards: TokenShards) -> float:
 
 
 def test_loss_falls_well_below_unigram_entropy(corpus: Path, tmp_path: Path) -> None:
-    result = train(tiny_run(corpus, tmp_path / "run", max_steps=300, eval_every=100, lr=3e-3))
+    result = train(
+        tiny_run(corpus, tmp_path / "run", max_steps=300, eval_every=100, lr=3e-3, tensorboard=True)
+    )
     datasets = Path(os.environ["SCRATCHLM_CACHE"]) / "datasets"
     data_dir = next(path for path in datasets.iterdir() if (path / "manifest.json").is_file())
     entropy = unigram_entropy(TokenShards.open(data_dir, "train"))
     assert result.best_val_loss is not None
     assert result.best_val_loss < entropy - 0.6, (result.best_val_loss, entropy)
     run = tmp_path / "run"
-    for name in ("metrics.jsonl", "loss.png", "run_config.json", "tokenizer.json", "latest"):
+    for name in ("metrics.jsonl", "loss.svg", "run_config.json", "tokenizer.json", "latest"):
         assert (run / name).exists(), name
     assert (run / "best" / "model.safetensors").is_file()
-    assert any((run / "tensorboard").iterdir())
+    assert any((run / "tensorboard").iterdir())  # --tensorboard asked for event files
+    chart = (run / "loss.svg").read_text(encoding="utf-8")
+    assert chart.startswith("<svg xmlns=") and 'data-series="validation loss"' in chart
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["kind"] == "eval"]
     assert len(evals) == 3 and all("sample" in r and "val_perplexity" in r for r in evals)

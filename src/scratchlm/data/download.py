@@ -8,7 +8,6 @@ complete, so a finished name never holds a half-written file.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import http.client
@@ -22,7 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from tqdm import tqdm
+from filelock import FileLock
+from tqdm.auto import tqdm
 
 from scratchlm.errors import ScratchLMError
 from scratchlm.io_utils import atomic_write_json, fsync_directory
@@ -54,7 +54,8 @@ def download(
     target = cached_download_path(url, cache_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     expected = sha256.lower() if sha256 else None
-    with exclusive_lock(target.with_name(target.name + ".lock")):
+    # One download per file across processes (several training ranks, two commands at once).
+    with FileLock(target.with_name(target.name + ".lock")):
         if target.is_file():
             if _cached_copy_is_valid(url, target, expected):
                 return target
@@ -189,22 +190,3 @@ def _read_blocks(response: BinaryIO) -> Iterator[bytes]:
         if not block:
             return
         yield block
-
-
-@contextlib.contextmanager
-def exclusive_lock(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on `lock_path` (serializes a download or a cached
-    preparation across processes, e.g. several training ranks)."""
-    try:
-        import fcntl
-    except (
-        ImportError
-    ):  # Windows: no advisory locks; concurrent downloads there are the user's call
-        yield
-        return
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+from filelock import FileLock
+from tqdm.auto import tqdm
 
 from scratchlm.data.cleaning import (
     CleaningCounts,
@@ -34,7 +35,6 @@ from scratchlm.data.cleaning import (
     clean_piece,
     text_digest,
 )
-from scratchlm.data.download import exclusive_lock
 from scratchlm.data.shards import (
     DEFAULT_SHARD_MAX_TOKENS,
     FORMAT_VERSION,
@@ -183,7 +183,7 @@ class _BatchRunner:
             # A worker died (typically killed for memory); multiprocessing.Pool would hang here.
             raise ScratchLMError(
                 "a tokenizer worker process died (often: out of memory); run again with fewer "
-                "workers (--num-workers) or on a machine with more memory"
+                "workers (--data-workers) or on a machine with more memory"
             ) from None
 
     def _get_executor(self) -> concurrent.futures.ProcessPoolExecutor:
@@ -477,7 +477,7 @@ def _carve_validation_tail(
     if ideal_cut < MIN_SPLIT_TOKENS or total - ideal_cut < MIN_SPLIT_TOKENS:
         raise ScratchLMError(
             f"{source} is too small to split off {val_fraction:g} for validation ({total} tokens "
-            "in all); add more text, pass a separate validation source (--val-source), or "
+            "in all); add more text, pass a separate validation source (--val-data), or "
             "change the validation fraction"
         )
     eos_id = _eos_id(tokenizer)
@@ -627,7 +627,7 @@ def prepare_cached(
     readable_name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(source.rstrip("/\\")).name)[:40]
     directory = root / "datasets" / f"{readable_name or 'data'}-{key[:16]}"
     directory.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(directory.with_name(f".{directory.name}.lock")):
+    with FileLock(directory.with_name(f".{directory.name}.lock")):
         if (directory / MANIFEST_NAME).is_file():
             return directory
         return prepare_dataset(

@@ -743,10 +743,10 @@ def _join_records(
 
 def _synthetic_corpus(megabytes: float, cache_dir: Path) -> Path:
     """The deterministic synthetic story corpus of that size, generated once into the cache."""
-    from scratchlm.data.synthetic import write_synthetic_corpus
+    from scratchlm.data.stories.corpus import write_synthetic_corpus
 
     size_label = f"{megabytes:g}".replace(".", "_")
-    from scratchlm.data.synthetic import GENERATOR_VERSION
+    from scratchlm.data.stories.corpus import GENERATOR_VERSION
 
     # The generator's version is in the name: a changed generator never reuses an old corpus.
     path = cache_dir / "synthetic" / f"synthetic-v{GENERATOR_VERSION}-{size_label}MB-seed0.txt"

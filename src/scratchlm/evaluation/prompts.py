@@ -11,7 +11,7 @@ from pathlib import Path
 from scratchlm.checkpoint import Checkpoint
 from scratchlm.errors import ScratchLMError
 from scratchlm.inference.engine import Engine
-from scratchlm.inference.sampling import SamplingSettings
+from scratchlm.inference.settings import SamplingSettings
 from scratchlm.io_utils import atomic_write_text
 
 

@@ -19,7 +19,6 @@ approximation. Three details make the file reproduce our model exactly:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -349,29 +348,3 @@ def export_gguf(
         raise
     fsync_directory(out.parent)
     return out
-
-
-# --- command line ---------------------------------------------------------------------------------
-
-
-def add_export_gguf_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
-    parser.add_argument("--out", required=True, type=Path, help="the .gguf file to write")
-    parser.add_argument(
-        "--dtype", default="f32", choices=GGUF_DTYPES, help="weight type (norms stay f32)"
-    )
-    parser.add_argument("--force", action="store_true", help="overwrite an existing file")
-    from scratchlm.cli import add_skip_checksums_argument
-
-    add_skip_checksums_argument(parser)
-
-
-def command_export_gguf(args: argparse.Namespace) -> None:
-    path = export_gguf(
-        args.checkpoint,
-        args.out,
-        dtype=args.dtype,
-        force=args.force,
-        verify=not args.skip_checksums,
-    )
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {args.dtype})")

@@ -7,7 +7,6 @@ RoPE convention. The vocabulary is exported at its padded size so the shapes mat
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from collections.abc import Callable
@@ -627,38 +626,3 @@ def import_hf(model_dir: str | Path, out: str | Path, *, force: bool = False) ->
         )
     except (OSError, SafetensorError) as error:
         raise write_failure(target, error) from None
-
-
-# --- CLI ---------------------------------------------------------------------------------------------
-
-
-def add_export_hf_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
-    parser.add_argument("--out", required=True, help="output Hugging Face model directory")
-    parser.add_argument("--force", action="store_true", help="replace an existing --out")
-    from scratchlm.cli import add_skip_checksums_argument
-
-    add_skip_checksums_argument(parser)
-
-
-def command_export_hf(args: argparse.Namespace) -> None:
-    out = export_hf(args.checkpoint, args.out, force=args.force, verify=not args.skip_checksums)
-    layout = json.loads((out / "config.json").read_text())["architectures"][0]
-    print(
-        f"wrote {out} ({layout}); load it with AutoModelForCausalLM.from_pretrained({str(out)!r})"
-    )
-
-
-def add_import_hf_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", required=True, help="a local Hugging Face model directory (llama or gpt2)"
-    )
-    parser.add_argument("--out", required=True, help="output checkpoint directory")
-    parser.add_argument("--force", action="store_true", help="replace an existing --out")
-
-
-def command_import_hf(args: argparse.Namespace) -> None:
-    out = import_hf(args.model, args.out, force=args.force)
-    print(
-        f"wrote {out}; fine-tune it with: scratchlm finetune --checkpoint {out} --data FILE --out DIR"
-    )

@@ -9,7 +9,6 @@ add_generation_prompt=True)`.
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
@@ -140,29 +139,3 @@ def _model_name(config: ModelConfig) -> str:
         for character in config.name.lower()
     )
     return cleaned.strip("-.") or "scratchlm"
-
-
-# --- command line ---------------------------------------------------------------------------------
-
-
-def add_export_ollama_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
-    parser.add_argument("--out", required=True, type=Path, help="directory to write into")
-    parser.add_argument("--dtype", default="q8_0", choices=GGUF_DTYPES, help="GGUF weight type")
-    parser.add_argument("--system", default=None, help="default system prompt (Modelfile SYSTEM)")
-    parser.add_argument("--force", action="store_true", help="overwrite existing files")
-    from scratchlm.cli import add_skip_checksums_argument
-
-    add_skip_checksums_argument(parser)
-
-
-def command_export_ollama(args: argparse.Namespace) -> None:
-    modelfile = export_ollama(
-        args.checkpoint,
-        args.out,
-        dtype=args.dtype,
-        system=args.system,
-        force=args.force,
-        verify=not args.skip_checksums,
-    )
-    print(f"wrote {modelfile.parent}; run: ollama create NAME -f {modelfile}")

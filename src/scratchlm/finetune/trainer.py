@@ -11,6 +11,7 @@ A plain-text --data continues pretraining with the base tokenizer (the seeds' pe
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ class FinetuneTrainer(Trainer):
         self.lora = lora
         self.supervised = datasets.is_sft_file(config.data)
         if config.lr is None:
-            config.lr = LORA_LR if lora else FULL_FINETUNE_LR
+            config = dataclasses.replace(config, lr=LORA_LR if lora else FULL_FINETUNE_LR)
         if lora is not None and config.fsdp:
             raise ScratchLMError(
                 "--fsdp with LoRA is not supported (the adapters are small: DDP is the right "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.inference.engine import fit_prompt
+from scratchlm.inference.decode import fit_prompt
 from scratchlm.kv_cache import KVCache
 from scratchlm.model import GPT
 

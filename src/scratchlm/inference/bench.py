@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from scratchlm.inference.engine import BatchDecoder, GenerationRequest
-from scratchlm.inference.kernels import fast_decoder
-from scratchlm.inference.sampling import GREEDY
+from scratchlm.inference.batch import BatchDecoder, GenerationRequest
+from scratchlm.inference.decode import Decoder
+from scratchlm.inference.settings import GREEDY
 from scratchlm.kv_cache import KVCache
 from scratchlm.model import GPT
 
@@ -58,7 +58,7 @@ def peak_memory_bytes(device: torch.device) -> int:
 def time_batch_one(model: GPT, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float, float]:
     """(prefill seconds, time to first token, decode tokens/s) for one greedy sequence."""
     device = prompt.device
-    vocab = model.config.vocab_size
+    prompt_ids = prompt[0].tolist()
     cache = KVCache.for_model(
         model.config,
         1,
@@ -66,17 +66,15 @@ def time_batch_one(model: GPT, prompt: torch.Tensor, new_tokens: int) -> tuple[f
         dtype=model.token_embedding.weight.dtype,
         device=device,
     )
+    # The same decode primitive as Engine.generate: the fp32 CPU kernels when they apply.
+    decoder = Decoder(model, cache)
     synchronize(device)
     started = time.perf_counter()
-    logits = model(prompt, kv_cache=cache, last_token_only=True)
-    token = logits[:, -1, :vocab].argmax(-1, keepdim=True)  # (1, 1)
+    token = decoder.prefill(prompt_ids).argmax(-1)  # (1,)
     synchronize(device)
     first = time.perf_counter()
-    # The same decode path as Engine.generate: the fp32 CPU kernels when they apply.
-    decoder = fast_decoder(model, cache) if new_tokens > 1 else None
     for _ in range(new_tokens - 1):
-        logits = decoder.step(int(token)) if decoder is not None else model(token, kv_cache=cache)
-        token = logits[:, -1, :vocab].argmax(-1, keepdim=True)
+        token = decoder.step(token).argmax(-1)
     synchronize(device)
     done = time.perf_counter()
     decode_rate = (new_tokens - 1) / (done - first) if new_tokens > 1 else 0.0

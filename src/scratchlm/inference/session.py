@@ -5,8 +5,8 @@ longest common prefix of the new prompt with what is cached, rolls the cache bac
 length change: later entries are overwritten and hidden by the causal mask meanwhile) and prefills
 only the rest. In a chat, turn N then costs the new user message, not the whole history.
 
-Decode steps after the prefill go through the fp32 CPU kernels when they apply (one C++ call per
-token, as in `Engine.generate`; see scratchlm.inference.kernels).
+Prefill and decode steps go through the decode primitive (`scratchlm.inference.decode.Decoder`, as
+in `Engine.generate`): the fp32 CPU kernels decode when they apply.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import torch
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.inference.engine import make_generator
-from scratchlm.inference.kernels import FastDecoder, fast_decoder
-from scratchlm.inference.sampling import SamplingSettings, history_counts, sample_next_token
+from scratchlm.inference.decode import Decoder
+from scratchlm.inference.sampling import history_counts, make_generator, sample_next_token
+from scratchlm.inference.settings import SamplingSettings
 from scratchlm.kv_cache import KVCache
 from scratchlm.model import GPT
 
@@ -47,21 +47,6 @@ class DecodeSession:
         self.cache.reset()
 
     @torch.inference_mode()
-    def _feed(self, tokens: list[int], decoder: FastDecoder | None = None) -> torch.Tensor:
-        """Append tokens to the cache; logits of the last one, (1, vocab). One token with a
-        decoder takes the kernel path."""
-        if decoder is not None and len(tokens) == 1:
-            logits = decoder.step(tokens[0])  # (1, 1, padded_vocab)
-        else:
-            logits = self.model(
-                torch.tensor([tokens], device=self.device),
-                kv_cache=self.cache,
-                last_token_only=True,
-            )
-        self.ids += tokens
-        return logits[:, -1, : self.config.vocab_size]
-
-    @torch.inference_mode()
     def generate(
         self,
         prompt_ids: list[int],
@@ -87,9 +72,10 @@ class DecodeSession:
         self.ids = self.ids[:common]
         self.cache.length = common
         self.reused, self.last_prefill = common, len(prompt_ids) - common
-        logits = self._feed(prompt_ids[common:])
-        # Built per generation (~0.1 ms): it points into the current weights and cache.
-        decoder = fast_decoder(self.model, self.cache)
+        # Built per generation (its kernel decoder, ~0.1 ms, points into the current weights).
+        decoder = Decoder(self.model, self.cache)
+        logits = decoder.prefill(prompt_ids[common:])
+        self.ids += prompt_ids[common:]
         generator = make_generator(seed, self.device)
         counts = history_counts(prompt_ids, sampling, self.config.vocab_size, self.device)
         self.finish_reason = "length"
@@ -98,11 +84,13 @@ class DecodeSession:
             if token in stop_ids:
                 self.finish_reason = "stop"
                 if len(self.ids) < self.context_length:
-                    self._feed([token], decoder)
+                    decoder.step(token)
+                    self.ids.append(token)
                 return
             yield token
             if len(self.ids) >= self.context_length or produced + 1 == max_new_tokens:
                 return
             if counts is not None:
                 counts[0, token] += 1
-            logits = self._feed([token], decoder)
+            logits = decoder.step(token)
+            self.ids.append(token)

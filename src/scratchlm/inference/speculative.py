@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.inference.engine import fit_prompt, make_generator
-from scratchlm.inference.sampling import SamplingSettings, next_token_probabilities
+from scratchlm.inference.decode import fit_prompt
+from scratchlm.inference.sampling import make_generator, next_token_probabilities
+from scratchlm.inference.settings import SamplingSettings
 from scratchlm.inference.streaming import TextStream
 from scratchlm.kv_cache import KVCache
 from scratchlm.model import GPT

@@ -4,5 +4,7 @@
   running batch between decode steps.
 - `app.create_app`: the FastAPI routes (`/v1/completions`, `/v1/chat/completions`, `/v1/models`,
   `/health`, `/metrics`, the browser page at `/`).
-- `cli`: the `serve` command's flags and entry point.
+- `openai`: the OpenAI wire format as plain functions: requests checked and prepared, responses,
+  stream chunks and usage built.
+- The `serve` command's flags and start-up are in `cli/serve.py`.
 """

@@ -14,10 +14,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
-import json
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -40,11 +38,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scratchlm.chat_template import Message, end_of_turn_id, render
 from scratchlm.errors import ScratchLMError
-from scratchlm.inference.engine import GenerationRequest, fit_prompt
-from scratchlm.inference.sampling import SamplingError, SamplingSettings
-from scratchlm.inference.streaming import IncrementalDecoder, StopStringFilter
 from scratchlm.model import GPT
 from scratchlm.server.metrics import Metrics
+from scratchlm.server.openai import (
+    APIError,
+    ChoiceText,
+    Limits,
+    Prepared,
+    completion_choice,
+    completion_response,
+    error_body,
+    prepare,
+    response_base,
+    server_sent_event,
+    stream_chunk,
+    usage,
+    usage_chunk,
+)
 from scratchlm.server.scheduler import (
     DoneEvent,
     ErrorEvent,
@@ -79,7 +89,6 @@ class ServerSettings:
     cors_origins: list[str] = field(default_factory=list)
     max_body_bytes: int = 1_000_000
     prefill_chunk: int = 256
-    step_delay: float = 0.0  # seconds slept after each decode step; tests use it to hold rows
     # Host names answered besides loopback ("*": any). None: loopback only without a key, any
     # with one.
     allowed_hosts: list[str] | None = None
@@ -89,29 +98,8 @@ class ServerSettings:
     max_connections: int = 256  # open connections (and requests) at once; beyond: 503
 
 
-class APIError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        error_type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
-        self.error_type, self.param, self.code = error_type, param, code
-
-
 class GenerationFailed(Exception):
     """A row ended with an error inside the model (not the caller's fault)."""
-
-
-def error_body(
-    message: str, error_type: str, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
 def host_name(header: str) -> str:
@@ -302,45 +290,15 @@ def valid_text(text: str) -> bool:
     return True
 
 
-class ChoiceText:
-    """Token ids of one choice -> text deltas: valid UTF-8, cut at the first stop string (the same
-    pipeline as `TextStream`, driven by events instead of an iterator)."""
-
-    def __init__(self, tokenizer: Tokenizer, stop_strings: list[str]) -> None:
-        self.decoder = IncrementalDecoder(tokenizer)
-        self.filter = StopStringFilter(stop_strings)
-        self.tokens = 0
-        self.finish_reason: str | None = None
-
-    def feed(self, tokens: list[int]) -> str:
-        pieces = []
-        for token in tokens:
-            self.tokens += 1
-            pieces.append(self.filter.push(self.decoder.push(token)))
-            if self.filter.stopped:
-                self.finish_reason = "stop"
-                break
-        return "".join(pieces)
-
-    def finish(self, reason: str) -> str:
-        tail = self.filter.push(self.decoder.flush()) + self.filter.flush()
-        self.finish_reason = "stop" if self.filter.stopped else reason
-        return tail
-
-
-@dataclass
-class Prepared:
-    prompt_ids: list[int]
-    requests: list[GenerationRequest]
-    stop_strings: list[str]
-
-
 def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> FastAPI:
     model.eval()
     context_length = model.config.context_length
-    # Ids a logit_bias may name: both a logit and a piece of text.
-    vocab_size = min(model.config.vocab_size, tokenizer.vocab_size)
-    max_tokens_limit = settings.max_tokens_limit or context_length
+    limits = Limits(
+        context_length=context_length,
+        max_tokens_limit=settings.max_tokens_limit or context_length,
+        # Ids a logit_bias may name: both a logit and a piece of text.
+        vocab_size=min(model.config.vocab_size, tokenizer.vocab_size),
+    )
     metrics = Metrics()
     scheduler = Scheduler(
         model,
@@ -348,7 +306,6 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
         max_queue=settings.max_queue,
         metrics=metrics,
         prefill_chunk=settings.prefill_chunk,
-        step_delay=settings.step_delay,
     )
 
     @asynccontextmanager
@@ -510,77 +467,6 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     # --- generation -----------------------------------------------------------------------
-    def prepare(
-        body: GenerationFields,
-        prompt_ids: list[int],
-        stop_ids: frozenset[int],
-        max_tokens: int | None,
-        prompt_param: str,
-        max_tokens_param: str = "max_tokens",
-    ) -> Prepared:
-        try:
-            fit_prompt(prompt_ids, context_length, truncate=False)
-        except ScratchLMError as error:
-            raise APIError(
-                400,
-                f"the prompt is {len(prompt_ids)} tokens but the model's context is "
-                f"{context_length} tokens (with room for at least one new token); shorten it to "
-                f"at most {context_length - 1} tokens",
-                param=prompt_param,
-                code="context_length_exceeded",
-            ) from error
-        if max_tokens is not None and max_tokens > max_tokens_limit:
-            raise APIError(
-                400,
-                f"{max_tokens_param} is {max_tokens} but this server allows at most "
-                f"{max_tokens_limit}",
-                param=max_tokens_param,
-                code="invalid_value",
-            )
-        unsupported = body.unsupported()
-        if unsupported is not None:
-            raise APIError(400, unsupported[1], param=unsupported[0], code="unsupported_parameter")
-        logit_bias = body.bias_pairs()
-        for token, _ in logit_bias:
-            if token >= vocab_size:
-                raise APIError(
-                    400,
-                    f"logit_bias names token {token}, but the vocabulary has {vocab_size} tokens "
-                    f"(ids 0..{vocab_size - 1})",
-                    param="logit_bias",
-                    code="invalid_value",
-                )
-        try:
-            sampling = SamplingSettings(
-                temperature=body.temperature,
-                top_k=body.top_k,
-                top_p=body.top_p,
-                min_p=body.min_p,
-                repetition_penalty=body.repetition_penalty,
-                presence_penalty=body.presence_penalty,
-                frequency_penalty=body.frequency_penalty,
-            )
-        except SamplingError as error:
-            raise APIError(
-                400, error.for_request(), param=error.field, code="invalid_value"
-            ) from error
-        # Generation also stops when the context is full (finish_reason "length").
-        new_tokens = max_tokens if max_tokens is not None else max_tokens_limit
-        # n choices must differ, and the same seed must give the same n choices: choice i uses
-        # seed + i, which stays within what a torch.Generator takes (seed < 2^63, n <= 64).
-        requests = [
-            GenerationRequest(
-                prompt_ids,
-                max_new_tokens=new_tokens,
-                sampling=sampling,
-                seed=None if body.seed is None else body.seed + index,
-                stop_ids=stop_ids,
-                logit_bias=logit_bias,
-            )
-            for index in range(body.n)
-        ]
-        return Prepared(prompt_ids, requests, body.stop_strings())
-
     def submit(prepared: Prepared) -> tuple[list[Job], asyncio.Queue[Event]]:
         try:
             return scheduler.submit(prepared.requests)
@@ -636,24 +522,13 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
             if unfinished:
                 scheduler.cancel([jobs[index] for index in unfinished])
 
-    def usage(prepared: Prepared, choices: list[ChoiceText]) -> dict[str, int]:
-        completion = sum(choice.tokens for choice in choices)
-        prompt = len(prepared.prompt_ids)
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
-
     async def respond(
         request: Request, body: GenerationFields, prepared: Prepared, chat: bool
     ) -> Response:
         started = time.monotonic()
         jobs, events = submit(prepared)
         choices = [ChoiceText(tokenizer, prepared.stop_strings) for _ in jobs]
-        identifier = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        created = int(time.time())
-        base = {"id": identifier, "created": created, "model": settings.model_name}
+        base = response_base(settings.model_name, chat=chat)
         if not body.stream:
             texts = [""] * len(jobs)
             try:
@@ -665,53 +540,22 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
                 raise APIError(500, str(error), error_type="server_error") from error
             if await request.is_disconnected():
                 return Response(status_code=499)
-            result: list[dict[str, Any]] = []
-            for index, choice in enumerate(choices):
-                if chat:
-                    result.append(
-                        {
-                            "index": index,
-                            "message": {"role": "assistant", "content": texts[index]},
-                            "logprobs": None,
-                            "finish_reason": choice.finish_reason,
-                        }
-                    )
-                else:
-                    result.append(
-                        {
-                            "index": index,
-                            "text": texts[index],
-                            "logprobs": None,
-                            "finish_reason": choice.finish_reason,
-                        }
-                    )
+            result = [
+                completion_choice(index, texts[index], choice.finish_reason, chat=chat)
+                for index, choice in enumerate(choices)
+            ]
             return JSONResponse(
-                {
-                    **base,
-                    "object": "chat.completion" if chat else "text_completion",
-                    "choices": result,
-                    "usage": usage(prepared, choices),
-                }
+                completion_response(base, result, usage(prepared, choices), chat=chat)
             )
 
         include_usage = body.include_usage
-        chunk_object = "chat.completion.chunk" if chat else "text_completion"
 
         def chunk(index: int, text: str | None, finish: str | None, role: bool = False) -> str:
-            choice: dict[str, Any] = {"index": index, "logprobs": None, "finish_reason": finish}
-            if chat:
-                delta: dict[str, Any] = {}
-                if role:
-                    delta["role"] = "assistant"
-                if text is not None:
-                    delta["content"] = text
-                choice["delta"] = delta
-            else:
-                choice["text"] = text or ""
-            payload: dict[str, Any] = {**base, "object": chunk_object, "choices": [choice]}
-            if include_usage:
-                payload["usage"] = None
-            return f"data: {json.dumps(payload)}\n\n"
+            return server_sent_event(
+                stream_chunk(
+                    base, index, text, finish, chat=chat, include_usage=include_usage, role=role
+                )
+            )
 
         async def stream() -> AsyncIterator[str]:
             if chat:
@@ -729,17 +573,11 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
                         yield chunk(index, None if chat else "", finish)
             except GenerationFailed as error:
                 metrics.count_error(500)
-                yield f"data: {json.dumps(error_body(str(error), 'server_error'))}\n\n"
+                yield server_sent_event(error_body(str(error), "server_error"))
                 return
             if include_usage:
-                payload = {
-                    **base,
-                    "object": chunk_object,
-                    "choices": [],
-                    "usage": usage(prepared, choices),
-                }
-                yield f"data: {json.dumps(payload)}\n\n"
-            yield "data: [DONE]\n\n"
+                yield server_sent_event(usage_chunk(base, usage(prepared, choices), chat=chat))
+            yield server_sent_event("[DONE]")
 
         return StreamingResponse(
             stream(),
@@ -767,7 +605,12 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
                     param="prompt",
                 )
         prepared = prepare(
-            body, prompt_ids, frozenset({tokenizer.eos_id}), body.max_tokens, "prompt"
+            body,
+            prompt_ids,
+            frozenset({tokenizer.eos_id}),
+            body.max_tokens,
+            limits,
+            prompt_param="prompt",
         )
         return await respond(request, body, prepared, chat=False)
 
@@ -791,7 +634,15 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
         max_tokens_param = "max_tokens"
         if body.max_completion_tokens is not None:
             max_tokens, max_tokens_param = body.max_completion_tokens, "max_completion_tokens"
-        prepared = prepare(body, prompt_ids, stop_ids, max_tokens, "messages", max_tokens_param)
+        prepared = prepare(
+            body,
+            prompt_ids,
+            stop_ids,
+            max_tokens,
+            limits,
+            prompt_param="messages",
+            max_tokens_param=max_tokens_param,
+        )
         return await respond(request, body, prepared, chat=True)
 
     return app

@@ -18,7 +18,8 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from scratchlm.server.app import ServerSettings, error_body
+from scratchlm.server.app import ServerSettings
+from scratchlm.server.openai import error_body
 
 
 class TimedH11Protocol(H11Protocol):

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from scratchlm.inference.engine import BatchDecoder, GenerationRequest, Row
+from scratchlm.inference.batch import BatchDecoder, GenerationRequest, Row
 from scratchlm.model import GPT
 from scratchlm.server.metrics import Metrics
 
@@ -82,14 +82,12 @@ class Scheduler:
         max_queue: int,
         metrics: Metrics,
         prefill_chunk: int = 256,
-        step_delay: float = 0.0,
     ) -> None:
         self.model = model
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.metrics = metrics
         self.prefill_chunk = prefill_chunk
-        self.step_delay = step_delay  # tests slow steps down to hold rows in the batch
         self.decoder = self._new_decoder()
         self.condition = threading.Condition()
         self.waiting: deque[Job] = deque()
@@ -194,8 +192,6 @@ class Scheduler:
             # The gauges first: a client that hears its row is done then reads the batch without it.
             self._set_load()
             self._deliver(list(self.decoder.rows) + finished, {row.handle for row in finished})
-            if self.step_delay:
-                time.sleep(self.step_delay)
 
     def _set_load(self) -> None:
         with self.condition:

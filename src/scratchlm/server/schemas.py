@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from scratchlm.inference.sampling import LOGIT_BIAS_LIMIT
+from scratchlm.inference.settings import LOGIT_BIAS_LIMIT
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # OpenAI's seed is a signed 64-bit integer
 MAX_STOP_STRINGS = 4  # as OpenAI

@@ -141,6 +141,9 @@ class TrainConfig:
         "instead of replicating the model (DDP)",
     )
     threads: int | None = option(None, "CPU threads for PyTorch (default: PyTorch's choice)")
+    tensorboard: bool = option(
+        False, "also write TensorBoard event files to OUT/tensorboard (needs the tensorboard extra)"
+    )
     wandb: str | None = option(None, "log to this Weights & Biases project (needs wandb)")
     quiet: bool = option(False, "no progress bar or sample printing")
     config: str | None = option(None, "YAML or JSON file with these settings (flags override it)")

@@ -10,24 +10,26 @@ from pathlib import Path
 
 import pytest
 
-from scratchlm.data.synthetic import (
+from scratchlm.data.stories.corpus import (
     DOCUMENT_SEPARATOR,
     END_OF_TEXT,
-    FAMILY_PRONOUNS,
-    KINDS,
-    PLACES,
+    generate_stories,
+    write_synthetic_corpus,
+)
+from scratchlm.data.stories.grammar import (
     Character,
     StoryPlan,
     Thing,
     describe_plan,
-    generate_instruction_examples,
-    generate_stories,
     indefinite_article,
-    make_instruction_example,
     render_story,
     sample_story_plan,
-    write_synthetic_corpus,
 )
+from scratchlm.data.stories.instructions import (
+    generate_instruction_examples,
+    make_instruction_example,
+)
+from scratchlm.data.stories.words import FAMILY_PRONOUNS, KINDS, PLACES
 from scratchlm.errors import ScratchLMError
 
 # A sentence ends at . ! or ?, or at a closing quote after one of them when the next word starts a new

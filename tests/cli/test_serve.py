@@ -1,4 +1,4 @@
-"""The `serve` command's flags and a real `command_serve` process."""
+"""The `serve` command's flags and a real `scratchlm serve` process."""
 
 from __future__ import annotations
 
@@ -14,25 +14,16 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from scratchlm.cli.serve import add_serve, check_arguments, command_serve
 from scratchlm.errors import ScratchLMError
-from scratchlm.server.cli import add_serve_arguments, check_arguments, command_serve
 
-# Runs the command the way `scratchlm serve` does, without depending on the main CLI's wiring.
-LAUNCH = (
-    "import argparse, sys\n"
-    "from scratchlm.errors import ScratchLMError\n"
-    "from scratchlm.server.cli import add_serve_arguments, command_serve\n"
-    "parser = argparse.ArgumentParser(); add_serve_arguments(parser)\n"
-    "try:\n"
-    "    command_serve(parser.parse_args(sys.argv[1:]))\n"
-    "except ScratchLMError as error:\n"
-    "    print(f'error: {error}', file=sys.stderr); sys.exit(2)\n"
-)
+# Runs the command as `scratchlm serve` does: python -m scratchlm serve ...
+LAUNCH = "import sys; from scratchlm.cli import main; sys.exit(main(['serve', *sys.argv[1:]]))"
 
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    add_serve_arguments(parser)
+    add_serve(parser)
     return parser.parse_args(list(argv))
 
 

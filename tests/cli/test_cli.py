@@ -12,7 +12,7 @@ import pytest
 
 from scratchlm.checkpoint import save_checkpoint
 from scratchlm.cli import main
-from scratchlm.data.synthetic import generate_stories
+from scratchlm.data.stories.corpus import generate_stories
 from scratchlm.model import build_model
 from scratchlm.tokenizer import Tokenizer
 from tests.conftest import tiny_config
@@ -269,7 +269,7 @@ def test_bad_input_through_a_real_process(tmp_path: Path) -> None:
 def test_config_file_and_flags_override(tmp_path: Path) -> None:
     import argparse
 
-    from scratchlm.cli import add_train_arguments, resolve_train_config
+    from scratchlm.cli.options import add_train_arguments, resolve_train_config
 
     config_file = tmp_path / "run.yaml"
     config_file.write_text("batch-size: 4\nlr: 0.002\nmax_steps: 50\n")
@@ -291,7 +291,7 @@ def test_config_file_and_flags_override(tmp_path: Path) -> None:
 def resolved_from_file(tmp_path: Path, text: str, *flags: str) -> Any:
     import argparse
 
-    from scratchlm.cli import add_train_arguments, resolve_train_config
+    from scratchlm.cli.options import add_train_arguments, resolve_train_config
 
     config_file = tmp_path / "run.yaml"
     config_file.write_text(text, encoding="utf-8")
@@ -413,7 +413,7 @@ def test_finetune_takes_lora_settings_from_the_config_file(
 def test_docs_mention_every_train_flag() -> None:
     from scratchlm.training.run_config import TrainConfig
 
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text(encoding="utf-8")
     missing = [
         name for name in TrainConfig.field_names() if "--" + name.replace("_", "-") not in docs
     ]

@@ -1,5 +1,6 @@
-"""`scratchlm serve`: flags and entry point. FastAPI and uvicorn are imported only when the
-command runs, so the rest of the CLI works without the `serve` extra."""
+"""`scratchlm serve`: flags, their checks and start-up (bind, load, run uvicorn). FastAPI and
+uvicorn are imported only when the command runs, so the rest of the CLI works without the `serve`
+extra."""
 
 from __future__ import annotations
 
@@ -10,13 +11,19 @@ import socket
 import sys
 from pathlib import Path
 
+from scratchlm.cli.options import (
+    add_checkpoint_argument,
+    add_device_argument,
+    add_quantize_argument,
+    add_skip_checksums_argument,
+)
 from scratchlm.errors import ScratchLMError
 
 API_KEY_ENVIRONMENT = "SCRATCHLM_API_KEY"
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
+def add_serve(parser: argparse.ArgumentParser) -> None:
+    add_checkpoint_argument(parser)
     parser.add_argument(
         "--host",
         default="127.0.0.1",
@@ -98,15 +105,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=256,
         help="open connections at once; beyond that new requests get HTTP 503",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument(
-        "--quantize",
-        choices=("none", "int8"),
-        default="none",
-        help="int8 dynamic quantization of linear layers (CPU)",
-    )
-    from scratchlm.cli import add_skip_checksums_argument
-
+    add_device_argument(parser)
+    add_quantize_argument(parser)
     add_skip_checksums_argument(parser)
 
 

@@ -1,4 +1,4 @@
-"""`scratchlm chat`: a multi-turn chat in the terminal.
+"""The chat app: `ChatApp` runs a multi-turn conversation over one model, drawn by a view.
 
 One `DecodeSession` holds the conversation's KV cache, so a turn prefills only what is new (the
 last reply's end marker, the user's message and the generation prompt), not the whole history. A
@@ -6,22 +6,18 @@ reply's tokens are kept as generated and fed back verbatim next turn: re-encodin
 could tokenize differently and would defeat the prefix match.
 
 `ChatApp` is the loop's body (`handle_line(text) -> bool`, False = quit) and talks to the screen
-only through a view: `RichView` (a start panel, replies streamed live into a bordered panel) when
-standard input and output are terminals, `PlainView` otherwise (replies on stdout, status lines on
-stderr, no colors), so `printf 'hi\\nquit\\n' | scratchlm chat --checkpoint X` scripts it.
+only through a view (`chat.views`); `run_loop` reads lines until the user leaves. The command
+(`scratchlm chat`) is in `cli/chat.py`.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
-import sys
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from scratchlm.chat.commands import (
     SETTING_TYPES,
@@ -31,6 +27,7 @@ from scratchlm.chat.commands import (
     parse_settings,
 )
 from scratchlm.chat.conversation import Conversation, DroppedTurn
+from scratchlm.chat.views import ChatView
 from scratchlm.chat_template import Message, end_of_turn_id, render
 from scratchlm.errors import ScratchLMError
 from scratchlm.tokenizer import (
@@ -43,21 +40,8 @@ from scratchlm.tokenizer import (
 )
 
 if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.live import Live
-    from rich.text import Text
-
-    from scratchlm.inference.sampling import SamplingSettings
     from scratchlm.inference.session import DecodeSession
-
-# Chat defaults differ from `generate`: small models loop without a repetition penalty, and a chat
-# reply is shorter than a free continuation.
-CHAT_DEFAULTS: dict[str, Any] = {
-    "temperature": 0.7,
-    "repetition_penalty": 1.1,
-    "max_new_tokens": 256,
-}
-
+    from scratchlm.inference.settings import SamplingSettings
 
 # --- settings and statistics ----------------------------------------------------------------------
 
@@ -115,186 +99,11 @@ class TurnStats:
         return text
 
 
-# Control characters in a reply (a small model emits any byte) would move the cursor or ring the
-# bell; shown as their Unicode "control pictures" (U+2400 + code) instead. Newlines and tabs stay.
-_VISIBLE_CONTROLS = {code: 0x2400 + code for code in range(32) if chr(code) not in "\n\t"}
-_VISIBLE_CONTROLS[0x7F] = 0x2421
-
-
-def visible_text(text: str) -> str:
-    return text.translate(_VISIBLE_CONTROLS)
-
-
 def describe_dropped(dropped: list[DroppedTurn]) -> str:
     tokens = sum(turn.tokens for turn in dropped)
     if len(dropped) == 1:
         return f"context full: dropped the oldest turn ({tokens} tokens)"
     return f"context full: dropped the {len(dropped)} oldest turns ({tokens} tokens)"
-
-
-# --- views ----------------------------------------------------------------------------------------
-
-
-class ChatView(Protocol):
-    def start(self, title: str, rows: list[tuple[str, str]]) -> None: ...  # the start panel
-    def table(self, title: str, rows: list[tuple[str, str]]) -> None: ...  # asked-for output
-    def info(self, text: str) -> None: ...  # output the user asked for (/help, /settings)
-    def notice(self, text: str) -> None: ...  # status: statistics, dropped turns, saved files
-    def error(self, text: str) -> None: ...
-    def begin_reply(self) -> None: ...
-    def reply_delta(self, text: str) -> None: ...
-    def end_reply(self, interrupted: bool) -> None: ...
-    def read_line(self) -> str: ...  # raises EOFError (Ctrl-D, end of input), KeyboardInterrupt
-    def end_session(self) -> None: ...
-
-
-class PlainView:
-    """Plain text: replies on `output`, everything else on `status`, so a script reading stdout
-    gets the replies alone. Prompts only when the input is a terminal (`--plain` in a shell)."""
-
-    def __init__(
-        self,
-        input_stream: IO[str] | None = None,
-        output: IO[str] | None = None,
-        status: IO[str] | None = None,
-    ) -> None:
-        self.input_stream = input_stream or sys.stdin
-        self.output = output or sys.stdout
-        self.status = status or sys.stderr
-
-    def _write(self, stream: IO[str], text: str) -> None:
-        stream.write(text)
-        stream.flush()
-
-    def _table_text(self, title: str, rows: list[tuple[str, str]]) -> str:
-        return "\n".join([title, *(f"  {key}: {value}" for key, value in rows)]) + "\n"
-
-    def start(self, title: str, rows: list[tuple[str, str]]) -> None:
-        self._write(self.status, self._table_text(title, rows))
-
-    def table(self, title: str, rows: list[tuple[str, str]]) -> None:
-        self._write(self.output, self._table_text(title, rows))
-
-    def info(self, text: str) -> None:
-        self._write(self.output, text + "\n")
-
-    def notice(self, text: str) -> None:
-        self._write(self.status, f"[{text}]\n")
-
-    def error(self, text: str) -> None:
-        self._write(self.status, f"error: {text}\n")
-
-    def begin_reply(self) -> None:
-        pass
-
-    def reply_delta(self, text: str) -> None:
-        self._write(self.output, visible_text(text))
-
-    def end_reply(self, interrupted: bool) -> None:
-        self._write(self.output, "\n")
-
-    def read_line(self) -> str:
-        if self.input_stream.isatty():
-            self._write(self.status, "you> ")
-        line = self.input_stream.readline()
-        if not line:
-            raise EOFError
-        return line.rstrip("\n")
-
-    def end_session(self) -> None:
-        # After Ctrl-D at a prompt the cursor sits on the prompt line; a script needs no newline.
-        if self.input_stream.isatty():
-            self._write(self.status, "\n")
-
-
-class RichView:
-    """Panels and colors; the reply streams into a bordered panel redrawn by `rich.live.Live`."""
-
-    def __init__(self, console: Console | None = None) -> None:
-        from rich.console import Console
-
-        self.console = console or Console(highlight=False)
-        self.reply: Text | None = None
-        self.live: Live | None = None
-        with contextlib.suppress(ImportError):
-            import readline  # noqa: F401  # line editing and history for input()
-
-    def table(self, title: str, rows: list[tuple[str, str]]) -> None:
-        from rich.panel import Panel
-        from rich.table import Table
-
-        grid = Table.grid(padding=(0, 2))
-        grid.add_column(style="bold")
-        grid.add_column()
-        for key, value in rows:
-            grid.add_row(key, value)
-        self.console.print(Panel(grid, title=title, title_align="left", border_style="blue"))
-
-    def start(self, title: str, rows: list[tuple[str, str]]) -> None:
-        self.table(title, rows)
-
-    def info(self, text: str) -> None:
-        from rich.text import Text
-
-        self.console.print(Text(text))
-
-    def notice(self, text: str) -> None:
-        from rich.text import Text
-
-        self.console.print(Text(text, style="dim"))
-
-    def error(self, text: str) -> None:
-        from rich.text import Text
-
-        self.console.print(Text(f"error: {text}", style="bold red"))
-
-    def _panel(self, subtitle: str | None = None) -> Any:
-        from rich.panel import Panel
-        from rich.text import Text
-
-        body = self.reply if self.reply else Text("…", style="dim")
-        return Panel(
-            body,
-            title="assistant",
-            title_align="left",
-            subtitle=subtitle,
-            subtitle_align="right",
-            border_style="green",
-        )
-
-    def begin_reply(self) -> None:
-        from rich.live import Live
-        from rich.text import Text
-
-        self.reply = Text()
-        # "visible": a reply taller than the screen scrolls instead of being cut off.
-        self.live = Live(
-            self._panel(),
-            console=self.console,
-            refresh_per_second=12,
-            vertical_overflow="visible",
-        )
-        self.live.start()
-
-    def reply_delta(self, text: str) -> None:
-        assert self.reply is not None and self.live is not None
-        self.reply.append(visible_text(text))
-        self.live.update(self._panel())
-
-    def end_reply(self, interrupted: bool) -> None:
-        if self.live is None:
-            return
-        self.live.update(self._panel("stopped" if interrupted else None), refresh=True)
-        self.live.stop()
-        self.live = None
-
-    def read_line(self) -> str:
-        from rich.text import Text
-
-        return self.console.input(Text("you> ", style="bold cyan"))
-
-    def end_session(self) -> None:
-        self.console.print()
 
 
 # --- the chat -------------------------------------------------------------------------------------
@@ -553,68 +362,3 @@ def run_loop(app: ChatApp, view: ChatView) -> None:
         except KeyboardInterrupt:
             # Ctrl-C outside a reply (a slow /save, the statistics line) must not end the chat.
             view.notice("interrupted")
-
-
-# --- the command ----------------------------------------------------------------------------------
-
-
-def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
-    from scratchlm.cli import (
-        add_quantize_argument,
-        add_sampling_arguments,
-        add_skip_checksums_argument,
-    )
-
-    parser.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
-    parser.add_argument("--system-prompt", help="system prompt for the conversation")
-    parser.add_argument(
-        "--context-file",
-        help="load the conversation from this JSON file if it exists; save it after every turn",
-    )
-    add_sampling_arguments(parser)
-    parser.set_defaults(**CHAT_DEFAULTS)
-    add_quantize_argument(parser)
-    add_skip_checksums_argument(parser)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument(
-        "--plain", action="store_true", help="plain text even in a terminal (no panels or colors)"
-    )
-
-
-def command_chat(args: argparse.Namespace) -> None:
-    from scratchlm.cli import sampling_from_args
-    from scratchlm.inference.load import load_for_inference
-    from scratchlm.inference.session import DecodeSession
-
-    if args.sampler == "beam":
-        raise ScratchLMError("chat samples token by token; --sampler beam is for `generate` only")
-    settings = ChatSettings(sampling_from_args(args), args.max_new_tokens, args.seed)
-    context_file = Path(args.context_file).expanduser() if args.context_file else None
-    conversation = Conversation(system=args.system_prompt or None)
-    if context_file is not None and context_file.exists():
-        # Flags typed now win over the settings stored in the file; the file keeps the history.
-        conversation = Conversation.load(context_file)
-        if args.system_prompt:
-            conversation.system = args.system_prompt
-    loaded, device = load_for_inference(
-        args.checkpoint, args.device, args.quantize, verify=not args.skip_checksums
-    )
-    view: ChatView = (
-        RichView() if sys.stdin.isatty() and sys.stdout.isatty() and not args.plain else PlainView()
-    )
-    app = ChatApp(
-        DecodeSession(loaded.model),
-        loaded.tokenizer,
-        view,
-        settings=settings,
-        conversation=conversation,
-        context_file=context_file,
-    )
-    dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
-    quantized = ", int8 weights" if args.quantize == "int8" else ""
-    app.welcome(
-        device=f"{device} ({dtype}{quantized})",
-        parameters=loaded.config.parameter_counts()["n_params"],
-        checkpoint=str(loaded.path),
-    )
-    run_loop(app, view)

@@ -1,0 +1,325 @@
+"""Continuous batching: many sequences decoded together, each with its own prompt length,
+position, sampling settings, seed and stop state.
+
+Rows join (`BatchDecoder.add`) and leave (`remove`, or when finished) between decode steps without
+disturbing the others. With `prefill_chunk`, a long prompt is prefilled a chunk per `step()`,
+interleaved with decoding, so a newcomer's prompt never stalls the running rows for more than one
+chunk's forward. `GenerationRequest` and `GenerationOutput` are what a row takes and gives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from scratchlm.errors import ScratchLMError
+from scratchlm.inference.decode import Decoder, fit_prompt
+from scratchlm.inference.sampling import history_counts, make_generator, sample_next_token
+from scratchlm.inference.settings import LogitBias, SamplingSettings, check_logit_bias
+from scratchlm.kv_cache import KVCache
+from scratchlm.model import GPT
+
+
+@dataclass
+class GenerationRequest:
+    prompt_ids: list[int]
+    max_new_tokens: int = 128
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    seed: int | None = None
+    stop_ids: frozenset[int] = frozenset()
+    truncate: bool = False  # drop the oldest prompt tokens instead of refusing a too-long prompt
+    logit_bias: LogitBias = ()  # (token id, bias) pairs, as OpenAI's logit_bias
+
+    def __post_init__(self) -> None:
+        check_logit_bias(self.logit_bias)
+
+
+@dataclass
+class GenerationOutput:
+    token_ids: list[int]
+    # "stop" (a stop token or string), "length" (max_new_tokens / context full), or "error" (this
+    # row's sampling or prefill failed; see BatchDecoder)
+    finish_reason: str
+    prompt_tokens: int
+    truncated_tokens: int = 0
+
+
+@dataclass
+class Row:
+    """One sequence of a BatchDecoder."""
+
+    handle: int
+    request: GenerationRequest
+    prompt_len: int
+    truncated_tokens: int
+    generator: torch.Generator
+    counts: torch.Tensor | None
+    position: int = 0  # where the next input token goes
+    last_token: int = 0
+    generated: list[int] = field(default_factory=list)
+    finish_reason: str | None = None  # "error" when this row alone failed (see `error`)
+    error: str | None = None  # what went wrong, for finish_reason "error"
+    # Prompt tokens not yet in the cache (chunked prefill); the row decodes once this is empty.
+    pending: list[int] = field(default_factory=list)
+    prompt: list[int] = field(default_factory=list)
+
+    @property
+    def prefilling(self) -> bool:
+        return bool(self.pending)
+
+    def output(self) -> GenerationOutput:
+        return GenerationOutput(
+            list(self.generated),
+            self.finish_reason or "length",
+            self.prompt_len,
+            self.truncated_tokens,
+        )
+
+
+class BatchDecoder:
+    """Decode many sequences together; rows join and leave between steps.
+
+    Active rows always occupy cache rows 0..A-1: a new row is prefilled into slot A (a view of the
+    shared cache), and a leaving row's slot is filled by moving the last row into it (one row copy),
+    so each decode step runs one forward over a contiguous (A, 1) batch with per-row positions.
+
+    With `prefill_chunk`, `add` only registers the row; each `step` then prefills at most
+    `prefill_chunk` prompt tokens (over all waiting rows, oldest first) after the decode forward.
+    Rows still prefilling sit after the decoding rows (slots D..A-1), so the decode forward stays
+    one contiguous (D, 1) batch; a row whose prompt is complete swaps into slot D.
+
+    A failure that belongs to one row (its sampling, or the forward of its own prefill chunk)
+    ends that row alone with finish_reason "error" and the reason in `row.error`; the others go
+    on. Only a failure of the shared decode forward propagates out of `step()`.
+    """
+
+    def __init__(
+        self,
+        model: GPT,
+        *,
+        max_batch: int,
+        max_len: int | None = None,
+        device: torch.device | str | None = None,
+        prefill_chunk: int | None = None,
+    ) -> None:
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise ScratchLMError(f"prefill_chunk must be >= 1 (or None), got {prefill_chunk}")
+        self.prefill_chunk = prefill_chunk
+        self.model = model
+        self.config = model.config
+        self.device = (
+            torch.device(device) if device is not None else model.token_embedding.weight.device
+        )
+        self.max_len = min(max_len or self.config.context_length, self.config.context_length)
+        dtype = model.token_embedding.weight.dtype
+        self.cache = KVCache.for_model(
+            self.config, max_batch, self.max_len, dtype=dtype, device=self.device
+        )
+        self.max_batch = max_batch
+        self.rows: list[Row] = []
+        self.finished: list[Row] = []
+        self._next_handle = 0
+        # A lone decoding row always sits in cache row 0, which never moves: its Decoder (and the
+        # kernel decoder inside it) is built once.
+        self._lone_row = Decoder(model, self.cache.rows(0, 1))
+
+    @property
+    def active(self) -> int:
+        return len(self.rows)
+
+    @property
+    def has_room(self) -> bool:
+        return len(self.rows) < self.max_batch
+
+    @property
+    def decoding(self) -> int:
+        """How many rows have their whole prompt in the cache (they occupy slots 0..decoding-1)."""
+        return sum(1 for row in self.rows if not row.prefilling)
+
+    @property
+    def prefill_backlog(self) -> int:
+        """Prompt tokens still waiting to be prefilled."""
+        return sum(len(row.pending) for row in self.rows)
+
+    @torch.inference_mode()
+    def add(self, request: GenerationRequest) -> int:
+        """Prefill a new row and sample its first token (or, with `prefill_chunk`, register it to
+        be prefilled by the next steps); returns the row's handle."""
+        if not self.has_room:
+            raise ScratchLMError(
+                f"the batch is full ({self.max_batch} rows); wait for a row to finish"
+            )
+        if request.max_new_tokens < 1:
+            raise ScratchLMError(f"max_new_tokens must be >= 1, got {request.max_new_tokens}")
+        prompt, dropped = fit_prompt(request.prompt_ids, self.max_len, request.truncate)
+        row = Row(
+            handle=self._next_handle,
+            request=request,
+            prompt_len=len(prompt),
+            truncated_tokens=dropped,
+            generator=make_generator(request.seed, self.device),
+            counts=None,
+            prompt=prompt,
+        )
+        self._next_handle += 1
+        if self.prefill_chunk is not None:
+            row.pending = list(prompt)
+            self.rows.append(row)
+            return row.handle
+        slot = len(self.rows)
+        self.rows.append(row)
+        try:
+            self._prefill(row, slot, prompt)
+        except Exception:
+            self.rows.pop()  # the failed row must not stay behind in the batch
+            raise
+        return row.handle
+
+    def _prefill(self, row: Row, slot: int, tokens: list[int]) -> bool:
+        """Write `tokens` (the next part of the row's prompt) into its cache slot; once the prompt
+        is complete, sample the first token. Returns True when the prompt is complete."""
+        decoder = Decoder(self.model, self.cache.rows(slot, slot + 1))
+        logits = decoder.prefill(tokens, position=row.position)
+        row.position += len(tokens)
+        del row.pending[: len(tokens)]
+        if row.pending:
+            return False
+        self._accept(row, logits, first=True)
+        return True
+
+    def _accept(self, row: Row, logits: torch.Tensor, first: bool = False) -> None:
+        """Sample the row's next token from logits (1, vocab) and update its stop state; a
+        failure ends this row alone (finish_reason "error")."""
+        try:
+            if first:
+                row.counts = history_counts(
+                    row.prompt, row.request.sampling, self.config.vocab_size, self.device
+                )
+            request = row.request
+            token = int(
+                sample_next_token(
+                    logits, request.sampling, row.generator, row.counts, request.logit_bias
+                ).item()
+            )
+        except Exception as error:  # any failure here is this row's alone
+            self._fail(row, error)
+            return
+        if token in row.request.stop_ids:
+            row.finish_reason = "stop"
+            return
+        row.generated.append(token)
+        row.last_token = token
+        if row.counts is not None:
+            row.counts[0, token] += 1
+        if len(row.generated) >= row.request.max_new_tokens or row.position >= self.max_len:
+            row.finish_reason = "length"
+
+    @torch.inference_mode()
+    def step(self) -> list[Row]:
+        """One decode step for every unfinished row (then, with `prefill_chunk`, one prefill
+        chunk); returns the rows that finished (and leaves them out of the batch). Rows finished
+        at an unchunked prefill are returned by the next call."""
+        done = [row for row in self.rows if not row.prefilling and row.finish_reason is not None]
+        # Compact first so the running rows are cache rows 0..count-1.
+        for row in done:
+            self._drop(row)
+        count = self.decoding
+        newly_done: list[Row] = []
+        if count:
+            running = self.rows[:count]
+            if count == 1:
+                # One decoding row (a single client): the decode primitive, as Engine.generate
+                # (the fp32 CPU kernels when they apply).
+                row = running[0]
+                logits = self._lone_row.step(row.last_token, position=row.position)  # (1, vocab)
+            else:
+                inputs = torch.tensor([[row.last_token] for row in running], device=self.device)
+                positions = torch.tensor([[row.position] for row in running], device=self.device)
+                logits = self.model(inputs, positions=positions, kv_cache=self.cache.rows(0, count))
+                logits = logits[:, -1, : self.config.vocab_size]  # (count, vocab)
+            for index, row in enumerate(running):
+                row.position += 1
+                self._accept(row, logits[index : index + 1])
+            newly_done = [row for row in running if row.finish_reason is not None]
+            for row in newly_done:
+                self._drop(row)
+        return done + newly_done + self._prefill_step()
+
+    @staticmethod
+    def _fail(row: Row, error: BaseException) -> None:
+        row.finish_reason = "error"
+        row.error = str(error) or type(error).__name__
+
+    def _prefill_step(self) -> list[Row]:
+        """Spend up to `prefill_chunk` prompt tokens on the prefilling rows, oldest first; rows
+        whose prompt completes move into the decoding slots. Returns rows already finished by
+        their first token."""
+        budget = self.prefill_chunk or 0
+        finished: list[Row] = []
+        while budget > 0:
+            waiting = [row for row in self.rows if row.prefilling]
+            if not waiting:
+                break
+            row = min(waiting, key=lambda candidate: candidate.handle)
+            tokens = row.pending[:budget]
+            budget -= len(tokens)
+            slot = self.rows.index(row)
+            try:
+                complete = self._prefill(row, slot, tokens)
+            except Exception as error:  # this row's own forward: it fails alone
+                if row.prefilling:
+                    self._fail(row, error)
+                    self._drop(row)
+                    finished.append(row)
+                    continue
+                raise
+            if not complete:
+                continue
+            self._swap(slot, self.decoding - 1)  # the first slot after the other decoding rows
+            if row.finish_reason is not None:
+                self._drop(row)
+                finished.append(row)
+        return finished
+
+    def remove(self, handle: int) -> Row | None:
+        """Take a row out now (e.g. its client disconnected); its slot is free for the next add."""
+        for row in self.rows:
+            if row.handle == handle:
+                row.finish_reason = row.finish_reason or "cancelled"
+                self._drop(row)
+                return row
+        return None
+
+    def _move(self, source: int, target: int) -> None:
+        self.cache.copy_row(source, target)
+        self.rows[target] = self.rows[source]
+
+    def _swap(self, first: int, second: int) -> None:
+        if first == second:
+            return
+        cache = self.cache
+        for tensor in (cache.keys, cache.values):
+            saved = tensor[:, first].clone()
+            tensor[:, first] = tensor[:, second]
+            tensor[:, second] = saved
+        saved_length = cache.lengths[first].clone()
+        cache.lengths[first] = cache.lengths[second]
+        cache.lengths[second] = saved_length
+        self.rows[first], self.rows[second] = self.rows[second], self.rows[first]
+
+    def _drop(self, row: Row) -> None:
+        """Free a row's slot, keeping decoding rows before prefilling ones (one or two row
+        copies)."""
+        slot = self.rows.index(row)
+        last = len(self.rows) - 1
+        if row.prefilling:
+            if slot != last:
+                self._move(last, slot)
+        else:
+            last_decoding = self.decoding - 1
+            if slot != last_decoding:
+                self._move(last_decoding, slot)
+            if last != last_decoding:
+                self._move(last, last_decoding)
+        self.rows.pop()

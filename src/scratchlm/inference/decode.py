@@ -1,0 +1,104 @@
+"""The one decode primitive: prefill a prompt into a batch-1 KV cache, then decode a token at a time.
+
+Every generation loop (`Engine.generate`, the `BatchDecoder`'s lone decoding row, the chat's
+`DecodeSession`, `bench`) runs its forwards through a `Decoder`, as gpt-fast's `prefill` and
+`decode_one_token` serve all of its loops. The Decoder alone decides how a step runs: through the
+fp32 CPU kernels (one C++ call per token, see scratchlm.inference.kernels) when they apply to the
+model and cache, else the model's forward; both give the same tokens. A prefill always runs the
+model's forward (the kernels decode single tokens).
+
+Also `fit_prompt`: the part of a prompt that fits the context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from scratchlm.errors import ScratchLMError
+from scratchlm.inference.kernels.decoder import FastDecoder, fast_decoder
+from scratchlm.kv_cache import KVCache
+from scratchlm.model import GPT
+
+
+def fit_prompt(
+    prompt_ids: Sequence[int], context_length: int, truncate: bool
+) -> tuple[list[int], int]:
+    """The prompt to prefill and how many tokens were dropped from its start (left truncation)."""
+    if not prompt_ids:
+        raise ScratchLMError("the prompt is empty; pass some text (or a document start)")
+    room = context_length - 1  # at least one new token must fit
+    if len(prompt_ids) <= room:
+        return list(prompt_ids), 0
+    if not truncate:
+        raise ScratchLMError(
+            f"the prompt is {len(prompt_ids)} tokens but the model's context is {context_length} "
+            f"tokens (with room for at least one new token); shorten the prompt to at most {room} "
+            "tokens, or ask for left truncation (--truncate)"
+        )
+    return list(prompt_ids[-room:]), len(prompt_ids) - room
+
+
+class Decoder:
+    """Prefill and one-token steps of one sequence: `model` against a batch-1 `cache`.
+
+    Both return the logits (1, vocab) of the token that follows (padding rows of the vocabulary
+    cut off: they are never sampled). `position` says where the tokens go: None (the cache is
+    this sequence's own) means at the cache's length; an int places them at that position of a
+    row that shares a batch cache (the BatchDecoder), whose `length` is not the row's.
+
+    The kernel decoder is built at the first step (never for a one-token generation) and kept:
+    build a new Decoder whenever the model's weights or the cache may have been replaced.
+    """
+
+    def __init__(self, model: GPT, cache: KVCache) -> None:
+        self.model = model
+        self.cache = cache
+        self.vocab_size = model.config.vocab_size
+        self.device = cache.keys.device
+        self._kernel: FastDecoder | None = None
+        self._kernel_checked = False
+
+    def prefill(self, tokens: Sequence[int], *, position: int | None = None) -> torch.Tensor:
+        """Write `tokens` into the cache; logits (1, vocab) of the token after the last."""
+        inputs = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
+        positions = None
+        if position == 0:
+            # From position 0 the model's own causal path serves (the same numbers as one full
+            # prefill); later parts of a prompt place their tokens explicitly after the row's.
+            self.cache.length = 0
+        elif position is not None:
+            positions = torch.arange(position, position + len(tokens), device=self.device)
+            positions = positions.unsqueeze(0)
+        logits = self.model(inputs, positions=positions, kv_cache=self.cache, last_token_only=True)
+        return logits[:, -1, : self.vocab_size]
+
+    def step(self, token: int | torch.Tensor, *, position: int | None = None) -> torch.Tensor:
+        """Write one token (an int, or a one-element tensor already on the device) into the
+        cache; logits (1, vocab) of the token after it."""
+        kernel = self._kernel_decoder()
+        if kernel is not None:
+            if position is not None:
+                self.cache.length = position
+            logits = kernel.step(int(token))  # (1, 1, padded_vocab)
+        else:
+            if isinstance(token, torch.Tensor):
+                inputs = token.view(1, 1)  # no host round trip on an accelerator
+            else:
+                inputs = torch.tensor([[token]], dtype=torch.long, device=self.device)
+            positions = None
+            if position is not None:
+                positions = torch.tensor([[position]], dtype=torch.long, device=self.device)
+            logits = self.model(
+                inputs, positions=positions, kv_cache=self.cache, last_token_only=True
+            )
+        return logits[:, -1, : self.vocab_size]
+
+    def _kernel_decoder(self) -> FastDecoder | None:
+        """The fp32 CPU kernel decoder for this model and cache (None: the model's forward);
+        decided once, at the first step."""
+        if not self._kernel_checked:
+            self._kernel = fast_decoder(self.model, self.cache)
+            self._kernel_checked = True
+        return self._kernel

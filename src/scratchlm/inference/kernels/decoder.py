@@ -1,0 +1,211 @@
+"""The batch-1 decode step through the compiled kernels: which models and caches it applies to
+(`unsupported_reason`), and `FastDecoder`, which points the library at a model's parameters and KV
+cache in place. `fast_decoder(model, cache)` gives one, or None when the fast path does not apply.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+
+import torch
+from torch import nn
+
+from scratchlm.inference.kernels.loader import SlLayer, SlModel, kernels_enabled, load_library
+from scratchlm.kv_cache import KVCache
+from scratchlm.model import GPT, Block
+
+logger = logging.getLogger(__name__)
+
+NORM_KINDS = {"rmsnorm": 0, "layernorm": 1}
+MLP_KINDS = {"gelu": 0, "gelu_tanh": 1, "leaky_relu": 2, "swiglu": 3, "relu2": 4}
+
+
+def _plain_fp32(tensor: torch.Tensor | None) -> bool:
+    return tensor is None or (
+        type(tensor) in (torch.Tensor, nn.Parameter)  # not a DTensor (FSDP) or other subclass
+        and tensor.device.type == "cpu"
+        and tensor.dtype == torch.float32
+        and tensor.layout == torch.strided
+        and tensor.is_contiguous()
+    )
+
+
+def unsupported_reason(model: nn.Module, cache: KVCache) -> str | None:
+    """Why the fast path cannot decode this model with this cache (None: it can)."""
+    if not isinstance(model, GPT) or type(model).forward is not GPT.forward:
+        return "not a plain GPT"
+    if "forward" in model.__dict__:
+        return "the model's forward was replaced (e.g. torch.compile)"
+    if model.training and model.config.dropout > 0:
+        return "training mode with dropout"
+    for module in model.modules():
+        if module._forward_hooks or module._forward_pre_hooks:
+            return "a module has forward hooks"
+        if isinstance(module, nn.Linear) and type(module) is not nn.Linear:
+            return f"a linear layer is a {type(module).__name__}"
+    for block in model.blocks:
+        assert isinstance(block, Block)
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            if type(getattr(block.attention, name)) is not nn.Linear:
+                return f"{name} is not an nn.Linear (quantized or adapted)"
+        for projection in (block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj):
+            if projection is not None and type(projection) is not nn.Linear:
+                return "an MLP projection is not an nn.Linear (quantized or adapted)"
+    if type(model.lm_head) is not nn.Linear:
+        return "lm_head is not an nn.Linear"
+    if not all(_plain_fp32(tensor) for tensor in model.parameters()):
+        return "weights are not contiguous fp32 CPU tensors"
+    if model.config.position == "rope" and not (
+        _plain_fp32(model.rope_cos) and _plain_fp32(model.rope_sin)
+    ):
+        return "RoPE tables are not contiguous fp32 CPU tensors"
+    keys, values = cache.keys, cache.values
+    if keys.shape[1] != 1 or keys.dtype != torch.float32 or keys.device.type != "cpu":
+        return "the cache is not a batch-1 fp32 CPU cache"
+    for tensor in (keys, values):
+        if tensor.stride(-1) != 1 or tensor.stride(-2) != tensor.shape[-1]:
+            return "the cache rows are not contiguous"
+    if keys.stride() != values.stride():
+        return "keys and values have different layouts"
+    return None
+
+
+def _pointer(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def _norm_pointers(norm: nn.Module) -> tuple[int | None, int | None]:
+    weight = getattr(norm, "weight", None)
+    bias = getattr(norm, "bias", None)
+    assert isinstance(weight, torch.Tensor)
+    return weight.data_ptr(), _pointer(bias if isinstance(bias, torch.Tensor) else None)
+
+
+class FastDecoder:
+    """Batch-1 decode steps of one model against one KV cache through decode.cpp.
+
+    Holds raw pointers into the model's parameters and the cache (and references to both, so
+    they stay alive); build a new one whenever either may have been replaced (once per
+    generation is cheap: ~0.1 ms).
+    """
+
+    def __init__(self, library: ctypes.CDLL, model: GPT, cache: KVCache) -> None:
+        config = model.config
+        assert config.head_dim is not None and config.n_kv_head is not None
+        assert config.ffn_hidden is not None and config.padded_vocab_size is not None
+        self.library = library
+        self.model = model
+        self.cache = cache
+        self.vocab = config.padded_vocab_size
+        self.max_positions = min(cache.max_len, config.context_length)
+        layers = (SlLayer * config.n_layer)()
+        for index, block in enumerate(model.blocks):
+            assert isinstance(block, Block)
+            attention, mlp = block.attention, block.mlp
+            layer = layers[index]
+            layer.attn_norm_w, layer.attn_norm_b = _norm_pointers(block.attention_norm)
+            layer.mlp_norm_w, layer.mlp_norm_b = _norm_pointers(block.mlp_norm)
+            for prefix, linear in (
+                ("q", attention.q_proj),
+                ("k", attention.k_proj),
+                ("v", attention.v_proj),
+                ("o", attention.o_proj),
+                ("gate", mlp.gate_proj),
+                ("up", mlp.up_proj),
+                ("down", mlp.down_proj),
+            ):
+                if linear is None:
+                    continue
+                setattr(layer, f"{prefix}_w", linear.weight.data_ptr())
+                setattr(layer, f"{prefix}_b", _pointer(linear.bias))
+            if attention.q_norm is not None and attention.k_norm is not None:
+                layer.q_norm_w = attention.q_norm.weight.data_ptr()
+                layer.k_norm_w = attention.k_norm.weight.data_ptr()
+            # cache.keys (layers, batch, kv_heads, max_len, head_dim): this layer's row 0.
+            layer.keys = cache.keys[index, 0].data_ptr()
+            layer.values = cache.values[index, 0].data_ptr()
+        self._layers = layers  # kept alive: the struct below points into it
+        spec = SlModel()
+        spec.n_layer = config.n_layer
+        spec.d_model = config.d_model
+        spec.n_head = config.n_head
+        spec.n_kv_head = config.n_kv_head
+        spec.head_dim = config.head_dim
+        spec.ffn_hidden = config.ffn_hidden
+        spec.vocab = config.padded_vocab_size
+        spec.cache_head_stride = cache.keys.stride(2)
+        spec.norm_kind = NORM_KINDS[config.norm]
+        spec.mlp_kind = MLP_KINDS[config.mlp]
+        spec.norm_eps = config.norm_eps
+        spec.leaky_relu_slope = config.leaky_relu_slope
+        spec.logit_softcap = config.logit_softcap or 0.0
+        spec.token_embedding = model.token_embedding.weight.data_ptr()
+        if model.position_embedding is not None:
+            spec.position_embedding = model.position_embedding.weight.data_ptr()
+        if model.embedding_norm is not None:
+            spec.embedding_norm_w = model.embedding_norm.weight.data_ptr()
+        if config.position == "rope":
+            spec.rope_cos = model.rope_cos.data_ptr()
+            spec.rope_sin = model.rope_sin.data_ptr()
+        spec.final_norm_w, spec.final_norm_b = _norm_pointers(model.final_norm)
+        spec.lm_head_w = model.lm_head.weight.data_ptr()
+        spec.layers = layers
+        self._spec = spec
+        self._threads = 0
+        self._workspace = torch.empty(0)
+        self._ensure_workspace(torch.get_num_threads())
+
+    def _ensure_workspace(self, threads: int) -> None:
+        if threads <= self._threads:
+            return
+        config = self.model.config
+        floats = self.library.sl_workspace_floats(
+            config.d_model,
+            config.n_head,
+            config.n_kv_head,
+            config.head_dim,
+            config.ffn_hidden,
+            self.max_positions,
+            threads,
+        )
+        self._workspace = torch.empty(floats, dtype=torch.float32)
+        self._spec.workspace = self._workspace.data_ptr()
+        self._threads = threads
+
+    def step(self, token: int) -> torch.Tensor:
+        """Logits (1, 1, padded_vocab) of the token after `token`, which goes at the cache's
+        current length; advances the cache by one position."""
+        position = self.cache.length
+        if position >= self.max_positions:
+            raise IndexError(f"the KV cache is full ({self.max_positions} positions)")
+        if not 0 <= token < self.vocab:
+            raise IndexError(f"token id {token} is outside the vocabulary ({self.vocab})")
+        threads = torch.get_num_threads()
+        self._ensure_workspace(threads)
+        logits = torch.empty((1, 1, self.vocab), dtype=torch.float32)
+        self.library.sl_decode_step(
+            ctypes.byref(self._spec),
+            token,
+            position,
+            logits.data_ptr(),
+            threads,
+            self.max_positions,
+        )
+        self.cache.advance(None, 1, 1)
+        return logits
+
+
+def fast_decoder(model: nn.Module, cache: KVCache) -> FastDecoder | None:
+    """A FastDecoder for this model and cache, or None when the fast path does not apply."""
+    if not kernels_enabled():
+        return None
+    reason = unsupported_reason(model, cache)
+    if reason is not None:
+        logger.debug("fp32 decode kernels not used: %s", reason)
+        return None
+    library = load_library()
+    if library is None:
+        return None
+    assert isinstance(model, GPT)
+    return FastDecoder(library, model, cache)
