@@ -31,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from scratchlm import __version__
+from scratchlm.chat_template import CHAT_TEMPLATE_VERSION
 from scratchlm.config import ModelConfig
 from scratchlm.errors import ScratchLMError
 from scratchlm.io_utils import atomic_directory, atomic_write_json, atomic_write_text
@@ -38,7 +39,6 @@ from scratchlm.model import GPT, build_model
 from scratchlm.tokenizer import Tokenizer, unicode_problem
 
 FORMAT_VERSION = 1
-CHAT_TEMPLATE_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
