@@ -108,7 +108,7 @@ COMMANDS: dict[str, Command] = {
     "eval": Command(
         generate.add_eval,
         generate.command_eval,
-        "loss, perplexity and bits per byte on a text; or replies to a prompt suite",
+        "loss, perplexity and bits per byte on a text; replies to a prompt suite; or benchmarks",
     ),
     "generate": Command(
         generate.add_generate,

@@ -253,7 +253,12 @@ def add_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--text-field", default="text", help="text field of .jsonl/.parquet/datasets"
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="windows (--data) or scored continuations (--tasks) per forward pass",
+    )
     parser.add_argument(
         "--prompts", help="prompt suite: one prompt per line, or JSONL with 'prompt'"
     )
@@ -266,6 +271,25 @@ def add_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--suite-name", help="with --prompts: output name (default: prompts-FILESTEM)"
     )
+    benchmarks = parser.add_argument_group("benchmarks (--tasks)")
+    benchmarks.add_argument(
+        "--tasks",
+        metavar="LIST",
+        help="comma-separated benchmark tasks: hellaswag, arc_easy, arc_challenge, piqa, "
+        "winogrande, openbookqa, boolq, lambada, gsm8k, mmlu (its 57 subjects), mmlu_SUBJECT, "
+        "or core (the zero-shot log-likelihood set)",
+    )
+    benchmarks.add_argument(
+        "--num-fewshot", type=int, default=0, help="solved examples before each question"
+    )
+    benchmarks.add_argument(
+        "--limit", type=int, help="score only the first N examples of each task (default: all)"
+    )
+    benchmarks.add_argument(
+        "--task-data",
+        metavar="DIR",
+        help="read the tasks from files in DIR (upstream formats) instead of the Hugging Face hub",
+    )
     # A prompt suite's replies: a little cooler and shorter than a free continuation.
     add_sampling_arguments(parser, temperature=0.7, max_new_tokens=128)
     add_quantize_argument(parser)
@@ -277,12 +301,29 @@ def add_eval(parser: argparse.ArgumentParser) -> None:
 
 
 def command_eval(args: argparse.Namespace) -> None:
+    modes = [
+        flag
+        for flag, value in (
+            ("--data", args.data),
+            ("--prompts", args.prompts),
+            ("--tasks", args.tasks),
+        )
+        if value
+    ]
+    if len(modes) > 1:
+        raise ScratchLMError(
+            f"eval takes one of --data, --prompts or --tasks, got {' and '.join(modes)}"
+        )
+    if args.tasks:
+        command_eval_tasks(args)
+        return
     if args.prompts:
         command_eval_prompts(args)
         return
     if not args.data:
         raise ScratchLMError(
-            "eval needs --data TEXT (loss, perplexity, bits/byte) or --prompts FILE (a prompt suite)"
+            "eval needs --data TEXT (loss, perplexity, bits/byte), --prompts FILE (a prompt "
+            "suite) or --tasks LIST (benchmarks)"
         )
     from scratchlm.data import iter_documents
     from scratchlm.evaluation.perplexity import evaluate_text
@@ -332,3 +373,72 @@ def command_eval_prompts(args: argparse.Namespace) -> None:
         print_json({"markdown": str(markdown), "jsonl": str(jsonl), "prompts": len(prompts)})
         return
     print(f"{len(prompts)} prompts x {1 + len(others)} checkpoint(s): wrote {markdown} and {jsonl}")
+
+
+def command_eval_tasks(args: argparse.Namespace) -> None:
+    from scratchlm.evaluation.scoring import run_benchmarks
+    from scratchlm.evaluation.tasks import DEFAULT_FEWSHOT_SEED, expand_task_names, load_task
+    from scratchlm.inference.load import load_for_inference
+
+    if args.num_fewshot < 0:
+        raise ScratchLMError(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
+    if args.limit is not None and args.limit < 1:
+        raise ScratchLMError(f"--limit must be >= 1, got {args.limit}")
+    if args.batch_size < 1:
+        raise ScratchLMError(f"--batch-size must be >= 1, got {args.batch_size}")
+    names = expand_task_names(args.tasks)
+    seed = DEFAULT_FEWSHOT_SEED if args.seed is None else args.seed
+    task_data = Path(args.task_data) if args.task_data else None
+    # Every task is read before the model is loaded: a missing file fails in seconds.
+    tasks = [
+        load_task(
+            name, task_data=task_data, num_fewshot=args.num_fewshot, seed=seed, limit=args.limit
+        )
+        for name in names
+    ]
+    loaded, _ = load_for_inference(
+        args.checkpoint, args.device, args.quantize, verify=not args.skip_checksums
+    )
+
+    def progress(line: str) -> None:
+        if not args.json:
+            print(line, file=sys.stderr, flush=True)
+
+    report = run_benchmarks(
+        loaded.model, loaded.tokenizer, tasks, batch_size=args.batch_size, progress=progress
+    )
+    values = report.as_dict()
+    values.update(
+        {"checkpoint": args.checkpoint, "num_fewshot": args.num_fewshot, "limit": args.limit}
+    )
+    if args.json:
+        print_json(values)
+        return
+    print(f"{'task':<22} {'metric':<12} {'value':>9} {'chance':>7} {'centered':>9}  examples")
+    by_name = {result.spec.name: result for result in report.results}
+    for entry in report.entries:
+        print(
+            f"{entry.name:<22} {entry.metric:<12} {entry.value:>9.4f} "
+            f"{entry.random_baseline:>7.3f} {entry.centered:>9.4f}  {entry.examples}"
+        )
+        # The task's other metrics, uncentered (a pooled MMLU row has only its accuracy).
+        single = by_name.get(entry.name)
+        for metric, value in single.metrics.items() if single else ():
+            if metric != entry.metric:
+                shown = f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+                print(f"{'':<22} {metric:<12} {shown:>9}")
+    stats = report.stats
+    print(
+        f"centered aggregate: {report.aggregate:.4f} (mean of {len(report.entries)} "
+        f"task{'s' if len(report.entries) > 1 else ''}; "
+        f"{args.num_fewshot}-shot)"
+    )
+    note = (
+        f"; {stats.truncated} requests left-truncated to the model's context"
+        if stats.truncated
+        else ""
+    )
+    print(
+        f"{stats.tokens + stats.generated_tokens:,} tokens in {stats.seconds:.1f} s "
+        f"({stats.tokens_per_second:,.0f} tokens/s){note}"
+    )
