@@ -71,7 +71,6 @@ from scratchlm.tokenizer import Tokenizer
 
 # Tasks whose headline accuracy is length-normalized (lm-eval's and DCLM's reports use acc_norm).
 ACC_NORM_TASKS = frozenset({"hellaswag", "arc_easy", "arc_challenge", "openbookqa", "piqa"})
-GENERATION_STOPS = ("\n\n", "Question:")
 MAX_GENERATION_TOKENS = 256
 
 
@@ -465,7 +464,7 @@ def _score_generative(
     max_new_tokens: int,
     stats: ScoringStats,
 ) -> TaskResult:
-    from scratchlm.evaluation.tasks import extract_final_number
+    from scratchlm.evaluation.tasks import STOP_SEQUENCES, extract_final_number
     from scratchlm.inference.engine import Engine
     from scratchlm.inference.settings import GREEDY
     from scratchlm.inference.streaming import TextStream
@@ -487,7 +486,7 @@ def _score_generative(
                 truncate=True,
             )
             # The stream stops pulling tokens at the first stop string.
-            stream = TextStream(tokenizer, GENERATION_STOPS)
+            stream = TextStream(tokenizer, STOP_SEQUENCES.get(spec.name, ("\n\n",)))
             text = "".join(stream.feed(_recorded(tokens, generated)))
             stats.tokens += len(prompt_ids) - engine.truncated_tokens
             stats.generated_tokens += len(generated)

@@ -71,9 +71,11 @@ TASK_NAMES: tuple[str, ...] = BASE_TASKS + tuple(f"mmlu_{subject}" for subject i
 
 DEFAULT_FEWSHOT_SEED = 1234  # lm-eval's default fewshot_random_seed
 
-# Where greedy generation stops, per generative task (lm-eval's gsm8k.yaml `until`): without it a
-# base model writes the next "Question:" of its few-shot pattern.
-STOP_SEQUENCES: dict[str, tuple[str, ...]] = {"gsm8k": ("Question:", "</s>", "<|im_end|>")}
+# Where greedy generation stops, per generative task: lm-eval's gsm8k.yaml `until` (without it a
+# base model writes the next "Question:" of its few-shot pattern), plus the few-shot delimiter
+# "\n\n", which ends an answer in that pattern: the same answers, minus the tokens a small model
+# would spend before it reaches "Question:".
+STOP_SEQUENCES: dict[str, tuple[str, ...]] = {"gsm8k": ("\n\n", "Question:", "</s>", "<|im_end|>")}
 
 # (dataset id, config, split) -> records, each a dict of the dataset's fields.
 RecordLoader = Callable[[str, str | None, str], list[dict[str, Any]]]
