@@ -152,6 +152,16 @@ def test_lora_trains_only_adapters_and_merges_exactly(
     assert main(["merge-lora", "--checkpoint", str(step), "--out", str(tmp_path / "merged")]) == 0
     assert torch.allclose(load_checkpoint(tmp_path / "merged").model(tokens), expected, atol=1e-5)
     assert not (tmp_path / "merged" / "adapter.safetensors").exists()
+    # A damaged adapter file is refused by name before it is merged.
+    damaged = bytearray((step / "adapter.safetensors").read_bytes())
+    damaged[-1] ^= 0xFF
+    (step / "adapter.safetensors").write_bytes(bytes(damaged))
+    capsys.readouterr()
+    out = tmp_path / "merged-again"
+    assert main(["merge-lora", "--checkpoint", str(step), "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "adapter.safetensors does not match the checksum" in error and "\n" not in error
+    assert not out.exists()
 
 
 def test_lora_resume_is_exact(tmp_path: Path, base: Path, instructions: Path) -> None:

@@ -11,6 +11,7 @@ from scratchlm.checkpoint import (
     read_metadata,
     resolve_checkpoint,
     save_checkpoint,
+    verify_checksums,
 )
 from scratchlm.errors import ScratchLMError
 from scratchlm.finetune.lora import LoRASettings, apply_lora, load_adapter_state, merge_lora
@@ -44,6 +45,8 @@ def merge_lora_checkpoint(
         targets=tuple(lora["targets"]),
     )
     apply_lora(loaded.model, settings)
+    # The adapters are weights too: checked against the checksum the LoRA run recorded.
+    verify_checksums(lora_dir, metadata, (ADAPTER_FILE,))
     load_adapter_state(loaded.model, load_file(str(lora_dir / ADAPTER_FILE)))
     model = merge_lora(loaded.model)
     training = {
