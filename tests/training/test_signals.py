@@ -176,25 +176,29 @@ def test_sigterm_to_torchrun_stops_every_rank_at_one_step(
 
 @pytest.mark.xdist_group("torchrun")
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("signal_number", [signal.SIGUSR1, signal.SIGINT], ids=["USR1", "INT"])
 def test_a_signal_to_one_rank_stops_all_of_them(
-    corpus: Path, environment: dict[str, str], tmp_path: Path
+    signal_number: signal.Signals, corpus: Path, environment: dict[str, str], tmp_path: Path
 ) -> None:
-    """SLURM may signal the processes one by one: rank 1 alone gets SIGUSR1, rank 0 stops too."""
+    """SLURM may signal the processes one by one: rank 1 alone gets SIGUSR1, rank 0 stops too.
+    Ctrl-C (SIGINT) under torchrun reaches the ranks at different moments: it is a stop signal
+    there too, so no rank is left waiting in a collective."""
     out = tmp_path / "run"
     process = start(train_command(corpus, out, processes=2), environment)
     signal_when(
         process,
         lambda: len(train_losses(out)) >= 3,
-        signal.SIGUSR1,
+        signal_number,
         pid=lambda: worker_pid(process.pid, rank=1),
     )
     output, errors = process.communicate(timeout=TIMEOUT)
-    # Both workers exit 138 (128 + SIGUSR1); torchrun reports a failed child.
+    # Both workers exit 128 + the signal's number; torchrun reports a failed child.
+    code = 128 + int(signal_number)
     assert process.returncode != 0
-    assert "exitcode  : 138" in errors or "exitcode: 138" in errors.replace("  ", " "), errors[
-        -3000:
-    ]
-    check_stopped_run(out, signal.SIGUSR1, output)
+    assert f"exitcode  : {code}" in errors or f"exitcode: {code}" in errors.replace("  ", " "), (
+        errors[-3000:]
+    )
+    check_stopped_run(out, signal_number, output)
 
 
 # --- fine-tuning ----------------------------------------------------------------------------------

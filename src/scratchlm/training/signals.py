@@ -34,13 +34,18 @@ def signal_name(number: int) -> str:
 class StopSignals:
     """Records the first stop signal received between `install()` and `restore()`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, interrupt: bool = False) -> None:
         self.received = 0  # the signal's number; 0: none yet
         self._previous: dict[signal.Signals, Any] = {}
+        # Under torchrun Ctrl-C reaches every rank at its own moment: as a KeyboardInterrupt each
+        # would stop wherever it is, possibly inside a collective the others never enter. As a
+        # stop signal the ranks agree on one step, as for SIGTERM. One process keeps Ctrl-C
+        # immediate (KeyboardInterrupt mid-step, then a save of the last finished step).
+        self._signals = (*STOP_SIGNALS, signal.SIGINT) if interrupt else STOP_SIGNALS
 
     def install(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
-            for number in STOP_SIGNALS:
+            for number in self._signals:
                 self._previous[number] = signal.signal(number, self._handle)
         return self
 

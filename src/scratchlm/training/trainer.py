@@ -501,7 +501,7 @@ class Trainer:
         tokens_per_s, loss = 0.0, float("nan")
         checkpoint: Path | None = None
         stop_signal = 0
-        stops = StopSignals().install()
+        stops = StopSignals(interrupt=self.distributed.enabled).install()
         try:
             while self.progress() < 1.0:
                 learning_rate = self.state.lr_scale * learning_rate_at(
