@@ -113,16 +113,32 @@ def test_valid_surrogate_pairs_are_text(server: RunningServer) -> None:
         (COMPLETIONS, '{"prompt": "Tom", "logit_bias": {"tom": 1}}', "logit_bias"),
         (COMPLETIONS, '{"prompt": "Tom", "logit_bias": {"99999": 1}}', "logit_bias"),
         (COMPLETIONS, '{"prompt": "Tom", "logit_bias": {"5": NaN}}', "logit_bias"),
-        (COMPLETIONS, '{"prompt": "Tom", "logprobs": 2}', "logprobs"),
-        (COMPLETIONS, '{"prompt": "Tom", "echo": true}', "echo"),
+        (COMPLETIONS, '{"prompt": "Tom", "logprobs": 6}', "logprobs"),
+        (COMPLETIONS, '{"prompt": "Tom", "logprobs": -1}', "logprobs"),
+        (COMPLETIONS, '{"prompt": "Tom", "logprobs": true}', "logprobs"),
+        (COMPLETIONS, '{"prompt": "Tom", "echo": "yes"}', "echo"),
+        (COMPLETIONS, '{"prompt": "Tom", "max_tokens": 0}', "max_tokens"),
         (COMPLETIONS, '{"prompt": "Tom", "best_of": 3}', "best_of"),
         (COMPLETIONS, '{"prompt": "Tom", "suffix": "The end."}', "suffix"),
-        (CHAT, '{"messages": [{"role": "user", "content": "hi"}], "logprobs": true}', "logprobs"),
+        (CHAT, '{"messages": [{"role": "user", "content": "hi"}], "logprobs": 1}', "logprobs"),
         (
             CHAT,
             '{"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 3}',
             "top_logprobs",
         ),
+        (
+            CHAT,
+            '{"messages": [{"role": "user", "content": "hi"}], "logprobs": true, '
+            '"top_logprobs": 21}',
+            "top_logprobs",
+        ),
+        (
+            CHAT,
+            '{"messages": [{"role": "user", "content": "hi"}], "logprobs": true, '
+            '"top_logprobs": -1}',
+            "top_logprobs",
+        ),
+        (CHAT, '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', "max_tokens"),
         (
             CHAT,
             '{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}',
@@ -462,6 +478,7 @@ VALID = {
     "stream": st.booleans(),
     "user": st.text(max_size=4),
     "logprobs": st.sampled_from([None, False, True, 0, 3]),
+    "top_logprobs": st.sampled_from([None, 0, 3, 20]),
     "echo": st.sampled_from([None, False, True]),
     "best_of": st.sampled_from([None, 1, 2]),
     "response_format": st.sampled_from([None, {"type": "text"}, {"type": "json_object"}]),
@@ -498,6 +515,8 @@ PROMPT = st.one_of(
     st.lists(st.integers(0, 300), min_size=1, max_size=5),
     SURROGATE_TEXT,
     st.lists(st.integers(-2, 500), max_size=5),
+    st.lists(st.text(max_size=6), max_size=3),  # several prompts
+    st.lists(st.lists(st.integers(0, 300), max_size=3), max_size=3),
 )
 
 
@@ -557,4 +576,7 @@ def test_fuzzed_bodies_never_give_500(
         assert events[-1] == "[DONE]", response.text
         assert not any('"error"' in event for event in events[:-1]), response.text
     else:
-        assert len(response.json()["choices"]) == body.get("n", 1)
+        prompt = body.get("prompt")
+        several = isinstance(prompt, list) and prompt and not isinstance(prompt[0], int)
+        prompts = len(prompt) if several else 1
+        assert len(response.json()["choices"]) == body.get("n", 1) * prompts

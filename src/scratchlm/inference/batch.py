@@ -5,6 +5,13 @@ Rows join (`BatchDecoder.add`) and leave (`remove`, or when finished) between de
 disturbing the others. With `prefill_chunk`, a long prompt is prefilled a chunk per `step()`,
 interleaved with decoding, so a newcomer's prompt never stalls the running rows for more than one
 chunk's forward. `GenerationRequest` and `GenerationOutput` are what a row takes and gives.
+
+Log-probabilities (for OpenAI's `logprobs`): a row whose request sets `logprobs` (the top-N count,
+0 for the chosen token's alone) records, per generated token, `log_softmax` of the model's raw
+logits in float32 (before the bias, penalties, temperature and filters); `prompt_logprobs` also
+keeps every prompt position's log-probabilities during its prefill (a full-position forward for
+that row only; other rows keep the last-token-only prefill). `max_new_tokens=0` prefills and
+finishes without sampling (scoring a prompt).
 """
 
 from __future__ import annotations
@@ -30,9 +37,39 @@ class GenerationRequest:
     stop_ids: frozenset[int] = frozenset()
     truncate: bool = False  # drop the oldest prompt tokens instead of refusing a too-long prompt
     logit_bias: LogitBias = ()  # (token id, bias) pairs, as OpenAI's logit_bias
+    logprobs: int | None = None  # record each generated token's logprob and this many top ones
+    prompt_logprobs: bool = False  # also record the prompt tokens' (uses `logprobs` for top-N)
 
     def __post_init__(self) -> None:
         check_logit_bias(self.logit_bias)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token, its log-probability (log_softmax of the raw logits, float32) and the `top` most
+    likely tokens at that position, (token, logprob) best first."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top: int) -> list[TokenLogprob]:
+    """logits (T, vocab) and the tokens chosen after them (T,) -> one TokenLogprob each."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logprobs.gather(1, tokens.view(-1, 1)).view(-1).tolist()
+    if top > 0:
+        values, ids = logprobs.topk(min(top, logprobs.shape[-1]), dim=-1)
+        tops = [
+            tuple(zip(row_ids, row_values, strict=True))
+            for row_ids, row_values in zip(ids.tolist(), values.tolist(), strict=True)
+        ]
+    else:
+        tops = [()] * len(chosen)
+    return [
+        TokenLogprob(int(token), float(value), top_entries)
+        for token, value, top_entries in zip(tokens.tolist(), chosen, tops, strict=True)
+    ]
 
 
 @dataclass
@@ -63,6 +100,10 @@ class Row:
     # Prompt tokens not yet in the cache (chunked prefill); the row decodes once this is empty.
     pending: list[int] = field(default_factory=list)
     prompt: list[int] = field(default_factory=list)
+    # With request.logprobs: one per generated token; with prompt_logprobs, one per prompt token
+    # after the first (the first has none: nothing precedes it).
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
 
     @property
     def prefilling(self) -> bool:
@@ -150,8 +191,8 @@ class BatchDecoder:
             raise ScratchLMError(
                 f"the batch is full ({self.max_batch} rows); wait for a row to finish"
             )
-        if request.max_new_tokens < 1:
-            raise ScratchLMError(f"max_new_tokens must be >= 1, got {request.max_new_tokens}")
+        if request.max_new_tokens < 0:
+            raise ScratchLMError(f"max_new_tokens must be >= 0, got {request.max_new_tokens}")
         prompt, dropped = fit_prompt(request.prompt_ids, self.max_len, request.truncate)
         row = Row(
             handle=self._next_handle,
@@ -179,8 +220,11 @@ class BatchDecoder:
     def _prefill(self, row: Row, slot: int, tokens: list[int]) -> bool:
         """Write `tokens` (the next part of the row's prompt) into its cache slot; once the prompt
         is complete, sample the first token. Returns True when the prompt is complete."""
-        decoder = Decoder(self.model, self.cache.rows(slot, slot + 1))
-        logits = decoder.prefill(tokens, position=row.position)
+        if row.request.prompt_logprobs:
+            logits = self._prefill_scored(row, slot, tokens)
+        else:
+            decoder = Decoder(self.model, self.cache.rows(slot, slot + 1))
+            logits = decoder.prefill(tokens, position=row.position)
         row.position += len(tokens)
         del row.pending[: len(tokens)]
         if row.pending:
@@ -188,9 +232,38 @@ class BatchDecoder:
         self._accept(row, logits, first=True)
         return True
 
+    def _prefill_scored(self, row: Row, slot: int, tokens: list[int]) -> torch.Tensor:
+        """As `Decoder.prefill`, keeping every position's logits to record the log-probabilities
+        of the prompt tokens that follow them; returns the last position's logits (1, vocab)."""
+        cache = self.cache.rows(slot, slot + 1)
+        inputs = torch.tensor([tokens], dtype=torch.long, device=self.device)
+        positions = None
+        if row.position == 0:
+            cache.length = 0  # the model's own causal path, as Decoder.prefill
+        else:
+            positions = torch.arange(
+                row.position, row.position + len(tokens), device=self.device
+            ).unsqueeze(0)
+        logits = self.model(inputs, positions=positions, kv_cache=cache)
+        logits = logits[0, :, : self.config.vocab_size]  # (T, vocab)
+        # Position p predicts prompt token p + 1; the last prompt position predicts new text.
+        start = row.position
+        scored = min(len(tokens), row.prompt_len - 1 - start)
+        if scored > 0:
+            targets = torch.tensor(
+                row.prompt[start + 1 : start + 1 + scored], dtype=torch.long, device=self.device
+            )
+            row.prompt_logprobs.extend(
+                token_logprobs(logits[:scored], targets, row.request.logprobs or 0)
+            )
+        return logits[-1:]
+
     def _accept(self, row: Row, logits: torch.Tensor, first: bool = False) -> None:
         """Sample the row's next token from logits (1, vocab) and update its stop state; a
         failure ends this row alone (finish_reason "error")."""
+        if first and row.request.max_new_tokens == 0:
+            row.finish_reason = "length"  # a prompt to score: nothing is generated
+            return
         try:
             if first:
                 row.counts = history_counts(
@@ -208,6 +281,14 @@ class BatchDecoder:
         if token in row.request.stop_ids:
             row.finish_reason = "stop"
             return
+        if request.logprobs is not None:
+            try:
+                chosen = torch.tensor([token], dtype=torch.long, device=logits.device)
+                entry = token_logprobs(logits, chosen, request.logprobs)
+            except Exception as error:  # this row's alone, as its sampling
+                self._fail(row, error)
+                return
+            row.logprobs.extend(entry)
         row.generated.append(token)
         row.last_token = token
         if row.counts is not None:

@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scratchlm.chat_template import Message, end_of_turn_id, render
 from scratchlm.errors import ScratchLMError
+from scratchlm.inference.batch import TokenLogprob
 from scratchlm.model import GPT
 from scratchlm.server.metrics import Metrics
 from scratchlm.server.openai import (
@@ -45,7 +46,9 @@ from scratchlm.server.openai import (
     ChoiceText,
     Limits,
     Prepared,
+    chat_logprobs,
     completion_choice,
+    completion_logprobs,
     completion_response,
     error_body,
     prepare,
@@ -481,9 +484,10 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
         choices: list[ChoiceText],
         started: float,
         poll_disconnect: bool,
-    ) -> AsyncIterator[tuple[int, str, str | None]]:
-        """(choice index, text delta, finish reason or None) until every choice has finished;
-        frees every unfinished row when the caller stops listening (disconnect or error)."""
+    ) -> AsyncIterator[tuple[int, str, str | None, list[TokenLogprob]]]:
+        """(choice index, text delta, finish reason or None, the log-probabilities of the tokens
+        behind the delta when asked for) until every choice has finished; frees every unfinished
+        row when the caller stops listening (disconnect or error)."""
         unfinished = set(range(len(jobs)))
         first_token_seen = False
         try:
@@ -507,23 +511,46 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
                     if not first_token_seen:
                         first_token_seen = True
                         metrics.observe_first_token(time.monotonic() - started)
-                    text = choice.feed(event.tokens)
+                    if event.prompt_logprobs:
+                        choice.prompt_logprobs = event.prompt_logprobs
+                    before = len(choice.logprobs)
+                    text = choice.feed(event.tokens, event.logprobs)
+                    new_logprobs = choice.logprobs[before:]
                     if choice.finish_reason is not None:  # a stop string: free the row now
                         unfinished.discard(index)
                         scheduler.cancel([jobs[index]])
-                        yield index, text, choice.finish_reason
-                    elif text:
-                        yield index, text, None
+                        yield index, text, choice.finish_reason, new_logprobs
+                    elif text or new_logprobs:
+                        yield index, text, None, new_logprobs
                 elif isinstance(event, DoneEvent):
                     unfinished.discard(index)
+                    if event.prompt_logprobs:
+                        choice.prompt_logprobs = event.prompt_logprobs
                     tail = choice.finish(event.finish_reason)
-                    yield index, tail, choice.finish_reason
+                    yield index, tail, choice.finish_reason, []
         finally:
             if unfinished:
                 scheduler.cancel([jobs[index] for index in unfinished])
 
+    def choice_logprobs(
+        prepared: Prepared, index: int, choice: ChoiceText, prompt_text: str, chat: bool
+    ) -> dict[str, Any] | None:
+        if prepared.logprobs is None:
+            return None
+        if chat:
+            return chat_logprobs(tokenizer, choice.logprobs)
+        if prepared.echo:
+            return completion_logprobs(
+                tokenizer, prepared.prompt_of(index), choice.prompt_logprobs, choice.logprobs, 0
+            )
+        return completion_logprobs(tokenizer, None, [], choice.logprobs, len(prompt_text))
+
     async def respond(
-        request: Request, body: GenerationFields, prepared: Prepared, chat: bool
+        request: Request,
+        body: GenerationFields,
+        prepared: Prepared,
+        chat: bool,
+        prompt_texts: list[str] | None = None,
     ) -> Response:
         started = time.monotonic()
         jobs, events = submit(prepared)
@@ -532,7 +559,7 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
         if not body.stream:
             texts = [""] * len(jobs)
             try:
-                async for index, text, _ in choice_events(
+                async for index, text, _, _ in choice_events(
                     request, prepared, jobs, events, choices, started, poll_disconnect=True
                 ):
                     texts[index] += text
@@ -540,36 +567,81 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
                 raise APIError(500, str(error), error_type="server_error") from error
             if await request.is_disconnected():
                 return Response(status_code=499)
-            result = [
-                completion_choice(index, texts[index], choice.finish_reason, chat=chat)
-                for index, choice in enumerate(choices)
-            ]
+            result = []
+            for index, choice in enumerate(choices):
+                prompt_text = prompt_texts[index // prepared.n] if prompt_texts else ""
+                text = prompt_text + texts[index] if prepared.echo else texts[index]
+                logprobs = choice_logprobs(prepared, index, choice, prompt_text, chat)
+                result.append(
+                    completion_choice(
+                        index, text, choice.finish_reason, chat=chat, logprobs=logprobs
+                    )
+                )
             return JSONResponse(
                 completion_response(base, result, usage(prepared, choices), chat=chat)
             )
 
         include_usage = body.include_usage
 
-        def chunk(index: int, text: str | None, finish: str | None, role: bool = False) -> str:
+        def chunk(
+            index: int,
+            text: str | None,
+            finish: str | None,
+            role: bool = False,
+            logprobs: dict[str, Any] | None = None,
+        ) -> str:
             return server_sent_event(
                 stream_chunk(
-                    base, index, text, finish, chat=chat, include_usage=include_usage, role=role
+                    base,
+                    index,
+                    text,
+                    finish,
+                    chat=chat,
+                    include_usage=include_usage,
+                    role=role,
+                    logprobs=logprobs,
                 )
             )
+
+        # Where each completion choice's next token starts in its text (the legacy text_offset).
+        texts_before = [
+            prompt_texts[index // prepared.n] if prompt_texts else "" for index in range(len(jobs))
+        ]
+        offsets = [0 if prepared.echo else len(text) for text in texts_before]
+
+        def delta_logprobs(
+            index: int, entries: list[TokenLogprob], prompt_ids: list[int] | None = None
+        ) -> dict[str, Any] | None:
+            if prepared.logprobs is None:
+                return None
+            if chat:
+                return chat_logprobs(tokenizer, entries)
+            prompt_entries = choices[index].prompt_logprobs if prompt_ids is not None else []
+            result = completion_logprobs(
+                tokenizer, prompt_ids, prompt_entries, entries, offsets[index]
+            )
+            if result["tokens"]:
+                offsets[index] = result["text_offset"][-1] + len(result["tokens"][-1])
+            return result
 
         async def stream() -> AsyncIterator[str]:
             if chat:
                 for index in range(len(jobs)):
                     yield chunk(index, "", None, role=True)
+            echoed: set[int] = set()
             try:
-                async for index, text, finish in choice_events(
+                async for index, text, finish, new_logprobs in choice_events(
                     request, prepared, jobs, events, choices, started, poll_disconnect=False
                 ):
-                    if finish is None:
-                        yield chunk(index, text, None)
-                    else:
-                        if text:
-                            yield chunk(index, text, None)
+                    if prepared.echo and index not in echoed:
+                        # The prompt first (its log-probabilities come with the row's first
+                        # event).
+                        echoed.add(index)
+                        prompt_logprobs = delta_logprobs(index, [], prepared.prompt_of(index))
+                        yield chunk(index, texts_before[index], None, logprobs=prompt_logprobs)
+                    if text or new_logprobs:
+                        yield chunk(index, text, None, logprobs=delta_logprobs(index, new_logprobs))
+                    if finish is not None:
                         yield chunk(index, None if chat else "", finish)
             except GenerationFailed as error:
                 metrics.count_error(500)
@@ -591,28 +663,44 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
     @app.post("/v1/completions", dependencies=generation_checks)
     async def completions(request: Request, body: CompletionRequest) -> Response:
         metrics.count_request("completions")
-        if isinstance(body.prompt, str):
-            # An empty prompt starts a document, as `scratchlm generate` does.
-            prompt_ids = tokenizer.encode(body.prompt) if body.prompt else [tokenizer.eos_id]
+        # One prompt (text or token ids) or a list of them.
+        given: list[str | list[int]]
+        prompt = body.prompt
+        if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+            given = [prompt]
+        elif not prompt:
+            given = [[]]  # reported below as an empty token list
         else:
-            prompt_ids = list(body.prompt)
+            given = list(prompt)  # type: ignore[arg-type]
+        prompts: list[list[int]] = []
+        prompt_texts: list[str] = []
+        for number, item in enumerate(given):
+            param = "prompt" if len(given) == 1 else f"prompt.{number}"
+            if isinstance(item, str):
+                # An empty prompt starts a document, as `scratchlm generate` does.
+                prompts.append(tokenizer.encode(item) if item else [tokenizer.eos_id])
+                prompt_texts.append(item)
+                continue
+            prompt_ids = list(item)
             if not prompt_ids:
-                raise APIError(400, "the prompt token list is empty", param="prompt")
+                raise APIError(400, "the prompt token list is empty", param=param)
             if any(not 0 <= token < tokenizer.vocab_size for token in prompt_ids):
                 raise APIError(
                     400,
                     f"prompt token ids must be in [0, {tokenizer.vocab_size})",
-                    param="prompt",
+                    param=param,
                 )
+            prompts.append(prompt_ids)
+            prompt_texts.append(tokenizer.decode(prompt_ids))
         prepared = prepare(
             body,
-            prompt_ids,
+            prompts,
             frozenset({tokenizer.eos_id}),
             body.max_tokens,
             limits,
             prompt_param="prompt",
         )
-        return await respond(request, body, prepared, chat=False)
+        return await respond(request, body, prepared, chat=False, prompt_texts=prompt_texts)
 
     @app.post("/v1/chat/completions", dependencies=generation_checks)
     async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
@@ -636,7 +724,7 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
             max_tokens, max_tokens_param = body.max_completion_tokens, "max_completion_tokens"
         prepared = prepare(
             body,
-            prompt_ids,
+            [prompt_ids],
             stop_ids,
             max_tokens,
             limits,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.inference.batch import GenerationRequest
+from scratchlm.inference.batch import GenerationRequest, TokenLogprob
 from scratchlm.inference.decode import fit_prompt
 from scratchlm.inference.settings import SamplingError, SamplingSettings
 from scratchlm.inference.streaming import IncrementalDecoder, StopStringFilter
@@ -57,14 +57,26 @@ class Limits:
 
 @dataclass
 class Prepared:
-    prompt_ids: list[int]
+    prompts: list[list[int]]
+    # Prompt-major: prompt i's choice j is requests[i * n + j] (OpenAI's choice index).
     requests: list[GenerationRequest]
     stop_strings: list[str]
+    n: int = 1
+    echo: bool = False
+    logprobs: int | None = None  # top-N per position, or None for no log-probabilities
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return self.prompts[0]
+
+    def prompt_of(self, index: int) -> list[int]:
+        """The prompt of choice `index`."""
+        return self.prompts[index // self.n]
 
 
 def prepare(
     body: GenerationFields,
-    prompt_ids: list[int],
+    prompts: list[list[int]],
     stop_ids: frozenset[int],
     max_tokens: int | None,
     limits: Limits,
@@ -72,19 +84,40 @@ def prepare(
     prompt_param: str,
     max_tokens_param: str = "max_tokens",
 ) -> Prepared:
-    """Check a request against the limits and turn it into one GenerationRequest per choice."""
+    """Check a request against the limits and turn it into one GenerationRequest per prompt and
+    choice (prompt-major)."""
     context_length = limits.context_length
-    try:
-        fit_prompt(prompt_ids, context_length, truncate=False)
-    except ScratchLMError as error:
+    for number, prompt_ids in enumerate(prompts):
+        try:
+            fit_prompt(prompt_ids, context_length, truncate=False)
+        except ScratchLMError as error:
+            which = f"prompt {number} is" if len(prompts) > 1 else "the prompt is"
+            raise APIError(
+                400,
+                f"{which} {len(prompt_ids)} tokens but the model's context is "
+                f"{context_length} tokens (with room for at least one new token); shorten it to "
+                f"at most {context_length - 1} tokens",
+                param=prompt_param,
+                code="context_length_exceeded",
+            ) from error
+    logprobs = body.logprob_count()
+    echo = body.echoes
+    if max_tokens == 0 and not echo:
         raise APIError(
             400,
-            f"the prompt is {len(prompt_ids)} tokens but the model's context is "
-            f"{context_length} tokens (with room for at least one new token); shorten it to "
-            f"at most {context_length - 1} tokens",
-            param=prompt_param,
-            code="context_length_exceeded",
-        ) from error
+            f"{max_tokens_param} must be at least 1 (0 is allowed only with echo, to score a "
+            "prompt)",
+            param=max_tokens_param,
+            code="invalid_value",
+        )
+    top_logprobs = getattr(body, "top_logprobs", None)
+    if top_logprobs and logprobs is None:
+        raise APIError(
+            400,
+            "top_logprobs needs logprobs set to true",
+            param="top_logprobs",
+            code="invalid_value",
+        )
     if max_tokens is not None and max_tokens > limits.max_tokens_limit:
         raise APIError(
             400,
@@ -130,10 +163,13 @@ def prepare(
             seed=None if body.seed is None else body.seed + index,
             stop_ids=stop_ids,
             logit_bias=logit_bias,
+            logprobs=logprobs,
+            prompt_logprobs=echo and logprobs is not None,
         )
+        for prompt_ids in prompts
         for index in range(body.n)
     ]
-    return Prepared(prompt_ids, requests, body.stop_strings())
+    return Prepared(prompts, requests, body.stop_strings(), body.n, echo, logprobs)
 
 
 # --- responses ------------------------------------------------------------------------------------
@@ -148,8 +184,12 @@ class ChoiceText:
         self.filter = StopStringFilter(stop_strings)
         self.tokens = 0
         self.finish_reason: str | None = None
+        self.logprobs: list[TokenLogprob] = []  # of the tokens fed, when asked for
+        self.prompt_logprobs: list[TokenLogprob] = []
 
-    def feed(self, tokens: list[int]) -> str:
+    def feed(self, tokens: list[int], logprobs: list[TokenLogprob] | None = None) -> str:
+        if logprobs:
+            self.logprobs.extend(logprobs)
         pieces = []
         for token in tokens:
             self.tokens += 1
@@ -157,6 +197,7 @@ class ChoiceText:
             if self.filter.stopped:
                 self.finish_reason = "stop"
                 break
+        del self.logprobs[self.tokens :]  # tokens after a stop string are not part of the answer
         return "".join(pieces)
 
     def finish(self, reason: str) -> str:
@@ -173,7 +214,7 @@ def response_base(model_name: str, *, chat: bool) -> dict[str, Any]:
 
 def usage(prepared: Prepared, choices: list[ChoiceText]) -> dict[str, int]:
     completion = sum(choice.tokens for choice in choices)
-    prompt = len(prepared.prompt_ids)
+    prompt = sum(len(prompt_ids) for prompt_ids in prepared.prompts)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -182,17 +223,90 @@ def usage(prepared: Prepared, choices: list[ChoiceText]) -> dict[str, int]:
 
 
 def completion_choice(
-    index: int, text: str, finish_reason: str | None, *, chat: bool
+    index: int,
+    text: str,
+    finish_reason: str | None,
+    *,
+    chat: bool,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One choice of a whole (non-streamed) response."""
     if chat:
         return {
             "index": index,
             "message": {"role": "assistant", "content": text},
-            "logprobs": None,
+            "logprobs": logprobs,
             "finish_reason": finish_reason,
         }
-    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+
+
+def token_text(tokenizer: Tokenizer, token: int) -> str:
+    """One token's own text (a piece of a multi-byte character decodes to U+FFFD)."""
+    if not 0 <= token < tokenizer.vocab_size:
+        return f"<|token {token}|>"  # a padding id of the model's vocabulary: never text
+    return tokenizer.decode([token])
+
+
+def completion_logprobs(
+    tokenizer: Tokenizer,
+    prompt_ids: list[int] | None,
+    prompt_logprobs: list[TokenLogprob],
+    generated: list[TokenLogprob],
+    start_offset: int,
+) -> dict[str, Any]:
+    """The legacy completions `logprobs` object: tokens, token_logprobs, top_logprobs (a
+    {token text: logprob} per position) and text_offset. With `prompt_ids` (echo) the prompt's
+    tokens come first, the first of them with null logprobs (nothing precedes it)."""
+    tokens: list[str] = []
+    values: list[float | None] = []
+    tops: list[dict[str, float] | None] = []
+    offsets: list[int] = []
+    offset = start_offset
+
+    def add(token: int, value: float | None, top: dict[str, float] | None) -> None:
+        nonlocal offset
+        text = token_text(tokenizer, token)
+        tokens.append(text)
+        values.append(value)
+        tops.append(top)
+        offsets.append(offset)
+        offset += len(text)
+
+    entries = list(generated)
+    if prompt_ids is not None:
+        add(prompt_ids[0], None, None)
+        entries = list(prompt_logprobs) + entries
+    for entry in entries:
+        top: dict[str, float] = {}
+        for token, value in entry.top:  # best first: two tokens with one text keep the better
+            top.setdefault(token_text(tokenizer, token), value)
+        add(entry.token, entry.logprob, top)
+    return {
+        "tokens": tokens,
+        "token_logprobs": values,
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }
+
+
+def chat_logprobs(tokenizer: Tokenizer, generated: list[TokenLogprob]) -> dict[str, Any]:
+    """The chat `logprobs` object: {"content": [{token, logprob, bytes, top_logprobs}]}."""
+
+    def item(token: int, value: float) -> dict[str, Any]:
+        text = token_text(tokenizer, token)
+        return {"token": text, "logprob": value, "bytes": list(text.encode("utf-8"))}
+
+    return {
+        "content": [
+            {
+                **item(entry.token, entry.logprob),
+                "top_logprobs": [item(token, value) for token, value in entry.top],
+            }
+            for entry in generated
+        ],
+        "refusal": None,
+    }
 
 
 def completion_response(
@@ -219,9 +333,11 @@ def stream_chunk(
     chat: bool,
     include_usage: bool,
     role: bool = False,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One streamed delta of one choice (a chat chunk's first names the role)."""
-    choice: dict[str, Any] = {"index": index, "logprobs": None, "finish_reason": finish}
+    """One streamed delta of one choice (a chat chunk's first names the role); `logprobs` are
+    those of the delta's tokens (legacy or chat format)."""
+    choice: dict[str, Any] = {"index": index, "logprobs": logprobs, "finish_reason": finish}
     if chat:
         delta: dict[str, Any] = {}
         if role:

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from scratchlm.inference.batch import BatchDecoder, GenerationRequest, Row
+from scratchlm.inference.batch import BatchDecoder, GenerationRequest, Row, TokenLogprob
 from scratchlm.model import GPT
 from scratchlm.server.metrics import Metrics
 
@@ -37,12 +37,17 @@ class QueueFull(Exception):
 class TokensEvent:
     index: int
     tokens: list[int]
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token when asked for
+    # The prompt's log-probabilities (when asked for) come with a job's first event.
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
 class DoneEvent:
     index: int
     finish_reason: str
+    # The prompt tokens' log-probabilities (from the second on) when the request asked for them.
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
@@ -205,9 +210,11 @@ class Scheduler:
                 continue
             new_tokens = row.generated[job.sent :]
             if new_tokens:
+                logprobs = row.logprobs[job.sent :] if row.request.logprobs is not None else []
+                prompt_logprobs = row.prompt_logprobs if job.sent == 0 else []
                 job.sent = len(row.generated)
                 generated += len(new_tokens)
-                job.emit(TokensEvent(job.index, new_tokens))
+                job.emit(TokensEvent(job.index, new_tokens, logprobs, prompt_logprobs))
             if row.handle in finished:
                 del self.jobs[row.handle]
                 if row.finish_reason == "error":
@@ -215,6 +222,12 @@ class Scheduler:
                     logger.error("a row failed: %s", row.error)
                     job.emit(ErrorEvent(job.index, f"generation failed: {row.error}"))
                 else:
-                    job.emit(DoneEvent(job.index, row.finish_reason or "length"))
+                    job.emit(
+                        DoneEvent(
+                            job.index,
+                            row.finish_reason or "length",
+                            row.prompt_logprobs if job.sent == 0 else [],
+                        )
+                    )
         if generated:
             self.metrics.count_generated(generated)

@@ -4,8 +4,9 @@ Known fields are type- and range-checked (the ranges are OpenAI's where it has o
 infinity are refused everywhere), and a violation is a 400 in the OpenAI error shape naming the
 field. Unknown fields are ignored (clients send many that change nothing, such as `user` or
 `metadata`), except the OpenAI fields that would change the answer and that this server does not
-implement (`logprobs`, `echo`, `tools`, `response_format` json...): those are refused with a 400
-unless they ask for nothing (`UNSUPPORTED`), never silently dropped.
+implement (`tools`, `response_format` json, `best_of`...): those are refused with a 400 unless they
+ask for nothing (`UNSUPPORTED`), never silently dropped. `echo`, `logprobs` (completions: 0..5) and
+`logprobs` / `top_logprobs` (chat: a boolean and 0..20) are implemented.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import json
 import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from scratchlm.inference.settings import LOGIT_BIAS_LIMIT
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # OpenAI's seed is a signed 64-bit integer
 MAX_STOP_STRINGS = 4  # as OpenAI
+MAX_COMPLETION_LOGPROBS = 5  # the legacy completions API's top-N limit (OpenAI's)
+MAX_CHAT_TOP_LOGPROBS = 20  # the chat API's top_logprobs limit (OpenAI's)
 MAX_CHOICES = 64  # n; OpenAI allows 128, but n rows share one queue (--max-queue 64 by default)
 TOKEN_ID = re.compile(r"[0-9]{1,10}")  # a logit_bias key: ASCII digits only (int() takes others)
 
@@ -41,7 +44,8 @@ class GenerationFields(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    # 0 only with a completion's echo (scoring a prompt); `prepare` refuses it otherwise.
+    max_tokens: int | None = Field(default=None, ge=0)
     # OpenAI defaults (not the CLI's): temperature 1, no top-k, no nucleus.
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
@@ -58,13 +62,9 @@ class GenerationFields(BaseModel):
     user: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    # Declared only to be refused when they ask for something (see `unsupported`).
-    logprobs: Any = None
 
     # field -> (values that ask for nothing, what it would need): anything else is refused.
-    UNSUPPORTED: ClassVar[dict[str, tuple[tuple[Any, ...], str]]] = {
-        "logprobs": ((False, 0), "token log-probabilities are not returned"),
-    }
+    UNSUPPORTED: ClassVar[dict[str, tuple[tuple[Any, ...], str]]] = {}
 
     @field_validator("stop")
     @classmethod
@@ -116,20 +116,53 @@ class GenerationFields(BaseModel):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
+    def logprob_count(self) -> int | None:
+        """How many top tokens to report per position (0: the chosen one's only), or None when
+        no log-probabilities are asked for."""
+        return None
+
+    @property
+    def echoes(self) -> bool:
+        return False
+
 
 class CompletionRequest(GenerationFields):
-    # Text, or token ids (what the OpenAI API also accepts).
-    prompt: str | list[int]
-    echo: Any = None
+    # Text, token ids, or a list of either (several prompts; what the OpenAI API also accepts).
+    prompt: str | list[int] | list[str] | list[list[int]]
+    echo: StrictBool | None = None
+    # The legacy format: the top-N count (0..5); false or null for none.
+    logprobs: StrictBool | StrictInt | None = None
     best_of: Any = None
     suffix: Any = None
 
     UNSUPPORTED: ClassVar[dict[str, tuple[tuple[Any, ...], str]]] = {
         **GenerationFields.UNSUPPORTED,
-        "echo": ((False,), "the prompt is not echoed back"),
         "best_of": ((1,), "only the n choices asked for are generated"),
         "suffix": (("",), "no text is inserted before a suffix"),
     }
+
+    @field_validator("logprobs")
+    @classmethod
+    def _check_logprobs(cls, value: bool | int | None) -> bool | int | None:
+        if value is True or (
+            not isinstance(value, bool)
+            and isinstance(value, int)
+            and not 0 <= value <= MAX_COMPLETION_LOGPROBS
+        ):
+            raise ValueError(
+                f"must be an integer in [0, {MAX_COMPLETION_LOGPROBS}] (the number of top "
+                f"tokens per position), or false/null for none; got {value!r}"
+            )
+        return value
+
+    def logprob_count(self) -> int | None:
+        if self.logprobs is None or isinstance(self.logprobs, bool):
+            return None
+        return self.logprobs
+
+    @property
+    def echoes(self) -> bool:
+        return bool(self.echo)
 
 
 class ContentPart(BaseModel):
@@ -155,7 +188,8 @@ class ChatCompletionRequest(GenerationFields):
     messages: list[ChatMessage] = Field(min_length=1)
     # The newer name of max_tokens in the chat API.
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    top_logprobs: Any = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=MAX_CHAT_TOP_LOGPROBS)
     tools: Any = None
     functions: Any = None
     tool_choice: Any = None
@@ -167,7 +201,6 @@ class ChatCompletionRequest(GenerationFields):
 
     UNSUPPORTED: ClassVar[dict[str, tuple[tuple[Any, ...], str]]] = {
         **GenerationFields.UNSUPPORTED,
-        "top_logprobs": ((0,), "token log-probabilities are not returned"),
         "tools": (([],), "the model cannot call tools"),
         "functions": (([],), "the model cannot call functions"),
         "tool_choice": (("none", "auto"), "the model cannot call tools"),
@@ -177,3 +210,6 @@ class ChatCompletionRequest(GenerationFields):
         "audio": ((), "the model writes text only"),
         "web_search_options": ((), "the model cannot search the web"),
     }
+
+    def logprob_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
