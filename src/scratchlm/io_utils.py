@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -125,12 +126,26 @@ def refuse_foreign_entries(directory: Path, is_ours: Callable[[str], bool], what
         )
 
 
+def write_error(error: BaseException) -> tuple[int | None, str] | None:
+    """(errno, reason) when `error` is the file system refusing a write, else None. The writers
+    report it differently: Python as an OSError, safetensors as SafetensorError('... (os error
+    28)'), numpy's tofile as an OSError without an errno on a short write."""
+    if isinstance(error, OSError):
+        if error.errno is None:
+            return None, f"{error} (a short write: is the disk full?)"
+        return error.errno, error.strerror or str(error)
+    if type(error).__name__ == "SafetensorError":
+        match = re.search(r"os error (\d+)", str(error))
+        if match:
+            number = int(match.group(1))
+            return number, os.strerror(number)
+    return None
+
+
 def write_failure(target: Path, error: Exception, flag: str = "--out") -> ScratchLMError:
-    """One line for a failed atomic write of `target` (so nothing is at `target`): an OSError, or
-    a library's wrapper of one (safetensors raises SafetensorError on a full disk)."""
-    reason = getattr(error, "strerror", None) or str(error)
-    if isinstance(error, OSError) and error.errno is None:
-        reason += " (a short write: is the disk full?)"  # numpy's tofile gives no errno
+    """One line for a failed atomic write of `target` (so nothing is at `target`)."""
+    problem = write_error(error)
+    reason = problem[1] if problem is not None else str(error)
     return ScratchLMError(
         f"could not write {target}: {reason}; free space or choose another {flag} (nothing was "
         "written there)"

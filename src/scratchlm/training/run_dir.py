@@ -19,7 +19,6 @@ import errno
 import json
 import math
 import os
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from scratchlm.checkpoint import (
 )
 from scratchlm.config import ModelConfig
 from scratchlm.errors import ScratchLMError
-from scratchlm.io_utils import atomic_write_json
+from scratchlm.io_utils import atomic_write_json, write_error
 from scratchlm.model import GPT
 from scratchlm.tokenizer import Tokenizer
 from scratchlm.training import distributed
@@ -568,7 +567,7 @@ def write_failure_advice(number: int | None) -> str:
     return "point --out at a writable directory"
 
 
-def write_failure(error: OSError, run_dir: Path) -> ScratchLMError | None:
+def run_file_write_failure(error: OSError, run_dir: Path) -> ScratchLMError | None:
     """The one-line error for a failed write of a run file (metrics, run_config.json, the loss
     chart), or None when `error` is not the disk refusing a write."""
     if error.errno not in WRITE_FAILURES:
@@ -599,21 +598,15 @@ def save_failure(
     The writers report a full disk differently: Python as OSError(ENOSPC), safetensors as
     SafetensorError('... I/O error: ... (os error 28)'), torch.save as a RuntimeError that says
     only 'unexpected pos'; for the last the free space decides."""
-    number: int | None = None
-    reason: str | None = None
-    if isinstance(error, OSError):
-        number, reason = error.errno, error.strerror or str(error)
-    elif type(error).__name__ == "SafetensorError" and (
-        match := re.search(r"os error (\d+)", str(error))
-    ):
-        number = int(match.group(1))
-        reason = os.strerror(number)
-    else:
+    problem = write_error(error)
+    if problem is None and not isinstance(error, OSError):
+        # torch.save says only 'unexpected pos': the free space decides.
         existing = next(path for path in (target, *target.parents) if path.exists())
         if shutil.disk_usage(existing).free < tensor_bytes(contents):
-            number, reason = errno.ENOSPC, os.strerror(errno.ENOSPC)
-    if reason is None:
+            problem = errno.ENOSPC, os.strerror(errno.ENOSPC)
+    if problem is None:
         return None
+    number, reason = problem
     kept = (
         f"the previous checkpoint {previous} is intact"
         if previous is not None

@@ -441,7 +441,7 @@ class Trainer:
         except OSError as error:
             # A full (or read-only) disk while writing metrics, run_config.json, the loss chart:
             # every checkpoint write is atomic, so what was saved is whole.
-            failure = run_dir.write_failure(error, self.run_dir)
+            failure = run_dir.run_file_write_failure(error, self.run_dir)
             if failure is None:
                 raise
             raise failure from None
