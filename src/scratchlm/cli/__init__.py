@@ -1,8 +1,8 @@
 """`scratchlm <command>`: one entry point. Thin: parse flags, call library functions, print.
 
 `COMMANDS` is the one table of subcommands (name -> flags, handler, help); each family of
-commands has its module here (`info`, `train`, `generate`, `chat`, `serve`, `export`, `report`)
-and `options` holds the flag groups they share. This package is the only one that imports
+commands has its module here (`info`, `train`, `generate`, `evaluate`, `chat`, `serve`, `export`,
+`report`) and `options` holds the flag groups they share. This package is the only one that imports
 argparse; its modules import torch, FastAPI and the like inside the handlers, so `--help` and
 argument errors stay fast.
 
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from scratchlm.cli import chat, export, generate, info, report, serve, train
+from scratchlm.cli import chat, evaluate, export, generate, info, report, serve, train
 from scratchlm.cli.options import HelpFormatter
 from scratchlm.errors import ScratchLMError
 
@@ -106,8 +106,8 @@ COMMANDS: dict[str, Command] = {
         "fold a LoRA run's adapters into a plain checkpoint",
     ),
     "eval": Command(
-        generate.add_eval,
-        generate.command_eval,
+        evaluate.add_eval,
+        evaluate.command_eval,
         "loss, perplexity and bits per byte on a text; replies to a prompt suite; or benchmarks",
     ),
     "generate": Command(

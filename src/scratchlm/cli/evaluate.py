@@ -1,0 +1,215 @@
+"""`scratchlm eval`: loss and perplexity on a text, prompt suites, and benchmark tasks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from scratchlm.cli.options import (
+    add_checkpoint_argument,
+    add_device_argument,
+    add_quantize_argument,
+    add_sampling_arguments,
+    add_skip_checksums_argument,
+    print_json,
+    sampling_from_args,
+)
+from scratchlm.errors import ScratchLMError
+
+
+def add_eval(parser: argparse.ArgumentParser) -> None:
+    add_checkpoint_argument(parser)
+    parser.add_argument("--data", help="text to evaluate (any --data source)")
+    parser.add_argument(
+        "--text-field", default="text", help="text field of .jsonl/.parquet/datasets"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="windows (--data) or scored continuations (--tasks) per forward pass",
+    )
+    parser.add_argument(
+        "--prompts", help="prompt suite: one prompt per line, or JSONL with 'prompt'"
+    )
+    parser.add_argument(
+        "--compare",
+        action="append",
+        metavar="CHECKPOINT",
+        help="with --prompts: also answer with this checkpoint (repeatable)",
+    )
+    parser.add_argument(
+        "--suite-name", help="with --prompts: output name (default: prompts-FILESTEM)"
+    )
+    benchmarks = parser.add_argument_group("benchmarks (--tasks)")
+    benchmarks.add_argument(
+        "--tasks",
+        metavar="LIST",
+        help="comma-separated benchmark tasks: hellaswag, arc_easy, arc_challenge, piqa, "
+        "winogrande, openbookqa, boolq, lambada, gsm8k, mmlu (its 57 subjects), mmlu_SUBJECT, "
+        "or core (the zero-shot log-likelihood set)",
+    )
+    benchmarks.add_argument(
+        "--num-fewshot", type=int, default=0, help="solved examples before each question"
+    )
+    benchmarks.add_argument(
+        "--limit", type=int, help="score only the first N examples of each task (default: all)"
+    )
+    benchmarks.add_argument(
+        "--task-data",
+        metavar="DIR",
+        help="read the tasks from files in DIR (upstream formats) instead of the Hugging Face hub",
+    )
+    # A prompt suite's replies: a little cooler and shorter than a free continuation.
+    add_sampling_arguments(parser, temperature=0.7, max_new_tokens=128)
+    add_quantize_argument(parser)
+    add_skip_checksums_argument(parser)
+    add_device_argument(parser)
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON (loss, perplexity, bits_per_byte, tokens)"
+    )
+
+
+def command_eval(args: argparse.Namespace) -> None:
+    modes = [
+        flag
+        for flag, value in (
+            ("--data", args.data),
+            ("--prompts", args.prompts),
+            ("--tasks", args.tasks),
+        )
+        if value
+    ]
+    if len(modes) > 1:
+        raise ScratchLMError(
+            f"eval takes one of --data, --prompts or --tasks, got {' and '.join(modes)}"
+        )
+    if args.tasks:
+        command_eval_tasks(args)
+        return
+    if args.prompts:
+        command_eval_prompts(args)
+        return
+    if not args.data:
+        raise ScratchLMError(
+            "eval needs --data TEXT (loss, perplexity, bits/byte), --prompts FILE (a prompt "
+            "suite) or --tasks LIST (benchmarks)"
+        )
+    from scratchlm.data import iter_documents
+    from scratchlm.evaluation.perplexity import evaluate_text
+    from scratchlm.inference.load import load_for_inference
+
+    loaded, device = load_for_inference(
+        args.checkpoint, args.device, verify=not args.skip_checksums
+    )
+    # Raw text, uncleaned: the score is of the text exactly as given.
+    documents = (
+        "".join(document.pieces())
+        for document in iter_documents(args.data, text_field=args.text_field)
+    )
+    result = evaluate_text(
+        loaded.model, loaded.tokenizer, documents, device=device, batch_size=args.batch_size
+    )
+    if result.tokens == 0:
+        raise ScratchLMError(f"{args.data} holds no text to evaluate; pass a non-empty file")
+    values = result.as_dict()
+    if args.json:
+        print_json(values)
+        return
+    print(
+        f"loss {values['loss']:.4f} nats/token | perplexity {values['perplexity']:.3f} | "
+        f"{values['bits_per_byte']:.4f} bits/byte | {values['tokens']:,} tokens"
+    )
+
+
+def command_eval_prompts(args: argparse.Namespace) -> None:
+    from scratchlm.checkpoint import load_checkpoint
+    from scratchlm.evaluation.prompts import read_prompts, run_prompt_suite
+    from scratchlm.inference.load import load_for_inference
+
+    prompts = read_prompts(args.prompts)
+    verify = not args.skip_checksums
+    loaded, device = load_for_inference(args.checkpoint, args.device, args.quantize, verify=verify)
+    others = [load_checkpoint(path, device, verify=verify) for path in args.compare or []]
+    markdown, jsonl = run_prompt_suite(
+        [loaded, *others],
+        prompts,
+        sampling=sampling_from_args(args),
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed if args.seed is not None else 0,
+        suite_name=args.suite_name or f"prompts-{Path(args.prompts).stem}",
+    )
+    if args.json:
+        print_json({"markdown": str(markdown), "jsonl": str(jsonl), "prompts": len(prompts)})
+        return
+    print(f"{len(prompts)} prompts x {1 + len(others)} checkpoint(s): wrote {markdown} and {jsonl}")
+
+
+def command_eval_tasks(args: argparse.Namespace) -> None:
+    from scratchlm.evaluation.scoring import run_benchmarks
+    from scratchlm.evaluation.tasks import DEFAULT_FEWSHOT_SEED, expand_task_names, load_task
+    from scratchlm.inference.load import load_for_inference
+
+    if args.num_fewshot < 0:
+        raise ScratchLMError(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
+    if args.limit is not None and args.limit < 1:
+        raise ScratchLMError(f"--limit must be >= 1, got {args.limit}")
+    if args.batch_size < 1:
+        raise ScratchLMError(f"--batch-size must be >= 1, got {args.batch_size}")
+    names = expand_task_names(args.tasks)
+    seed = DEFAULT_FEWSHOT_SEED if args.seed is None else args.seed
+    task_data = Path(args.task_data) if args.task_data else None
+    # Every task is read before the model is loaded: a missing file fails in seconds.
+    tasks = [
+        load_task(
+            name, task_data=task_data, num_fewshot=args.num_fewshot, seed=seed, limit=args.limit
+        )
+        for name in names
+    ]
+    loaded, _ = load_for_inference(
+        args.checkpoint, args.device, args.quantize, verify=not args.skip_checksums
+    )
+
+    def progress(line: str) -> None:
+        if not args.json:
+            print(line, file=sys.stderr, flush=True)
+
+    report = run_benchmarks(
+        loaded.model, loaded.tokenizer, tasks, batch_size=args.batch_size, progress=progress
+    )
+    values = report.as_dict()
+    values.update(
+        {"checkpoint": args.checkpoint, "num_fewshot": args.num_fewshot, "limit": args.limit}
+    )
+    if args.json:
+        print_json(values)
+        return
+    print(f"{'task':<22} {'metric':<12} {'value':>9} {'chance':>7} {'centered':>9}  examples")
+    by_name = {result.spec.name: result for result in report.results}
+    for entry in report.entries:
+        print(
+            f"{entry.name:<22} {entry.metric:<12} {entry.value:>9.4f} "
+            f"{entry.random_baseline:>7.3f} {entry.centered:>9.4f}  {entry.examples}"
+        )
+        # The task's other metrics, uncentered (a pooled MMLU row has only its accuracy).
+        single = by_name.get(entry.name)
+        for metric, value in single.metrics.items() if single else ():
+            if metric != entry.metric:
+                shown = f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+                print(f"{'':<22} {metric:<12} {shown:>9}")
+    stats = report.stats
+    print(
+        f"centered aggregate: {report.aggregate:.4f} (mean of {len(report.entries)} "
+        f"task{'s' if len(report.entries) > 1 else ''}; "
+        f"{args.num_fewshot}-shot)"
+    )
+    note = (
+        f"; {stats.truncated} requests left-truncated to the model's context"
+        if stats.truncated
+        else ""
+    )
+    print(
+        f"{stats.tokens + stats.generated_tokens:,} tokens in {stats.seconds:.1f} s "
+        f"({stats.tokens_per_second:,.0f} tokens/s){note}"
+    )
