@@ -107,9 +107,9 @@ def test_metadata_and_tokenizer(tmp_path: Path, bpe_tokenizer: Tokenizer) -> Non
 
 
 def test_refuses_non_llama_math(tmp_path: Path, bpe_tokenizer: Tokenizer) -> None:
-    config = tiny_config("akane-124m", vocab_size=bpe_tokenizer.vocab_size)
+    config = tiny_config("antimatter-300m", vocab_size=bpe_tokenizer.vocab_size)
     checkpoint = save_checkpoint(tmp_path / "ckpt", build_model(config), bpe_tokenizer)
-    with pytest.raises(ScratchLMError, match="qk_norm"):
+    with pytest.raises(ScratchLMError, match="leaky_relu"):
         export_gguf(checkpoint, tmp_path / "model.gguf")
     assert not (tmp_path / "model.gguf").exists()
 

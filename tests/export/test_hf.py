@@ -127,7 +127,7 @@ def test_import_round_trip_is_exact(layout: str, tmp_path: Path, tokenizer: Toke
 
 def test_refusals(tmp_path: Path, tokenizer: Tokenizer, capsys: pytest.CaptureFixture[str]) -> None:
     torch.manual_seed(0)
-    for preset, blocker in (("akane-124m", "qk_norm"), ("antimatter-300m", "leaky_relu")):
+    for preset, blocker in (("ai4india", "mlp=gelu"), ("antimatter-300m", "leaky_relu")):
         path = save_checkpoint(
             tmp_path / preset,
             build_model(tiny_config(preset, vocab_size=tokenizer.vocab_size)),

@@ -105,9 +105,9 @@ def test_refusals(tmp_path: Path, bpe_tokenizer: Tokenizer) -> None:
     export_ollama(checkpoint, out, force=True)
     assert (out / "Modelfile").read_text().startswith("FROM")
 
-    akane = make_checkpoint(tmp_path / "akane", bpe_tokenizer, preset="akane-124m")
-    with pytest.raises(ScratchLMError, match="qk_norm"):
-        export_ollama(akane, tmp_path / "akane-out")
-    assert not (tmp_path / "akane-out" / "model.gguf").exists()
+    leaky = make_checkpoint(tmp_path / "leaky", bpe_tokenizer, preset="antimatter-300m")
+    with pytest.raises(ScratchLMError, match="leaky_relu"):
+        export_ollama(leaky, tmp_path / "leaky-out")
+    assert not (tmp_path / "leaky-out" / "model.gguf").exists()
     with pytest.raises(ScratchLMError, match='"""'):
         export_ollama(checkpoint, tmp_path / "other", system='say """hi"""')

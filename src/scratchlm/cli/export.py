@@ -17,11 +17,24 @@ from scratchlm.cli.options import (
 # The weight types of `export.gguf.GGUF_DTYPES` (a test keeps them equal): listed here so that
 # --help does not import the exporter (torch, numpy).
 GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
+# `export.layouts.LAYOUT_CHOICES`, likewise kept equal by a test.
+LAYOUT_CHOICES = ("auto", "llama", "qwen3", "gpt2")
+
+
+def add_layout_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--layout",
+        default="auto",
+        choices=LAYOUT_CHOICES,
+        help="architecture to write (auto: the first that computes this model exactly; a forced "
+        "one that is not exact is refused)",
+    )
 
 
 def add_export_hf(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_argument(parser)
     parser.add_argument("--out", required=True, help="output Hugging Face model directory")
+    add_layout_argument(parser)
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
     add_skip_checksums_argument(parser)
 
@@ -29,7 +42,13 @@ def add_export_hf(parser: argparse.ArgumentParser) -> None:
 def command_export_hf(args: argparse.Namespace) -> None:
     from scratchlm.export.hf import export_hf
 
-    out = export_hf(args.checkpoint, args.out, force=args.force, verify=not args.skip_checksums)
+    out = export_hf(
+        args.checkpoint,
+        args.out,
+        force=args.force,
+        verify=not args.skip_checksums,
+        layout=args.layout,
+    )
     layout = json.loads((out / "config.json").read_text())["architectures"][0]
     print(
         f"wrote {out} ({layout}); load it with AutoModelForCausalLM.from_pretrained({str(out)!r})"
@@ -42,6 +61,7 @@ def add_export_gguf(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", default="f32", choices=GGUF_DTYPES, help="weight type (norms stay f32)"
     )
+    add_layout_argument(parser)
     parser.add_argument("--force", action="store_true", help="overwrite an existing file")
     add_skip_checksums_argument(parser)
 
@@ -55,6 +75,7 @@ def command_export_gguf(args: argparse.Namespace) -> None:
         dtype=args.dtype,
         force=args.force,
         verify=not args.skip_checksums,
+        layout=args.layout,
     )
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {args.dtype})")
 
@@ -88,7 +109,7 @@ def command_export_ollama(args: argparse.Namespace) -> None:
 def add_import_hf(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_argument(
         parser,
-        "a local Hugging Face model directory (llama or gpt2)",
+        "a local Hugging Face model directory (llama, qwen3 or gpt2)",
         old_flag="--model",
         metavar="HF_DIR",
     )

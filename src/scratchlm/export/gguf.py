@@ -1,10 +1,13 @@
 """GGUF export (llama.cpp, Ollama, LM Studio): one self-contained file with weights and tokenizer.
 
-Llama math is exported as llama.cpp's `llama` architecture and the GPT-2 layout (learned
-positions, biased LayerNorm and linears, tanh GELU, multi-head attention) as its `gpt2`
-architecture; other configs are refused with the options that block both (`llama_blockers`,
-`gpt2_blockers`). Exact GELU (`mlp="gelu"`) is refused: llama.cpp's gpt2 graph uses the tanh
-approximation. Three details make the file reproduce our model exactly:
+Llama math is exported as llama.cpp's `llama` architecture, Llama math with QK-norm as its `qwen3`
+architecture, and the GPT-2 layout (learned positions, biased LayerNorm and linears, tanh GELU,
+multi-head attention) as its `gpt2` architecture; other configs are refused with the options that
+block each and the routes that work (`export.layouts`). Exact GELU (`mlp="gelu"`) is refused:
+llama.cpp's gpt2 graph uses the tanh approximation. No other llama.cpp architecture runs our other
+MLPs exactly: its feed-forward builder (`build_ffn`) knows SiLU, tanh GELU, ReLU and ReLU² (plain
+or gated), so Leaky ReLU and exact GELU have no home. Three details make the file reproduce our
+model exactly:
 
 - llama.cpp's `llama` architecture applies RoPE to interleaved pairs (x0, x1), (x2, x3), ...
   while we rotate halves (x_i, x_{i + head_dim/2}). The query and key projection rows are
@@ -32,7 +35,8 @@ import torch
 from scratchlm.chat_template import JINJA_TEMPLATE
 from scratchlm.config import ModelConfig
 from scratchlm.errors import ScratchLMError
-from scratchlm.export.hf import gpt2_blockers, llama_blockers
+from scratchlm.export.layouts import LAYOUT_CHOICES, choose_layout, export_state, exported_tie
+from scratchlm.export.qwen3 import qwen3_gguf_tensors
 from scratchlm.io_utils import fsync_directory, write_failure
 from scratchlm.model import GPT
 from scratchlm.tokenizer import (
@@ -47,6 +51,7 @@ from scratchlm.tokenizer import (
 
 GGUF_DTYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0")
 ARCHITECTURE = "llama"
+QWEN3_ARCHITECTURE = "qwen3"
 GPT2_ARCHITECTURE = "gpt2"
 
 # ours -> GGUF (llama.cpp tensor names), "{i}" is the layer index
@@ -95,29 +100,10 @@ def _gguf() -> Any:
     return gguf
 
 
-def gpt2_gguf_blockers(config: ModelConfig) -> list[str]:
-    """What keeps a config outside llama.cpp's `gpt2` architecture (empty when it exports)."""
-    blockers = gpt2_blockers(config)
-    if config.mlp == "gelu":
-        blockers.append("mlp=gelu (llama.cpp's gpt2 uses tanh GELU; train with mlp=gelu_tanh)")
-    return blockers
-
-
-def check_exportable(config: ModelConfig) -> str:
-    """The llama.cpp architecture the config exports as (`llama` or `gpt2`); refuses others."""
-    llama = llama_blockers(config)
-    if not llama:
-        return ARCHITECTURE
-    gpt2 = gpt2_gguf_blockers(config)
-    if not gpt2:
-        return GPT2_ARCHITECTURE
-    raise ScratchLMError(
-        "this model cannot be exported to GGUF: llama.cpp's llama architecture is blocked by "
-        + ", ".join(llama)
-        + "; its gpt2 architecture by "
-        + ", ".join(gpt2)
-        + "; train a llama-* (or tiny/small) preset, or a GPT-2 layout with mlp=gelu_tanh"
-    )
+def check_exportable(config: ModelConfig, layout: str = "auto") -> str:
+    """The llama.cpp architecture the config exports as (`llama`, `qwen3` or `gpt2`, the first
+    exact one, or `layout` when it is exact); refuses others in one line with the routes that work."""
+    return choose_layout(config, "gguf", layout)
 
 
 def interleave_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -136,13 +122,16 @@ def interleave_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     )
 
 
-def gguf_tensors(model: GPT) -> dict[str, torch.Tensor]:
-    """Our weights under GGUF names, float32 (llama: RoPE rows permuted; gpt2: Q, K, V fused);
-    a tied head is left out (llama.cpp falls back to token_embd when `output.weight` is missing)."""
+def gguf_tensors(model: GPT, layout: str = "auto") -> dict[str, torch.Tensor]:
+    """Our weights under GGUF names, float32 (llama: RoPE rows permuted; qwen3: as they are;
+    gpt2: Q, K, V fused), an embedding norm baked into token_embd; a tied head is left out
+    (llama.cpp falls back to token_embd when `output.weight` is missing)."""
     config = model.config
-    architecture = check_exportable(config)
+    architecture = check_exportable(config, layout)
     assert config.n_kv_head is not None
-    state = {name: tensor.detach().float().cpu() for name, tensor in model.state_dict().items()}
+    if architecture == QWEN3_ARCHITECTURE:
+        return qwen3_gguf_tensors(model)
+    state = {name: tensor.float().cpu() for name, tensor in export_state(model).items()}
     if architecture == GPT2_ARCHITECTURE:
         return _gpt2_tensors(config, state)
     converted: dict[str, torch.Tensor] = {}
@@ -157,7 +146,7 @@ def gguf_tensors(model: GPT) -> dict[str, torch.Tensor]:
             elif source.endswith("k_proj.weight"):
                 tensor = interleave_rope_rows(tensor, config.n_kv_head)
             converted[target_name] = tensor
-    if config.tie_embeddings:
+    if exported_tie(config):
         converted.pop("output.weight")
     return converted
 
@@ -177,7 +166,7 @@ def _gpt2_tensors(config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[s
                         [state[f"{prefix}{name}_proj.{part}"] for name in "qkv"]
                     ).contiguous()
             converted[target.format(i=layer)] = state[source.format(i=layer)]
-    if config.tie_embeddings:
+    if exported_tie(config):
         converted.pop("output.weight")
     return converted
 
@@ -230,7 +219,9 @@ def tokenizer_vocabulary(
     return tokens, types, merges
 
 
-def write_gguf(model: GPT, tokenizer: Tokenizer, out: Path, *, dtype: str = "f32") -> None:
+def write_gguf(
+    model: GPT, tokenizer: Tokenizer, out: Path, *, dtype: str = "f32", layout: str = "auto"
+) -> None:
     """Write the GGUF file to `out` (overwriting it; callers check first)."""
     gguf = _gguf()
     if dtype not in GGUF_DTYPES:
@@ -238,10 +229,10 @@ def write_gguf(model: GPT, tokenizer: Tokenizer, out: Path, *, dtype: str = "f32
             f"unknown GGUF dtype {dtype!r}; choose one of {', '.join(GGUF_DTYPES)}"
         )
     config = model.config
-    architecture = check_exportable(config)
+    architecture = check_exportable(config, layout)
     assert config.n_kv_head is not None and config.head_dim is not None
     assert config.ffn_hidden is not None and config.padded_vocab_size is not None
-    tensors = gguf_tensors(model)
+    tensors = gguf_tensors(model, architecture)
     tokens, types, merges = tokenizer_vocabulary(tokenizer, config.padded_vocab_size)
     file_types = {
         "f32": gguf.LlamaFileType.ALL_F32,
@@ -312,12 +303,17 @@ def export_gguf(
     dtype: str = "f32",
     force: bool = False,
     verify: bool = True,
+    layout: str = "auto",
 ) -> Path:
-    """Export a checkpoint to one GGUF file; refuses a config that is neither Llama math nor the
-    GPT-2 layout with tanh GELU, and an existing `out`."""
+    """Export a checkpoint to one GGUF file in `layout` (auto: the first exact llama.cpp
+    architecture); refuses a config no architecture runs exactly, and an existing `out`."""
     from scratchlm.checkpoint import load_checkpoint
 
     out = Path(out)
+    if layout not in LAYOUT_CHOICES:
+        raise ScratchLMError(
+            f"unknown layout {layout!r}; choose one of {', '.join(LAYOUT_CHOICES)}"
+        )
     if dtype not in GGUF_DTYPES:
         raise ScratchLMError(
             f"unknown GGUF dtype {dtype!r}; choose one of {', '.join(GGUF_DTYPES)}"
@@ -332,13 +328,13 @@ def export_gguf(
             "yourself or choose another --out"
         )
     loaded = load_checkpoint(checkpoint, verify=verify)
-    check_exportable(loaded.config)
+    layout = check_exportable(loaded.config, layout)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed: a failed export never leaves half a file at `out`.
     handle, temp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(handle)
     try:
-        write_gguf(loaded.model, loaded.tokenizer, Path(temp_name), dtype=dtype)
+        write_gguf(loaded.model, loaded.tokenizer, Path(temp_name), dtype=dtype, layout=layout)
         os.replace(temp_name, out)
     except BaseException as error:
         with contextlib.suppress(FileNotFoundError):

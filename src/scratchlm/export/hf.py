@@ -2,7 +2,10 @@
 
 Llama math (RMSNorm with weight, SwiGLU, rotate-half RoPE, GQA, no biases) maps onto
 `LlamaForCausalLM` without any weight permutation: transformers' Llama uses the same rotate-half
-RoPE convention. The vocabulary is exported at its padded size so the shapes match exactly.
+RoPE convention. QK-norm models map onto `Qwen3ForCausalLM` (`export.qwen3`), the GPT-2 layout onto
+`GPT2LMHeadModel`; which layout is exact is decided in `export.layouts`, which also bakes an
+embedding norm into the exported rows. The vocabulary is exported at its padded size so the shapes
+match exactly.
 """
 
 from __future__ import annotations
@@ -29,6 +32,20 @@ from scratchlm.checkpoint import (
 )
 from scratchlm.config import MlpKind, ModelConfig
 from scratchlm.errors import ScratchLMError
+from scratchlm.export.layouts import (
+    GPT2_ACTIVATIONS,
+    LAYOUT_CHOICES,
+    export_state,
+    exported_tie,
+    llama_blockers,
+)
+from scratchlm.export.layouts import choose_layout as choose_standard_layout
+from scratchlm.export.qwen3 import (
+    config_from_qwen3,
+    qwen3_config,
+    qwen3_state_dict,
+    qwen3_to_ours,
+)
 from scratchlm.io_utils import atomic_directory, refuse_foreign_entries, write_failure
 from scratchlm.model import GPT, build_model
 from scratchlm.tokenizer import (
@@ -61,32 +78,6 @@ LLAMA_KEY_MAP: dict[str, str] = {
 }
 
 
-def common_blockers(config: ModelConfig) -> list[str]:
-    """Options that neither Hugging Face layout (nor GGUF) can express."""
-    blockers = []
-    if config.qk_norm:
-        blockers.append("qk_norm=true")
-    if config.embedding_norm:
-        blockers.append("embedding_norm=true")
-    if config.logit_softcap is not None:
-        blockers.append("logit_softcap")
-    return blockers
-
-
-def llama_blockers(config: ModelConfig) -> list[str]:
-    """The options that keep a config outside Llama math (empty when it exports losslessly)."""
-    blockers = []
-    if config.position != "rope":
-        blockers.append(f"position={config.position} (Llama needs rope)")
-    if config.norm != "rmsnorm":
-        blockers.append(f"norm={config.norm} (Llama needs rmsnorm)")
-    if config.mlp != "swiglu":
-        blockers.append(f"mlp={config.mlp} (Llama needs swiglu)")
-    if config.bias:
-        blockers.append("bias=true (Llama has no biases)")
-    return blockers + common_blockers(config)
-
-
 def llama_config(config: ModelConfig) -> dict[str, Any]:
     """A transformers LlamaConfig (as keyword arguments) for a Llama-math ModelConfig."""
     blockers = llama_blockers(config)
@@ -111,7 +102,7 @@ def llama_config(config: ModelConfig) -> dict[str, Any]:
         "rms_norm_eps": config.norm_eps,
         "rope_theta": config.rope_theta,
         "rope_parameters": rope_parameters,
-        "tie_word_embeddings": config.tie_embeddings,
+        "tie_word_embeddings": exported_tie(config),
         "attention_bias": False,
         "mlp_bias": False,
         "hidden_act": "silu",
@@ -125,7 +116,7 @@ def llama_config(config: ModelConfig) -> dict[str, Any]:
 def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """Our weights under Hugging Face Llama names (a tied head is left out, as transformers does)."""
     llama_config(model.config)  # refuses what Llama cannot express
-    ours = model.state_dict()
+    ours = export_state(model)
     converted: dict[str, torch.Tensor] = {}
     for layer in range(model.config.n_layer):
         for source, target in LLAMA_KEY_MAP.items():
@@ -134,7 +125,7 @@ def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     for source, target in LLAMA_KEY_MAP.items():
         if "{i}" not in source:
             converted[target] = ours[source]
-    if model.config.tie_embeddings:
+    if exported_tie(model.config):
         converted.pop("lm_head.weight")
     return converted
 
@@ -148,9 +139,10 @@ def to_transformers_llama(model: GPT) -> Any:
     values.pop("model_type")
     hf_model = LlamaForCausalLM(LlamaConfig(**values))
     missing, unexpected = hf_model.load_state_dict(llama_state_dict(model), strict=False)
-    allowed_missing = {"lm_head.weight"} if model.config.tie_embeddings else set()
+    tied = exported_tie(model.config)
+    allowed_missing = {"lm_head.weight"} if tied else set()
     assert not unexpected and set(missing) <= allowed_missing, (missing, unexpected)
-    if model.config.tie_embeddings:
+    if tied:
         hf_model.tie_weights()
     moved: Any = hf_model
     return moved.to(model.lm_head.weight.device).eval()
@@ -159,24 +151,6 @@ def to_transformers_llama(model: GPT) -> Any:
 # --- GPT-2 layout ----------------------------------------------------------------------------------
 # Learned positions, LayerNorm with bias, GELU (exact or tanh), MHA, biases everywhere. Hugging Face's
 # GPT-2 stores linear weights as Conv1D, [in, out]: the transpose of ours; Q, K and V are one c_attn.
-GPT2_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
-
-
-def gpt2_blockers(config: ModelConfig) -> list[str]:
-    blockers = []
-    if config.position != "learned":
-        blockers.append(f"position={config.position} (GPT-2 needs learned)")
-    if config.norm != "layernorm" or not config.bias:
-        blockers.append("norm/bias (GPT-2 needs LayerNorm with bias and biased linears)")
-    if config.mlp not in GPT2_ACTIVATIONS:
-        blockers.append(f"mlp={config.mlp} (GPT-2 takes gelu or gelu_tanh)")
-    if config.n_kv_head != config.n_head:
-        blockers.append("grouped-query attention (GPT-2 is multi-head)")
-    if config.head_dim != config.d_model // config.n_head:
-        blockers.append("head_dim != d_model / n_head")
-    return blockers + common_blockers(config)
-
-
 def gpt2_config(config: ModelConfig) -> dict[str, Any]:
     return {
         "architectures": ["GPT2LMHeadModel"],
@@ -190,7 +164,7 @@ def gpt2_config(config: ModelConfig) -> dict[str, Any]:
         "activation_function": GPT2_ACTIVATIONS[config.mlp],
         "layer_norm_epsilon": config.norm_eps,
         "initializer_range": config.init_std,
-        "tie_word_embeddings": config.tie_embeddings,
+        "tie_word_embeddings": exported_tie(config),
         "resid_pdrop": 0.0,
         "embd_pdrop": 0.0,
         "attn_pdrop": 0.0,
@@ -201,7 +175,7 @@ def gpt2_config(config: ModelConfig) -> dict[str, Any]:
 
 
 def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
-    ours = model.state_dict()
+    ours = export_state(model)
     converted = {
         "transformer.wte.weight": ours["token_embedding.weight"],
         "transformer.wpe.weight": ours["position_embedding.weight"],
@@ -227,7 +201,7 @@ def gpt2_state_dict(model: GPT) -> dict[str, torch.Tensor]:
                 ours[f"{ours_prefix}{our_linear}.weight"].t().contiguous()
             )
             converted[f"{theirs}{their_linear}.bias"] = ours[f"{ours_prefix}{our_linear}.bias"]
-    if not model.config.tie_embeddings:
+    if not exported_tie(model.config):
         converted["lm_head.weight"] = ours["lm_head.weight"]
     return converted
 
@@ -284,18 +258,20 @@ def llama_to_ours(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[s
 # --- directories -------------------------------------------------------------------------------------
 
 
-def choose_layout(config: ModelConfig) -> str:
-    """'llama' or 'gpt2'; refuses a config neither expresses, naming what blocks it."""
-    if not llama_blockers(config):
-        return "llama"
-    if not gpt2_blockers(config):
-        return "gpt2"
-    raise ScratchLMError(
-        "this model cannot be exported to Hugging Face without changing its math: as Llama it has "
-        + ", ".join(llama_blockers(config))
-        + "; as GPT-2 it has "
-        + ", ".join(gpt2_blockers(config))
-    )
+def choose_layout(config: ModelConfig, requested: str = "auto") -> str:
+    """'llama', 'qwen3' or 'gpt2' (the first exact one, or `requested` when it is exact); refuses
+    a config no layout expresses, naming what blocks each and the routes that work."""
+    return choose_standard_layout(config, "hf", requested)
+
+
+# config.json and weights of each layout
+HF_LAYOUTS: dict[
+    str, tuple[Callable[[ModelConfig], dict[str, Any]], Callable[[GPT], dict[str, torch.Tensor]]]
+] = {
+    "llama": (llama_config, llama_state_dict),
+    "qwen3": (qwen3_config, qwen3_state_dict),
+    "gpt2": (gpt2_config, gpt2_state_dict),
+}
 
 
 def tokenizer_config(tokenizer: Tokenizer, context_length: int) -> dict[str, Any]:
@@ -368,21 +344,25 @@ def export_hf(
     force: bool = False,
     max_shard_bytes: int = 2 * 2**30,
     verify: bool = True,
+    layout: str = "auto",
 ) -> Path:
-    """Write a Hugging Face model directory (weights, config, generation config, tokenizer)."""
+    """Write a Hugging Face model directory (weights, config, generation config, tokenizer) in
+    `layout` (one of LAYOUT_CHOICES; auto = the first exact one)."""
+    if layout not in LAYOUT_CHOICES:
+        raise ScratchLMError(
+            f"unknown layout {layout!r}; choose one of {', '.join(LAYOUT_CHOICES)}"
+        )
     loaded = load_checkpoint(checkpoint, verify=verify)
     config, tokenizer = loaded.config, loaded.tokenizer
-    layout = choose_layout(config)
+    layout = choose_layout(config, layout)
     target = Path(out)
     if target.exists() and not force:
         raise ScratchLMError(
             f"{target} already exists; pass --force to replace it or choose another --out"
         )
     refuse_foreign_entries(target, is_hf_export_file, "a Hugging Face export")
-    if layout == "llama":
-        hf_config, state = llama_config(config), llama_state_dict(loaded.model)
-    else:
-        hf_config, state = gpt2_config(config), gpt2_state_dict(loaded.model)
+    config_of, state_of = HF_LAYOUTS[layout]
+    hf_config, state = config_of(config), state_of(loaded.model)
     hf_config["torch_dtype"] = "float32"
     end_id = SPECIAL_TOKENS.index(END_OF_TURN_TOKEN)
     generation = {
@@ -530,7 +510,7 @@ def reindex_vocabulary_rows(
 def config_from_hf(
     hf: dict[str, Any], vocab: int
 ) -> tuple[ModelConfig, Callable[[dict[str, torch.Tensor], ModelConfig], dict[str, torch.Tensor]]]:
-    """Our ModelConfig for a Hugging Face llama or gpt2 config.json, and its weight converter;
+    """Our ModelConfig for a Hugging Face llama, qwen3 or gpt2 config.json, and its weight converter;
     a missing key raises KeyError (the caller names the file)."""
     model_type = hf.get("model_type")
     if model_type == "llama":
@@ -556,6 +536,8 @@ def config_from_hf(
             init_std=hf.get("initializer_range", 0.02),
         )
         convert = llama_to_ours
+    elif model_type == "qwen3":
+        config, convert = config_from_qwen3(hf, vocab), qwen3_to_ours
     elif model_type == "gpt2":
         activations = {value: key for key, value in GPT2_ACTIVATIONS.items()}
         if hf.get("activation_function") not in activations:
@@ -581,13 +563,13 @@ def config_from_hf(
         convert = gpt2_to_ours
     else:
         raise ScratchLMError(
-            f"model_type {model_type!r} is not supported; scratchlm imports llama and gpt2 layouts"
+            f"model_type {model_type!r} is not supported; scratchlm imports llama, qwen3 and gpt2 layouts"
         )
     return config, convert
 
 
 def import_hf(model_dir: str | Path, out: str | Path, *, force: bool = False) -> Path:
-    """Read a local Hugging Face Llama or GPT-2 directory into a scratchlm checkpoint."""
+    """Read a local Hugging Face Llama, Qwen3 or GPT-2 directory into a scratchlm checkpoint."""
     directory = Path(model_dir)
     config_path = directory / "config.json"
     if not config_path.is_file():

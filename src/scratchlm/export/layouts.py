@@ -1,0 +1,218 @@
+"""Which standard layout expresses a model exactly: blockers per layout, the choice, the refusal.
+
+Three layouts exist in both Hugging Face and GGUF (llama.cpp) form:
+
+- `llama`: RoPE, RMSNorm, SwiGLU, no biases, no QK-norm (`LlamaForCausalLM`, GGUF `llama`).
+- `qwen3`: the same plus per-head RMSNorm on queries and keys before RoPE (`Qwen3ForCausalLM`,
+  GGUF `qwen3`).
+- `gpt2`: learned positions, LayerNorm with bias, biased linears, GELU, multi-head attention
+  (`GPT2LMHeadModel`, GGUF `gpt2`; llama.cpp's gpt2 computes tanh GELU only).
+
+An embedding norm fits every layout: it acts on the token embedding alone, so normalizing every
+row of the table once on export (`rmsnorm(E[i])`) gives the same input to the first block; the
+output head keeps the raw table, so a head tied in training is untied in the export
+(`export_state`). A config no layout expresses is refused in one line that names what blocks each
+layout and the routes that work.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from scratchlm.config import PRESETS, ModelConfig, preset_config
+from scratchlm.errors import ScratchLMError
+from scratchlm.model import GPT
+
+Target = Literal["hf", "gguf"]
+LAYOUTS: tuple[str, ...] = ("llama", "qwen3", "gpt2")
+LAYOUT_CHOICES: tuple[str, ...] = ("auto", *LAYOUTS)
+TARGET_NAMES: dict[str, str] = {"hf": "Hugging Face", "gguf": "GGUF"}
+# The route for everything else; the custom-code HF export is another session's work in progress.
+CUSTOM_ROUTE = (
+    "a Hugging Face export with its own modeling code (`export hf --layout custom`, coming)"
+)
+GPT2_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
+# The options that define a model's math (the rest are sizes); compared to find the nearest preset.
+MATH_FIELDS: tuple[str, ...] = (
+    "position",
+    "norm",
+    "mlp",
+    "bias",
+    "qk_norm",
+    "embedding_norm",
+    "logit_softcap",
+)
+
+
+def common_blockers(config: ModelConfig) -> list[str]:
+    """Options that no standard layout (Hugging Face or GGUF) can express."""
+    return ["logit_softcap (no standard layout soft-caps logits)"] if config.logit_softcap else []
+
+
+def _rope_rmsnorm_swiglu_blockers(config: ModelConfig, name: str) -> list[str]:
+    blockers = []
+    if config.position != "rope":
+        blockers.append(f"position={config.position} ({name} needs rope)")
+    if config.norm != "rmsnorm":
+        blockers.append(f"norm={config.norm} ({name} needs rmsnorm)")
+    if config.mlp != "swiglu":
+        blockers.append(f"mlp={config.mlp} ({name} needs swiglu)")
+    if config.bias:
+        blockers.append(f"bias=true ({name} has no biases)")
+    return blockers
+
+
+def llama_blockers(config: ModelConfig) -> list[str]:
+    """The options that keep a config outside Llama math (empty when it exports losslessly)."""
+    blockers = _rope_rmsnorm_swiglu_blockers(config, "Llama")
+    if config.qk_norm:
+        blockers.append("qk_norm=true (Llama has no QK-norm; the qwen3 layout has)")
+    return blockers + common_blockers(config)
+
+
+def qwen3_blockers(config: ModelConfig) -> list[str]:
+    """Qwen3 is Llama math plus per-head q/k RMSNorm (eps = rms_norm_eps) before RoPE. Its MLP has
+    no biases, so our `bias` (which covers the MLP too) cannot be expressed."""
+    blockers = _rope_rmsnorm_swiglu_blockers(config, "Qwen3")
+    if not config.qk_norm:
+        blockers.append("qk_norm=false (Qwen3 always normalizes q and k; the llama layout fits)")
+    return blockers + common_blockers(config)
+
+
+def gpt2_blockers(config: ModelConfig) -> list[str]:
+    blockers = []
+    if config.position != "learned":
+        blockers.append(f"position={config.position} (GPT-2 needs learned)")
+    if config.norm != "layernorm" or not config.bias:
+        blockers.append("norm/bias (GPT-2 needs LayerNorm with bias and biased linears)")
+    if config.mlp not in GPT2_ACTIVATIONS:
+        blockers.append(f"mlp={config.mlp} (GPT-2 takes gelu or gelu_tanh)")
+    if config.n_kv_head != config.n_head:
+        blockers.append("grouped-query attention (GPT-2 is multi-head)")
+    if config.head_dim != config.d_model // config.n_head:
+        blockers.append("head_dim != d_model / n_head")
+    if config.qk_norm:
+        blockers.append("qk_norm=true (GPT-2 has no QK-norm)")
+    return blockers + common_blockers(config)
+
+
+def gguf_gpt2_blockers(config: ModelConfig) -> list[str]:
+    """llama.cpp's gpt2 graph computes GELU with the tanh approximation only."""
+    blockers = gpt2_blockers(config)
+    if config.mlp == "gelu":
+        blockers.append("mlp=gelu (llama.cpp's gpt2 uses tanh GELU; train with mlp=gelu_tanh)")
+    return blockers
+
+
+BLOCKERS: dict[str, dict[str, Callable[[ModelConfig], list[str]]]] = {
+    "hf": {"llama": llama_blockers, "qwen3": qwen3_blockers, "gpt2": gpt2_blockers},
+    "gguf": {"llama": llama_blockers, "qwen3": qwen3_blockers, "gpt2": gguf_gpt2_blockers},
+}
+
+
+def exportable_layout(config: ModelConfig, target: Target) -> str | None:
+    """The first layout that expresses the config exactly, or None."""
+    for layout, blockers in BLOCKERS[target].items():
+        if not blockers(config):
+            return layout
+    return None
+
+
+def nearest_preset(config: ModelConfig, target: Target) -> tuple[str, list[str]] | None:
+    """The exportable preset whose math differs from the config's in the fewest options (then
+    the closest in size), with those options as the preset sets them."""
+    best: tuple[int, float, str, list[str]] | None = None
+    for name in PRESETS:
+        preset = preset_config(name)
+        if exportable_layout(preset, target) is None:
+            continue
+        changes = [
+            f"{field}={_shown(getattr(preset, field))}"
+            for field in MATH_FIELDS
+            if getattr(preset, field) != getattr(config, field)
+        ]
+        size_gap = abs(math.log(preset.n_params / config.n_params))
+        if best is None or (len(changes), size_gap) < best[:2]:
+            best = (len(changes), size_gap, name, changes)
+    return None if best is None else (best[2], best[3])
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "null" if value is None else str(value)
+
+
+def routes(config: ModelConfig, target: Target) -> str:
+    """What works instead, for a refusal message."""
+    text = f"routes that work: {CUSTOM_ROUTE}"
+    nearest = nearest_preset(config, target)
+    if nearest is not None:
+        name, changes = nearest
+        text += f", or train the nearest exportable preset, {name}"
+        if changes:
+            text += f" ({', '.join(changes)})"
+    return text
+
+
+def choose_layout(config: ModelConfig, target: Target, requested: str = "auto") -> str:
+    """The layout to write: `requested` when it is exact, else (auto) the first exact one; refuses
+    in one line naming what blocks each layout and the routes that work."""
+    table = BLOCKERS[target]
+    if requested != "auto":
+        if requested not in table:
+            raise ScratchLMError(
+                f"unknown layout {requested!r}; choose one of {', '.join(LAYOUT_CHOICES)}"
+            )
+        blockers = table[requested](config)
+        if blockers:
+            raise ScratchLMError(
+                f"--layout {requested} cannot express this model exactly: {', '.join(blockers)}; "
+                "use --layout auto to pick an exact layout"
+            )
+        return requested
+    layout = exportable_layout(config, target)
+    if layout is not None:
+        return layout
+    # qwen3 is llama plus QK-norm: name only the one of the two that matches the model's qk_norm,
+    # so that the message does not list the same blockers twice.
+    skipped = "llama" if config.qk_norm else "qwen3"
+    per_layout = "; ".join(
+        f"as {name} it has {', '.join(check(config))}"
+        for name, check in table.items()
+        if name != skipped
+    )
+    raise ScratchLMError(
+        f"this model cannot be exported to {TARGET_NAMES[target]} without changing its math: "
+        f"{per_layout}; {routes(config, target)}"
+    )
+
+
+def exported_tie(config: ModelConfig) -> bool:
+    """Whether the export ties its head to the embedding: not when an embedding norm is baked."""
+    return config.tie_embeddings and not config.embedding_norm
+
+
+@torch.no_grad()
+def export_state(model: GPT) -> dict[str, torch.Tensor]:
+    """Our state dict as an export writes it (our names, detached).
+
+    With an embedding norm, `token_embedding.weight` holds the normalized rows
+    rmsnorm(E[i]) * w, computed in float32 and cast back as the model's forward does, and
+    `embedding_norm.weight` is gone; `lm_head.weight` keeps the raw table (the head of a tied model
+    multiplies by E itself, not by the normalized rows)."""
+    config = model.config
+    state = {name: tensor.detach() for name, tensor in model.state_dict().items()}
+    if config.embedding_norm:
+        table = state["token_embedding.weight"]  # (padded_vocab, d_model)
+        weight = state.pop("embedding_norm.weight")  # (d_model,)
+        state["token_embedding.weight"] = F.rms_norm(
+            table.float(), (config.d_model,), weight.float(), config.norm_eps
+        ).to(table.dtype)
+        state["lm_head.weight"] = model.lm_head.weight.detach()  # raw table when tied
+    return state
