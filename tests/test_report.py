@@ -14,8 +14,11 @@ import pytest
 from scratchlm.cli import main
 from scratchlm.data.stories.corpus import generate_stories
 from scratchlm.errors import ScratchLMError
+from scratchlm.evaluation.examples import TaskSpec
+from scratchlm.evaluation.scoring import BenchmarkReport, ScoringStats, TaskResult
 from scratchlm.report import load_run, write_report
 from scratchlm.report.svg import nice_ticks, thin
+from scratchlm.training.benchmarks import benchmark_record
 from scratchlm.training.run_config import TrainConfig
 from scratchlm.training.trainer import train
 
@@ -143,8 +146,10 @@ def test_markdown_holds_the_same_facts(report: Path) -> None:
     assert "[train loss](report.html#plot-loss)" in markdown
     # the sample sits in a fence longer than its own ``` run, so it cannot break out
     assert f"````text\n{INJECTION}\n````" in markdown
-    for heading in ("Summary", "Hardware", "Curves", "Inference speed", "Configuration"):
+    for heading in ("Summary", "Hardware", "Curves", "Benchmarks", "Inference speed"):
         assert f"## {heading}" in markdown
+    assert "## Configuration" in markdown
+    assert "no benchmark tasks scored during training (--eval-tasks)" in markdown
 
 
 @pytest.mark.slow
@@ -204,6 +209,66 @@ def test_a_sparse_run_degrades_to_not_recorded(tmp_path: Path) -> None:
     assert "run_config.json: not recorded" in html
     assert "no end record" in html
     assert 'data-plot="lr"' in html and "not recorded</text>" in html  # empty plot says so
+
+
+def scored(arc_acc_norm: float, lambada_acc: float) -> BenchmarkReport:
+    """What the scorer returns for ARC-Easy (chance 1/4) and LAMBADA (chance 0), 200 examples."""
+    return BenchmarkReport(
+        [
+            TaskResult(
+                TaskSpec("arc_easy", "multiple_choice", 0.25),
+                200,
+                {"acc": 0.3, "acc_norm": arc_acc_norm},
+            ),
+            TaskResult(
+                TaskSpec("lambada", "last_word", 0.0), 200, {"acc": lambada_acc, "perplexity": 80.0}
+            ),
+        ],
+        ScoringStats(tokens=1000, seconds=1.5),
+    )
+
+
+def test_benchmarks_from_training_and_from_saved_eval_json(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    # Evaluation records as the trainer writes them with --eval-tasks.
+    append(
+        run / "metrics.jsonl",
+        {"kind": "train", "step": 1, "loss": 5.0},
+        {"kind": "eval", "step": 100, "val_loss": 4.0, **benchmark_record(scored(0.25, 0.0))},
+        {"kind": "eval", "step": 200, "val_loss": 3.0, **benchmark_record(scored(0.55, 0.1))},
+    )
+    # `scratchlm eval --tasks ... --json > RUN/eval/best.json`, and a JSON file that is not one.
+    (run / "eval").mkdir()
+    hand = {**scored(0.7, 0.2).as_dict(), "checkpoint": "run/best", "num_fewshot": 0, "limit": None}
+    (run / "eval" / "best.json").write_text(json.dumps(hand), encoding="utf-8")
+    (run / "eval" / "notes.json").write_text("[1, 2]", encoding="utf-8")
+    paths = write_report(run, bench=False)
+    markdown = paths.markdown.read_text(encoding="utf-8")
+    # centered = (value - chance) / (1 - chance); the aggregate is their mean
+    expected_lines = [
+        "At step 200 (zero-shot, the first --eval-tasks-limit examples per task):",
+        "| task | metric | value | chance | centered | examples |",
+        "| arc_easy | acc_norm | 0.5500 | 0.25 | 0.4000 | 200 |",
+        "| lambada | acc | 0.1000 | 0 | 0.1000 | 200 |",
+        "| centered aggregate |  |  |  | 0.2500 |  |",
+        "| step | arc_easy | lambada | aggregate |",
+        "| 100 | 0.0000 | 0.0000 | 0.0000 |",
+        "| 200 | 0.4000 | 0.1000 | 0.2500 |",
+        "### eval/best.json",
+        "checkpoint run/best, 0-shot, limit none",
+        "| arc_easy | acc_norm | 0.7000 | 0.25 | 0.6000 | 200 |",
+        "| centered aggregate |  |  |  | 0.4000 |  |",
+        "| [centered aggregate](report.html#plot-benchmarks) |",
+    ]
+    lines = markdown.splitlines()
+    for expected in expected_lines:
+        assert any(line.startswith(expected) for line in lines), expected
+    assert "notes.json" not in markdown
+    html = paths.html.read_text(encoding="utf-8")
+    assert 'data-plot="benchmarks"' in html and '<h2 id="benchmarks">Benchmarks</h2>' in html
+    assert "<td>arc_easy</td><td>acc_norm</td><td>0.5500</td><td>0.25</td><td>0.4000</td>" in html
+    assert "<h3>eval/best.json</h3>" in html
 
 
 def test_nice_ticks_and_thinning() -> None:

@@ -61,6 +61,21 @@ def add_eval(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="read the tasks from files in DIR (upstream formats) instead of the Hugging Face hub",
     )
+    benchmarks.add_argument(
+        "--chat",
+        action="store_true",
+        help="score a fine-tuned chat model through the chat template, zero-shot: arc_easy, "
+        "arc_challenge, mmlu, mmlu_SUBJECT by the answer letter, gsm8k by its greedy reply; "
+        "--tasks chat is all four",
+    )
+    parser.add_argument(
+        "--harness",
+        metavar="TASKS",
+        help="run lm-evaluation-harness (pip install 'scratchlm[eval]') on these comma-separated "
+        "lm-eval tasks through the scratchlm bridge; with --task-data, the local task YAMLs "
+        "(arc_easy, arc_challenge, hellaswag, piqa, winogrande, openbookqa, boolq, lambada); "
+        "takes --num-fewshot, --limit, --batch-size, --json",
+    )
     # A prompt suite's replies: a little cooler and shorter than a free continuation.
     add_sampling_arguments(parser, temperature=0.7, max_new_tokens=128)
     add_quantize_argument(parser)
@@ -78,13 +93,26 @@ def command_eval(args: argparse.Namespace) -> None:
             ("--data", args.data),
             ("--prompts", args.prompts),
             ("--tasks", args.tasks),
+            ("--harness", args.harness),
         )
         if value
     ]
     if len(modes) > 1:
         raise ScratchLMError(
-            f"eval takes one of --data, --prompts or --tasks, got {' and '.join(modes)}"
+            f"eval takes one of --data, --prompts or --tasks (or --harness), got "
+            f"{' and '.join(modes)}"
         )
+    if args.chat and not args.tasks:
+        # --chat changes how --tasks are asked; any other mode would ignore it silently.
+        raise ScratchLMError(
+            "--chat scores benchmark tasks through the chat template; use it with --tasks "
+            "(e.g. --tasks chat), not with " + (modes[0] if modes else "no mode")
+        )
+    if args.harness:
+        from scratchlm.cli.harness import command_eval_harness
+
+        command_eval_harness(args)
+        return
     if args.tasks:
         command_eval_tasks(args)
         return
@@ -94,7 +122,7 @@ def command_eval(args: argparse.Namespace) -> None:
     if not args.data:
         raise ScratchLMError(
             "eval needs --data TEXT (loss, perplexity, bits/byte), --prompts FILE (a prompt "
-            "suite) or --tasks LIST (benchmarks)"
+            "suite), --tasks LIST (benchmarks) or --harness TASKS (lm-evaluation-harness)"
         )
     from scratchlm.data import iter_documents
     from scratchlm.evaluation.perplexity import evaluate_text
@@ -147,41 +175,65 @@ def command_eval_prompts(args: argparse.Namespace) -> None:
 
 
 def command_eval_tasks(args: argparse.Namespace) -> None:
+    from scratchlm.evaluation.chat_eval import check_chat_checkpoint, run_chat_benchmarks
     from scratchlm.evaluation.scoring import run_benchmarks
-    from scratchlm.evaluation.tasks import DEFAULT_FEWSHOT_SEED, expand_task_names, load_task
+    from scratchlm.evaluation.tasks import (
+        DEFAULT_FEWSHOT_SEED,
+        expand_chat_task_names,
+        expand_task_names,
+        load_questions,
+        load_task,
+    )
     from scratchlm.inference.load import load_for_inference
 
     if args.num_fewshot < 0:
         raise ScratchLMError(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
+    if args.chat and args.num_fewshot > 0:
+        raise ScratchLMError(
+            f"--chat is zero-shot (the question alone in the user message), got --num-fewshot "
+            f"{args.num_fewshot}; drop --num-fewshot"
+        )
     if args.limit is not None and args.limit < 1:
         raise ScratchLMError(f"--limit must be >= 1, got {args.limit}")
     if args.batch_size < 1:
         raise ScratchLMError(f"--batch-size must be >= 1, got {args.batch_size}")
-    names = expand_task_names(args.tasks)
+    names = expand_chat_task_names(args.tasks) if args.chat else expand_task_names(args.tasks)
     seed = DEFAULT_FEWSHOT_SEED if args.seed is None else args.seed
     task_data = Path(args.task_data) if args.task_data else None
     # Every task is read before the model is loaded: a missing file fails in seconds.
-    tasks = [
-        load_task(
-            name, task_data=task_data, num_fewshot=args.num_fewshot, seed=seed, limit=args.limit
-        )
-        for name in names
-    ]
+    if args.chat:
+        questions = [load_questions(name, task_data=task_data, limit=args.limit) for name in names]
+    else:
+        tasks = [
+            load_task(
+                name, task_data=task_data, num_fewshot=args.num_fewshot, seed=seed, limit=args.limit
+            )
+            for name in names
+        ]
     loaded, _ = load_for_inference(
         args.checkpoint, args.device, args.quantize, verify=not args.skip_checksums
     )
+    if args.chat:
+        check_chat_checkpoint(loaded.metadata)
 
     def progress(line: str) -> None:
         if not args.json:
             print(line, file=sys.stderr, flush=True)
 
-    report = run_benchmarks(
-        loaded.model, loaded.tokenizer, tasks, batch_size=args.batch_size, progress=progress
-    )
+    if args.chat:
+        report = run_chat_benchmarks(
+            loaded.model, loaded.tokenizer, questions, batch_size=args.batch_size, progress=progress
+        )
+    else:
+        report = run_benchmarks(
+            loaded.model, loaded.tokenizer, tasks, batch_size=args.batch_size, progress=progress
+        )
     values = report.as_dict()
     values.update(
         {"checkpoint": args.checkpoint, "num_fewshot": args.num_fewshot, "limit": args.limit}
     )
+    if args.chat:
+        values["chat"] = True
     if args.json:
         print_json(values)
         return
@@ -202,7 +254,7 @@ def command_eval_tasks(args: argparse.Namespace) -> None:
     print(
         f"centered aggregate: {report.aggregate:.4f} (mean of {len(report.entries)} "
         f"task{'s' if len(report.entries) > 1 else ''}; "
-        f"{args.num_fewshot}-shot)"
+        f"{'chat, ' if args.chat else ''}{args.num_fewshot}-shot)"
     )
     note = (
         f"; {stats.truncated} requests left-truncated to the model's context"

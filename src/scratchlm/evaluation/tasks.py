@@ -12,6 +12,10 @@ BoolQ), its sampler draws K+1 and drops any shot equal to the example; we draw t
 shots match lm-eval's. MMLU takes the first K dev questions (lm-eval's `first_n` sampler). LAMBADA
 has only its test split: we draw K+1 and drop the example itself (lm-eval draws K there and can
 hand a model the very passage it is asked to complete).
+
+`load_questions` reads the same records through the same parsers for the chat evaluation
+(`scratchlm.evaluation.chat_eval`): the bare question, its choice texts and gold index, or GSM8K's
+final answer, with no lm-eval framing and no shots.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import json
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +70,10 @@ BASE_TASKS: tuple[str, ...] = (
 CORE_TASKS: tuple[str, ...] = (
     "hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande", "openbookqa", "boolq", "lambada",
 )  # fmt: skip
+
+# The tasks with a chat form (scratchlm.evaluation.chat_eval: zero-shot, through the chat template);
+# `chat` in a `--chat` task list stands for all four.
+CHAT_TASKS: tuple[str, ...] = ("arc_easy", "arc_challenge", "mmlu", "gsm8k")
 
 TASK_NAMES: tuple[str, ...] = BASE_TASKS + tuple(f"mmlu_{subject}" for subject in MMLU_SUBJECTS)
 
@@ -156,6 +164,91 @@ def load_hub_records(path: str, config: str | None, split: str) -> list[dict[str
     return [dict(row) for row in dataset]
 
 
+@dataclass(frozen=True)
+class ChatQuestion:
+    """A record as a question for a chat model: the bare question (no lm-eval framing, no few-shot
+    prefix), its choice texts and the gold choice's index (multiple choice), or GSM8K's reference
+    final answer (`extract_final_number` of its worked answer, e.g. "72")."""
+
+    id: str
+    question: str
+    choices: tuple[str, ...] = ()
+    gold: int = 0
+    answer: str = ""
+
+
+def has_chat_form(name: str) -> bool:
+    """Whether `load_questions` can read the task: ARC, MMLU (or one subject) and GSM8K."""
+    key = name.strip().lower()
+    return key in CHAT_TASKS or (key.startswith("mmlu_") and key in _TASKS)
+
+
+def expand_chat_task_names(spec: str) -> list[str]:
+    """`expand_task_names` for chat tasks: "chat" stands for arc_easy,arc_challenge,mmlu,gsm8k; a
+    task without a chat form is a ScratchLMError that lists the chat tasks."""
+    parts = [part.strip() for part in spec.split(",") if part.strip()]
+    expanded = ",".join(",".join(CHAT_TASKS) if part.lower() == "chat" else part for part in parts)
+    names = expand_task_names(expanded or spec)
+    for name in names:
+        if not has_chat_form(name):
+            raise ScratchLMError(
+                f"task {name!r} has no chat form; with --chat use arc_easy, arc_challenge, mmlu, "
+                "mmlu_<subject>, gsm8k, or chat (all four)"
+            )
+    return names
+
+
+def load_questions(
+    name: str,
+    *,
+    task_data: Path | None = None,
+    limit: int | None = None,
+    loader: RecordLoader | None = None,
+) -> tuple[TaskSpec, list[ChatQuestion]]:
+    """A chat task's spec and its first `limit` records (per MMLU subject) as questions, read and
+    parsed exactly as `load_task` reads them: from the files in `task_data`, or without it from
+    the Hugging Face hub through `loader` (`load_hub_records` by default). The spec's random
+    baseline is the mean over the questions of 1 / number of choices (0 for GSM8K)."""
+    key = name.strip().lower()
+    if limit is not None and limit < 1:
+        raise ScratchLMError(f"--limit must be at least 1 (got {limit})")
+    if not has_chat_form(key):
+        raise ScratchLMError(
+            f"task {name!r} has no chat form; chat tasks are arc_easy, arc_challenge, mmlu, "
+            "mmlu_<subject> and gsm8k"
+        )
+    if key == "mmlu":  # all subjects as one task, `limit` per subject (as `load_task`)
+        spec = _spec("mmlu", "multiple_choice", 0.25, "MMLU, 57 subjects (cais/mmlu, test)")
+        members = [f"mmlu_{subject}" for subject in MMLU_SUBJECTS]
+    else:
+        spec, members = _TASKS[key].spec, [key]
+    questions: list[ChatQuestion] = []
+    for member in members:
+        task = _TASKS[member]
+        reader: _HubReader | _LocalReader = (
+            _HubReader(loader or load_hub_records)
+            if task_data is None
+            else _LocalReader(Path(task_data), member)
+        )
+        records = reader.read(task.eval_split)
+        questions.extend(_chat_question(doc) for doc in _docs(task, records[:limit]))
+    if spec.kind == "multiple_choice" and questions:
+        # ARC has a few questions with 3 or 5 choices: chance is per question.
+        chance = sum(1 / len(question.choices) for question in questions) / len(questions)
+        spec = replace(spec, random_baseline=chance)
+    return spec, questions
+
+
+def _chat_question(doc: _Doc) -> ChatQuestion:
+    if not doc.choices:  # GSM8K
+        answer = extract_final_number(doc.target)
+        assert answer is not None, "the parser checked that the answer holds a number"
+        return ChatQuestion(id=doc.id, question=doc.question, answer=answer)
+    return ChatQuestion(
+        id=doc.id, question=doc.question, choices=doc.options or doc.choices, gold=doc.gold
+    )
+
+
 _NUMBER = re.compile(r"-?\$?[0-9][0-9,]*(?:\.[0-9]+)?")
 _AFTER_HASHES = re.compile(r"####\s*(-?\$?[0-9][0-9.,]*)")
 
@@ -188,6 +281,10 @@ class _Doc:
     gold: int = 0
     contexts: tuple[str, ...] = ()  # Winogrande: the sentence up to '_' with each option
     target: str = ""  # Winogrande's shared rest, LAMBADA's " word", GSM8K's worked answer
+    # The bare question, without lm-eval's framing ("Question: ...\nAnswer:", MMLU's lettered
+    # choices): what a chat evaluation puts in the user message (ARC, MMLU, GSM8K).
+    question: str = ""
+    options: tuple[str, ...] = ()  # the choice texts where `choices` holds their letters (MMLU)
 
     def solved(self) -> str:
         """The doc as a few-shot example: question, target delimiter, gold answer."""
@@ -334,6 +431,7 @@ def _parse_arc(where: str, index: int, record: dict[str, Any]) -> _Doc:
         text=f"Question: {question}\nAnswer:",
         choices=texts,
         gold=_gold_label(where, record, labels, strip=False),
+        question=question,
     )
 
 
@@ -422,6 +520,8 @@ def _mmlu_parser(subject: str) -> Parser:
             text=f"{question}{lettered}\nAnswer:",
             choices=("A", "B", "C", "D"),
             gold=_index(where, answer, "'answer'", 4),
+            question=question,
+            options=options,
         )
 
     return parse
@@ -431,8 +531,9 @@ def _parse_gsm8k(where: str, index: int, record: dict[str, Any]) -> _Doc:
     answer = _str(where, record, "answer")
     if extract_final_number(answer) is None:
         raise ScratchLMError(f"{where}: 'answer' holds no final number (expected '#### N')")
+    question = _str(where, record, "question")
     return _Doc(
-        id=str(index), text=f"Question: {_str(where, record, 'question')}\nAnswer:", target=answer
+        id=str(index), text=f"Question: {question}\nAnswer:", target=answer, question=question
     )
 
 

@@ -1,10 +1,12 @@
 """`scratchlm report RUN_DIR`: one self-contained HTML page and one Markdown page per run.
 
 They hold the config, the hardware, the loss / validation / learning-rate / tokens-per-second / MFU
-curves with backtrack markers, the backtracking events, the samples of each evaluation, the final
-metrics and the inference speed of the final model. Layout of the package:
+curves with backtrack markers, the backtracking events, the benchmark tasks scored during training
+(--eval-tasks) and by hand (`scratchlm eval --tasks --json` saved as RUN/eval/*.json), the samples
+of each evaluation, the final metrics and the inference speed of the final model. Layout of the
+package:
 
-- `run.py`: read run_config.json and metrics.jsonl (every field optional)
+- `run.py`: read run_config.json, metrics.jsonl and eval/*.json (every field optional)
 - `content.py`: what the report says (rows and chart specs), shared by both formats
 - `svg.py`: inline SVG line charts; `page.py`: HTML; `markdown.py`: Markdown
 - `speed.py`: inference speed through `scratchlm bench`'s `run_benchmark`

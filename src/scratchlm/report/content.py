@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from scratchlm.report.run import RunData, finite, mfu_series, series, summary
+from scratchlm.report.run import EVAL_DIR, RunData, finite, mfu_series, series, summary
 from scratchlm.report.speed import InferenceSpeed
 from scratchlm.report.svg import COLORS, Event, Series
 
@@ -243,6 +243,126 @@ def evaluations(run: RunData) -> list[Evaluation]:
     return result
 
 
+# --- benchmarks (--eval-tasks, and `scratchlm eval --tasks --json` saved as RUN/eval/*.json) ------
+TASK_PREFIX = "task/"
+AGGREGATE_KEY = (
+    "task/centered_aggregate"  # training.benchmarks' keys (the report reads, never imports)
+)
+BENCHMARK_COLUMNS = ("task", "metric", "value", "chance", "centered", "examples")
+AGGREGATE_LABEL = "centered aggregate"
+
+
+def scored_evals(run: RunData) -> list[dict[str, Any]]:
+    """The evaluation records that scored --eval-tasks, by step."""
+    return [record for record in run.evals if finite(record.get(AGGREGATE_KEY)) is not None]
+
+
+def task_names(record: dict[str, Any]) -> list[str]:
+    """The tasks of an evaluation record, in logged order (task/NAME/centered keys)."""
+    return [
+        key[len(TASK_PREFIX) : -len("/centered")]
+        for key in record
+        if key.startswith(TASK_PREFIX) and key.endswith("/centered")
+    ]
+
+
+def _score(value: Any) -> str:
+    number = finite(value)
+    return NOT_RECORDED if number is None else f"{number:.4f}"
+
+
+def _task_row(name: str, record: dict[str, Any]) -> list[str]:
+    info = record.get("task_info")
+    details = info.get(name) if isinstance(info, dict) else None
+    details = details if isinstance(details, dict) else {}
+    # The metric: task_info's, else the one task/NAME/METRIC key that is not "centered".
+    metric = details.get("metric") or next(
+        (
+            key.rsplit("/", 1)[1]
+            for key in record
+            if key.startswith(f"{TASK_PREFIX}{name}/") and not key.endswith("/centered")
+        ),
+        None,
+    )
+    return [
+        name,
+        format_value(metric),
+        _score(record.get(f"{TASK_PREFIX}{name}/{metric}")),
+        format_value(details.get("chance")),
+        _score(record.get(f"{TASK_PREFIX}{name}/centered")),
+        format_value(details.get("examples")),
+    ]
+
+
+@dataclass
+class Benchmarks:
+    """The last scored step's task table, and one row per scored step (centered values)."""
+
+    step: str
+    rows: list[list[str]]
+    step_columns: list[str]
+    step_rows: list[list[str]]
+
+
+def training_benchmarks(run: RunData) -> Benchmarks | None:
+    """None when the run scored no --eval-tasks."""
+    scored = scored_evals(run)
+    if not scored:
+        return None
+    last = scored[-1]
+    names = task_names(last)
+    rows = [_task_row(name, last) for name in names]
+    rows.append([AGGREGATE_LABEL, "", "", "", _score(last.get(AGGREGATE_KEY)), ""])
+    step_rows = [
+        [
+            format_value(record.get("step")),
+            *(_score(record.get(f"{TASK_PREFIX}{name}/centered")) for name in names),
+            _score(record.get(AGGREGATE_KEY)),
+        ]
+        for record in scored
+    ]
+    return Benchmarks(
+        step=format_value(last.get("step")),
+        rows=rows,
+        step_columns=["step", *names, "aggregate"],
+        step_rows=step_rows if len(scored) > 1 else [],
+    )
+
+
+@dataclass
+class HandEval:
+    """One saved `scratchlm eval --tasks --json` output."""
+
+    file: str
+    note: str
+    rows: list[list[str]]
+
+
+def hand_evals(run: RunData) -> list[HandEval]:
+    result = []
+    for name, values in run.hand_evals:
+        rows = [
+            [
+                format_value(entry.get("task")),
+                format_value(entry.get("metric")),
+                _score(entry.get("value")),
+                format_value(entry.get("random_baseline")),
+                _score(entry.get("centered")),
+                format_value(entry.get("examples")),
+            ]
+            for entry in values["aggregate_tasks"]
+            if isinstance(entry, dict)
+        ]
+        rows.append([AGGREGATE_LABEL, "", "", "", _score(values.get("centered_aggregate")), ""])
+        note = (
+            f"checkpoint {format_value(values.get('checkpoint'))}, "
+            f"{format_value(values.get('num_fewshot'))}-shot, "
+            f"limit {format_value(values.get('limit'), none='none')}"
+        )
+        result.append(HandEval(f"{EVAL_DIR}/{name}", note, rows))
+    return result
+
+
 def speed_rows(speed: InferenceSpeed) -> Rows:
     if speed.skipped:
         return [("inference speed", "not measured (--no-bench)")]
@@ -325,6 +445,7 @@ def charts(run: RunData) -> list[Chart]:
             ],
             events,
         ),
+        *benchmark_charts(run),
         Chart(
             "lr",
             "Learning rate",
@@ -368,3 +489,30 @@ def charts(run: RunData) -> list[Chart]:
             )
         )
     return result
+
+
+def benchmark_charts(run: RunData) -> list[Chart]:
+    """The centered aggregate (and each task's centered value) over steps, when --eval-tasks was
+    scored: next to the loss, the other way to read progress."""
+    scored = scored_evals(run)
+    if not scored:
+        return []
+    names = task_names(scored[-1])
+    return [
+        Chart(
+            "benchmarks",
+            "Benchmarks (centered: 0 = chance, 1 = perfect)",
+            "centered accuracy",
+            [
+                Series(AGGREGATE_LABEL, series(scored, AGGREGATE_KEY), COLORS[1], markers=True),
+                *(
+                    Series(
+                        name,
+                        series(scored, f"{TASK_PREFIX}{name}/centered"),
+                        COLORS[(index + 2) % len(COLORS)],  # the aggregate keeps COLORS[1]
+                    )
+                    for index, name in enumerate(names)
+                ),
+            ],
+        )
+    ]

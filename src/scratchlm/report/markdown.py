@@ -107,6 +107,27 @@ def samples_section(run: RunData) -> list[str]:
     return out
 
 
+def benchmarks_section(run: RunData) -> list[str]:
+    scored = content.training_benchmarks(run)
+    out: list[str] = []
+    if scored is None:
+        out += ["no benchmark tasks scored during training (--eval-tasks)", ""]
+    else:
+        out += [
+            f"At step {scored.step} (zero-shot, the first --eval-tasks-limit examples per task):",
+            "",
+            table(content.BENCHMARK_COLUMNS, scored.rows),
+            "",
+        ]
+        if scored.step_rows:
+            out += ["### Centered values per step", ""]
+            out += [table(scored.step_columns, scored.step_rows), ""]
+    for result in content.hand_evals(run):
+        out += [f"### {cell(result.file)}", "", cell(result.note), ""]
+        out += [table(content.BENCHMARK_COLUMNS, result.rows), ""]
+    return out
+
+
 def render_markdown(
     run: RunData, speed: InferenceSpeed, *, generated: str, version: str, html_name: str
 ) -> str:
@@ -115,6 +136,7 @@ def render_markdown(
         ("Summary", [key_value(content.summary_rows(run)), ""]),
         ("Hardware", [key_value(content.hardware_rows(run)), ""]),
         ("Curves", curves_section(run, html_name)),
+        ("Benchmarks", benchmarks_section(run)),
         (
             "Backtracking events",
             [table(content.BACKTRACK_COLUMNS, backtracks) if backtracks else "none", ""],

@@ -128,12 +128,35 @@ def samples_section(run: RunData) -> str:
     return "".join(parts)
 
 
+def benchmarks_section(run: RunData) -> str:
+    scored = content.training_benchmarks(run)
+    parts = []
+    if scored is None:
+        parts.append("<p>no benchmark tasks scored during training (--eval-tasks)</p>")
+    else:
+        parts.append(
+            f"<p>At step {escape(scored.step)} (zero-shot, the first --eval-tasks-limit examples "
+            "per task; centered = (value - chance) / (1 - chance)):</p>"
+        )
+        parts.append(grid_table(content.BENCHMARK_COLUMNS, scored.rows, "benchmarks"))
+        if scored.step_rows:
+            parts.append("<h3>Centered values per step</h3>")
+            parts.append(
+                grid_table(tuple(scored.step_columns), scored.step_rows, "benchmark-steps")
+            )
+    for result in content.hand_evals(run):
+        parts.append(f"<h3>{escape(result.file)}</h3><p>{escape(result.note)}</p>")
+        parts.append(grid_table(content.BENCHMARK_COLUMNS, result.rows, "benchmarks"))
+    return "".join(parts)
+
+
 def render_html(run: RunData, speed: InferenceSpeed, *, generated: str, version: str) -> str:
     # Short, most-read sections first; the long configuration tables last.
     sections = [
         ("summary", "Summary", summary_section(run)),
         ("hardware", "Hardware", key_value_table(content.hardware_rows(run))),
         ("plots", "Curves", plots_section(run)),
+        ("benchmarks", "Benchmarks", benchmarks_section(run)),
         ("backtracks", "Backtracking events", backtracks_section(run)),
         ("samples", "Evaluations and samples", samples_section(run)),
         ("inference", "Inference speed", key_value_table(content.speed_rows(speed))),

@@ -19,6 +19,8 @@ from scratchlm.io_utils import read_jsonl
 
 METRICS_FILE = "metrics.jsonl"
 RUN_CONFIG_FILE = "run_config.json"
+# `scratchlm eval --tasks ... --json > RUN/eval/NAME.json`: benchmark results run by hand.
+EVAL_DIR = "eval"
 
 
 @dataclass
@@ -32,6 +34,8 @@ class RunData:
     backtracks: list[dict[str, Any]] = field(default_factory=list)  # in file order
     early_stop: dict[str, Any] | None = None
     end: dict[str, Any] | None = None
+    # RUN/eval/*.json that hold `scratchlm eval --tasks --json` output: (file name, its JSON)
+    hand_evals: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -111,7 +115,22 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunData:
         backtracks=of_kind("backtrack"),
         early_stop=early_stops[-1] if early_stops else None,
         end=ends[-1] if ends else None,
+        hand_evals=read_hand_evals(path / EVAL_DIR),
     )
+
+
+def read_hand_evals(folder: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The `scratchlm eval --tasks --json` outputs saved in `folder`, by file name; files that
+    are not one (unreadable, other JSON) are left out: the report shows what it can read."""
+    found = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(values, dict) and isinstance(values.get("aggregate_tasks"), list):
+            found.append((path.name, values))
+    return found
 
 
 def series(records: list[dict[str, Any]], key: str) -> list[tuple[float, float]]:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from scratchlm.errors import ScratchLMError
 from scratchlm.io_utils import atomic_write_bytes, read_jsonl
 from scratchlm.report.svg import COLORS, Series, line_chart
+from scratchlm.training.benchmarks import summary_line
 
 LOSS_CHART_FILE = "loss.svg"
 
@@ -160,8 +161,15 @@ class Progress:
         self.bar.refresh()
 
     def evaluation(
-        self, step: int, evaluation: dict[str, float], sample: str, *, improved: bool
+        self,
+        step: int,
+        evaluation: dict[str, float],
+        sample: str,
+        *,
+        improved: bool,
+        tasks: dict[str, Any] | None = None,
     ) -> None:
+        """The evaluation's lines; `tasks`: --eval-tasks' fields (benchmarks.benchmark_record)."""
         line = (
             f"eval step {step}: val loss {evaluation['val_loss']:.4f} "
             f"(ppl {evaluation['val_perplexity']:.2f}"
@@ -175,6 +183,8 @@ class Progress:
         )
         self.bar.clear()
         self.log(line)
+        if tasks:
+            self.log("  " + summary_line(tasks))
         if sample:
             self.log("  sample: " + sample.strip().replace("\n", "\n          ")[:600])
         self.bar.refresh()

@@ -120,6 +120,19 @@ class TrainConfig:
     sample_prompt: str | None = option(
         None, "prompt for the samples (default: start of a document)"
     )
+    eval_tasks: str | None = option(
+        None,
+        "benchmark tasks scored zero-shot at each evaluation, comma-separated "
+        "(e.g. hellaswag,arc_easy; core; mmlu), logged as task/NAME/METRIC (see docs/training.md)",
+    )
+    eval_tasks_limit: int = option(
+        200, "--eval-tasks: examples scored per task (the first N of each)"
+    )
+    eval_task_data: str | None = option(
+        None,
+        "--eval-tasks: folder of task files in their upstream formats (default: read the "
+        "Hugging Face hub, as `scratchlm eval --tasks` does)",
+    )
     save_every: int = option(1000, "save a checkpoint every N steps (and always at the end)")
     keep_checkpoints: int = option(3, "step checkpoints to keep (best/ is kept separately)")
     log_every: int = option(10, "log training metrics every N steps")
@@ -210,6 +223,12 @@ class TrainConfig:
             problems.append(f"--spike-lr-factor must be in (0, 1] (got {self.spike_lr_factor})")
         if self.max_backtracks < 0:
             problems.append("--max-backtracks must be >= 0")
+        if self.eval_tasks_limit < 1:
+            problems.append(f"--eval-tasks-limit must be >= 1 (got {self.eval_tasks_limit})")
+        if self.eval_task_data is not None and not self.eval_tasks:
+            problems.append("--eval-task-data needs --eval-tasks (the tasks to read from it)")
+        if self.eval_tasks is not None:
+            eval_task_names(self.eval_tasks)  # an unknown task fails now, not at the first eval
         parse_model_overrides(self.set)  # a mistyped --set fails now, not after the data is read
         if problems:
             raise ScratchLMError("; ".join(problems))
@@ -220,6 +239,17 @@ class TrainConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         return [item.name for item in dataclasses.fields(cls)]
+
+
+def eval_task_names(spec: str) -> list[str]:
+    """--eval-tasks "hellaswag,arc_easy" (or "core", "mmlu") -> task names; an unknown name is a
+    one-line ScratchLMError naming the flag."""
+    from scratchlm.evaluation.tasks import expand_task_names  # no torch: --help stays fast
+
+    try:
+        return expand_task_names(spec)
+    except ScratchLMError as error:
+        raise ScratchLMError(f"--eval-tasks: {error}") from None
 
 
 def parse_duration(text: str | float | int) -> float:

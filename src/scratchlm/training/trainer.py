@@ -41,6 +41,7 @@ from scratchlm.model import GPT, build_model, count_parameters
 from scratchlm.tokenizer import Tokenizer
 from scratchlm.training import distributed, run_dir
 from scratchlm.training.activation_checkpointing import apply_activation_checkpointing
+from scratchlm.training.benchmarks import TrainingBenchmarks
 from scratchlm.training.hardware import mfu, peak_flops
 from scratchlm.training.memory import derive_accumulation, is_out_of_memory, out_of_memory_message
 from scratchlm.training.metrics import MetricsLogger, NoMetrics, Progress, plot_loss_curve
@@ -101,6 +102,11 @@ class Trainer:
             self.log("note: --fsdp shards over torchrun's processes; one process trains unsharded")
         self.fsdp = config.fsdp and self.distributed.enabled
 
+        # --eval-tasks: read once, before any data is tokenized (a missing file fails now).
+        with distributed.main_process_first(self.distributed):
+            self.benchmarks = (
+                TrainingBenchmarks.load(config, self.log) if config.eval_tasks else None
+            )
         resume_from, self.saved_run_config = run_dir.find_resume_checkpoint(
             self.run_dir, config, self.warn
         )
@@ -278,6 +284,18 @@ class Trainer:
             autocast=self.autocast,
         )
 
+    def score_tasks(self) -> dict[str, Any]:
+        """--eval-tasks' metrics.jsonl fields ({} without it); see benchmarks.py."""
+        if self.benchmarks is None:
+            return {}
+        return self.benchmarks.score(
+            self.model,
+            self.tokenizer,
+            batch_size=self.config.batch_size,
+            device=self.device,
+            autocast=self.autocast,
+        )
+
     def sample(self) -> str:
         if self.config.sample_tokens <= 0:
             return ""
@@ -299,6 +317,7 @@ class Trainer:
     def _evaluate_and_sample(self, metrics: Any, progress: Progress, step: int) -> None:
         # Every rank evaluates and samples (an FSDP forward needs all of them); rank 0 reports.
         evaluation = self.evaluate()
+        tasks = self.score_tasks()
         sample = self.sample()
         improved = evaluation["val_loss"] < self.state.best_val_loss
         if improved:
@@ -314,6 +333,7 @@ class Trainer:
                 "step": step,
                 "tokens": self.state.tokens,
                 **evaluation,
+                **tasks,
                 "sample": sample,
                 "elapsed_s": self.state.elapsed,
                 "time": time.time(),  # wall clock: the speedrun measures from process start
@@ -321,7 +341,7 @@ class Trainer:
         )
         if self.is_main:
             plot_loss_curve(self.run_dir)
-        progress.evaluation(step, evaluation, sample, improved=improved)
+        progress.evaluation(step, evaluation, sample, improved=improved, tasks=tasks)
         patience = self.config.early_stop_patience
         if patience is not None and self.state.evals_since_best >= patience:
             self.state.stopped_early = True
