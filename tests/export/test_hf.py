@@ -127,14 +127,18 @@ def test_import_round_trip_is_exact(layout: str, tmp_path: Path, tokenizer: Toke
 
 def test_refusals(tmp_path: Path, tokenizer: Tokenizer, capsys: pytest.CaptureFixture[str]) -> None:
     torch.manual_seed(0)
-    for preset, blocker in (("ai4india", "mlp=gelu"), ("antimatter-300m", "leaky_relu")):
+    # A forced standard layout that is not exact is refused (auto would pick the custom layout).
+    for preset, layout, blocker in (
+        ("ai4india", "llama", "mlp=gelu"),
+        ("antimatter-300m", "gpt2", "leaky_relu"),
+    ):
         path = save_checkpoint(
             tmp_path / preset,
             build_model(tiny_config(preset, vocab_size=tokenizer.vocab_size)),
             tokenizer,
         )
         with pytest.raises(ScratchLMError, match=blocker):
-            export_hf(str(path), tmp_path / f"{preset}-hf")
+            export_hf(str(path), tmp_path / f"{preset}-hf", layout=layout)
         assert not (tmp_path / f"{preset}-hf").exists()
     checkpoint = make_checkpoint(tmp_path / "ckpt", tokenizer, "llama-gqa-tied")
     (tmp_path / "taken").mkdir()

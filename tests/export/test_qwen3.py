@@ -256,5 +256,5 @@ def test_refusals_name_blockers_and_routes(
     error = one_line_refusal(capsys, export("gguf", checkpoint, out), out, blocker)
     # qwen3 is llama plus QK-norm: a model without QK-norm is told about llama only
     assert "as llama it has" in error and "as gpt2 it has" in error and "as qwen3" not in error
-    assert "`export hf --layout custom`" in error
+    assert "`scratchlm export hf --layout custom`" in error
     assert f"nearest exportable preset, {nearest}" in error

@@ -18,7 +18,7 @@ from scratchlm.cli.options import (
 # --help does not import the exporter (torch, numpy).
 GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
 # `export.layouts.LAYOUT_CHOICES`, likewise kept equal by a test.
-LAYOUT_CHOICES = ("auto", "llama", "qwen3", "gpt2")
+LAYOUT_CHOICES = ("auto", "llama", "qwen3", "gpt2", "custom")
 
 
 def add_layout_argument(parser: argparse.ArgumentParser) -> None:
@@ -26,8 +26,9 @@ def add_layout_argument(parser: argparse.ArgumentParser) -> None:
         "--layout",
         default="auto",
         choices=LAYOUT_CHOICES,
-        help="architecture to write (auto: the first that computes this model exactly; a forced "
-        "one that is not exact is refused)",
+        help="architecture to write (auto: the first standard one that computes this model "
+        "exactly, else for `export hf` custom: our own modeling code, loaded with "
+        "trust_remote_code=True; a forced standard one that is not exact is refused)",
     )
 
 
@@ -49,9 +50,12 @@ def command_export_hf(args: argparse.Namespace) -> None:
         verify=not args.skip_checksums,
         layout=args.layout,
     )
-    layout = json.loads((out / "config.json").read_text())["architectures"][0]
+    hf_config = json.loads((out / "config.json").read_text())
+    # The custom layout carries its own modeling code, which transformers runs only when asked.
+    remote = ", trust_remote_code=True" if "auto_map" in hf_config else ""
     print(
-        f"wrote {out} ({layout}); load it with AutoModelForCausalLM.from_pretrained({str(out)!r})"
+        f"wrote {out} ({hf_config['architectures'][0]}); load it with "
+        f"AutoModelForCausalLM.from_pretrained({str(out)!r}{remote})"
     )
 
 
@@ -109,7 +113,7 @@ def command_export_ollama(args: argparse.Namespace) -> None:
 def add_import_hf(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_argument(
         parser,
-        "a local Hugging Face model directory (llama, qwen3 or gpt2)",
+        "a local Hugging Face model directory (llama, qwen3, gpt2 or our custom layout)",
         old_flag="--model",
         metavar="HF_DIR",
     )

@@ -4,8 +4,9 @@ Llama math (RMSNorm with weight, SwiGLU, rotate-half RoPE, GQA, no biases) maps 
 `LlamaForCausalLM` without any weight permutation: transformers' Llama uses the same rotate-half
 RoPE convention. QK-norm models map onto `Qwen3ForCausalLM` (`export.qwen3`), the GPT-2 layout onto
 `GPT2LMHeadModel`; which layout is exact is decided in `export.layouts`, which also bakes an
-embedding norm into the exported rows. The vocabulary is exported at its padded size so the shapes
-match exactly.
+embedding norm into the exported rows. Every other model exports in the custom layout
+(`export.custom`: our modeling code and weights, loaded with `trust_remote_code=True`). The
+vocabulary is exported at its padded size so the shapes match exactly.
 """
 
 from __future__ import annotations
@@ -32,7 +33,17 @@ from scratchlm.checkpoint import (
 )
 from scratchlm.config import MlpKind, ModelConfig
 from scratchlm.errors import ScratchLMError
+from scratchlm.export.custom import (
+    MODEL_TYPE,
+    REMOTE_CODE_FILES,
+    config_from_custom,
+    custom_config,
+    custom_state_dict,
+    custom_to_ours,
+    remote_code_files,
+)
 from scratchlm.export.layouts import (
+    CUSTOM,
     GPT2_ACTIVATIONS,
     LAYOUT_CHOICES,
     export_state,
@@ -259,8 +270,8 @@ def llama_to_ours(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[s
 
 
 def choose_layout(config: ModelConfig, requested: str = "auto") -> str:
-    """'llama', 'qwen3' or 'gpt2' (the first exact one, or `requested` when it is exact); refuses
-    a config no layout expresses, naming what blocks each and the routes that work."""
+    """'llama', 'qwen3' or 'gpt2' (the first exact one, or `requested` when it is exact), else
+    'custom' (exact for every config); a forced standard layout that is not exact is refused."""
     return choose_standard_layout(config, "hf", requested)
 
 
@@ -271,6 +282,7 @@ HF_LAYOUTS: dict[
     "llama": (llama_config, llama_state_dict),
     "qwen3": (qwen3_config, qwen3_state_dict),
     "gpt2": (gpt2_config, gpt2_state_dict),
+    CUSTOM: (custom_config, custom_state_dict),
 }
 
 
@@ -300,6 +312,7 @@ HF_EXPORT_FILES = frozenset(
         "special_tokens_map.json",
         "model.safetensors",
         "model.safetensors.index.json",
+        *REMOTE_CODE_FILES,
     }
 )
 HF_SHARD_PATTERN = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
@@ -347,7 +360,8 @@ def export_hf(
     layout: str = "auto",
 ) -> Path:
     """Write a Hugging Face model directory (weights, config, generation config, tokenizer) in
-    `layout` (one of LAYOUT_CHOICES; auto = the first exact one)."""
+    `layout` (one of LAYOUT_CHOICES; auto = the first exact standard one, else custom, which adds
+    its configuration and modeling files)."""
     if layout not in LAYOUT_CHOICES:
         raise ScratchLMError(
             f"unknown layout {layout!r}; choose one of {', '.join(LAYOUT_CHOICES)}"
@@ -389,6 +403,9 @@ def export_hf(
                 json.dumps(tokenizer_config(tokenizer, config.context_length), indent=2)
             )
             (directory / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2))
+            if layout == CUSTOM:
+                for name, text in remote_code_files().items():
+                    (directory / name).write_text(text, encoding="utf-8")
     except (OSError, SafetensorError) as error:
         raise write_failure(target, error) from None
     return target
@@ -510,8 +527,9 @@ def reindex_vocabulary_rows(
 def config_from_hf(
     hf: dict[str, Any], vocab: int
 ) -> tuple[ModelConfig, Callable[[dict[str, torch.Tensor], ModelConfig], dict[str, torch.Tensor]]]:
-    """Our ModelConfig for a Hugging Face llama, qwen3 or gpt2 config.json, and its weight converter;
-    a missing key raises KeyError (the caller names the file)."""
+    """Our ModelConfig for a Hugging Face llama, qwen3 or gpt2 config.json (or our own custom
+    layout's), and its weight converter; a missing key raises KeyError (the caller names the
+    file)."""
     model_type = hf.get("model_type")
     if model_type == "llama":
         config = ModelConfig(
@@ -538,6 +556,8 @@ def config_from_hf(
         convert = llama_to_ours
     elif model_type == "qwen3":
         config, convert = config_from_qwen3(hf, vocab), qwen3_to_ours
+    elif model_type == MODEL_TYPE:
+        config, convert = config_from_custom(hf, vocab), custom_to_ours
     elif model_type == "gpt2":
         activations = {value: key for key, value in GPT2_ACTIVATIONS.items()}
         if hf.get("activation_function") not in activations:
@@ -563,13 +583,15 @@ def config_from_hf(
         convert = gpt2_to_ours
     else:
         raise ScratchLMError(
-            f"model_type {model_type!r} is not supported; scratchlm imports llama, qwen3 and gpt2 layouts"
+            f"model_type {model_type!r} is not supported; scratchlm imports llama, qwen3, gpt2 and "
+            "its own custom layout"
         )
     return config, convert
 
 
 def import_hf(model_dir: str | Path, out: str | Path, *, force: bool = False) -> Path:
-    """Read a local Hugging Face Llama, Qwen3 or GPT-2 directory into a scratchlm checkpoint."""
+    """Read a local Hugging Face Llama, Qwen3, GPT-2 or custom-layout directory into a scratchlm
+    checkpoint."""
     directory = Path(model_dir)
     config_path = directory / "config.json"
     if not config_path.is_file():
@@ -586,9 +608,13 @@ def import_hf(model_dir: str | Path, out: str | Path, *, force: bool = False) ->
         ) from None
     except (TypeError, ValueError) as error:  # ScratchLMError included: add the file's name
         raise ScratchLMError(f"{config_path}: {error}") from None
-    if old_id_for_new is None and config.padded_vocab_size != hf.get("vocab_size"):
+    # The custom layout keeps vocab_size as the tokenizer's size and names the rows apart.
+    rows = (
+        hf.get("padded_vocab_size") if hf.get("model_type") == MODEL_TYPE else hf.get("vocab_size")
+    )
+    if old_id_for_new is None and config.padded_vocab_size != rows:
         raise ScratchLMError(
-            f"{directory}: the embedding has {hf.get('vocab_size')} rows but the tokenizer's {vocab} tokens pad "
+            f"{directory}: the embedding has {rows} rows but the tokenizer's {vocab} tokens pad "
             f"to {config.padded_vocab_size}; export the model again or check its tokenizer.json"
         )
     target = Path(out)

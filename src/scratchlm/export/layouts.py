@@ -11,8 +11,13 @@ Three layouts exist in both Hugging Face and GGUF (llama.cpp) form:
 An embedding norm fits every layout: it acts on the token embedding alone, so normalizing every
 row of the table once on export (`rmsnorm(E[i])`) gives the same input to the first block; the
 output head keeps the raw table, so a head tied in training is untied in the export
-(`export_state`). A config no layout expresses is refused in one line that names what blocks each
-layout and the routes that work.
+(`export_state`).
+
+Hugging Face has a fourth layout, `custom` (`export.custom`): our own configuration and modeling
+code beside our own weights, loaded with `trust_remote_code=True`; it expresses every config.
+`export hf` picks it when no standard layout is exact (or when `--layout custom` asks). A GGUF
+export has no such escape: a config no llama.cpp layout expresses is refused in one line that
+names what blocks each layout and the routes that work.
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ from scratchlm.model import GPT
 
 Target = Literal["hf", "gguf"]
 LAYOUTS: tuple[str, ...] = ("llama", "qwen3", "gpt2")
-LAYOUT_CHOICES: tuple[str, ...] = ("auto", *LAYOUTS)
+CUSTOM = "custom"  # Hugging Face only: our own modeling code (`export.custom`)
+LAYOUT_CHOICES: tuple[str, ...] = ("auto", *LAYOUTS, CUSTOM)
 TARGET_NAMES: dict[str, str] = {"hf": "Hugging Face", "gguf": "GGUF"}
-# The route for everything else; the custom-code HF export is another session's work in progress.
+# The route for every model that no standard layout expresses.
 CUSTOM_ROUTE = (
-    "a Hugging Face export with its own modeling code (`export hf --layout custom`, coming)"
+    "a Hugging Face export with its own modeling code (`scratchlm export hf --layout custom`, "
+    "loaded with trust_remote_code=True)"
 )
 GPT2_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
 # The options that define a model's math (the rest are sizes); compared to find the nearest preset.
@@ -161,9 +168,17 @@ def routes(config: ModelConfig, target: Target) -> str:
 
 
 def choose_layout(config: ModelConfig, target: Target, requested: str = "auto") -> str:
-    """The layout to write: `requested` when it is exact, else (auto) the first exact one; refuses
-    in one line naming what blocks each layout and the routes that work."""
+    """The layout to write: `requested` when it is exact, else (auto) the first exact standard
+    one, else for Hugging Face `custom`; a GGUF export that no layout expresses is refused in one
+    line naming what blocks each layout and the routes that work."""
     table = BLOCKERS[target]
+    if requested == CUSTOM:
+        if target != "hf":
+            raise ScratchLMError(
+                f"--layout {CUSTOM} writes modeling code for Hugging Face transformers, which "
+                f"{TARGET_NAMES[target]} cannot run; use --layout auto here, or {CUSTOM_ROUTE}"
+            )
+        return CUSTOM
     if requested != "auto":
         if requested not in table:
             raise ScratchLMError(
@@ -179,6 +194,8 @@ def choose_layout(config: ModelConfig, target: Target, requested: str = "auto") 
     layout = exportable_layout(config, target)
     if layout is not None:
         return layout
+    if target == "hf":
+        return CUSTOM  # exact for every config
     # qwen3 is llama plus QK-norm: name only the one of the two that matches the model's qk_norm,
     # so that the message does not list the same blockers twice.
     skipped = "llama" if config.qk_norm else "qwen3"
