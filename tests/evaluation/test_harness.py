@@ -16,7 +16,7 @@ import torch
 
 from scratchlm.checkpoint import save_checkpoint
 from scratchlm.evaluation.examples import MultipleChoiceExample
-from scratchlm.evaluation.perplexity import text_windows
+from scratchlm.evaluation.perplexity import evaluate_text, text_windows
 from scratchlm.evaluation.scoring import (
     TaskResult,
     encode_pair,
@@ -274,8 +274,8 @@ def test_loglikelihood_rolling_equals_perplexity_windows_on_whole_windows(
     bridge: ScratchLMHarness, model: GPT, bpe_tokenizer: Tokenizer
 ) -> None:
     # A document of exactly 2 * context tokens: lm-eval's windows are the perplexity module's
-    # non-overlapping `text_windows` over [EOS] + tokens. (Scored here over the real vocabulary:
-    # `evaluate_batches` also spreads probability over the padding rows of the vocabulary.)
+    # non-overlapping `text_windows` over [EOS] + tokens, so the rolling log-likelihood is
+    # -loss * tokens of `evaluate_text` (`scratchlm eval --data`), both over the real vocabulary.
     ids = (bpe_tokenizer.encode(SAMPLE_TEXT * 4))[: 2 * CONTEXT]
     text = bpe_tokenizer.decode(ids)
     assert bpe_tokenizer.encode(text) == ids
@@ -289,6 +289,14 @@ def test_loglikelihood_rolling_equals_perplexity_windows_on_whole_windows(
     got = bridge.loglikelihood_rolling([rolling_request(text)])[0]
     assert predicted == len(ids)
     assert got == pytest.approx(expected, abs=1e-3)
+    # evaluate_text adds an EOS after the document: a third, one-token window (the last id at
+    # position 0) predicts it.
+    whole = evaluate_text(model, bpe_tokenizer, [text], device=torch.device("cpu"))
+    assert whole.tokens == len(ids) + 1
+    with torch.no_grad():
+        last = model(torch.tensor([ids[-1:]]))[0, -1, : model.config.vocab_size].double()
+    eos = float(torch.log_softmax(last, dim=-1)[bpe_tokenizer.eos_id])
+    assert -whole.loss * whole.tokens == pytest.approx(expected + eos, abs=1e-3)
 
 
 def naive_greedy(

@@ -224,6 +224,38 @@ def test_last_word_accuracy_and_perplexity_follow_lm_eval(
     assert result.metric == "acc"
 
 
+def test_a_question_whose_answer_exceeds_the_context_is_skipped_and_counted(
+    bpe_tokenizer: Tokenizer,
+) -> None:
+    model = tiny_model("tiny", bpe_tokenizer, context_length=32)
+    long_answer = " " + " ".join(SAMPLE_TEXT.split()[:60])  # far more than 32 tokens
+    fitting = [
+        MultipleChoiceExample(
+            str(index),
+            (Continuation(context, " cat"), Continuation(context, " the red ball")),
+            index % 2,
+        )
+        for index, context in enumerate(["Tom saw a", "Lily had a", "They found a"])
+    ]
+    too_long = MultipleChoiceExample(
+        "long", (Continuation("Tom saw a", " dog"), Continuation("Tom saw a", long_answer)), 1
+    )
+    spec = TaskSpec("piqa", "multiple_choice", 0.5)
+    stats = ScoringStats()
+    result = score_task(
+        model, bpe_tokenizer, spec, [fitting[0], too_long, *fitting[1:]], stats=stats
+    )
+    alone = score_task(model, bpe_tokenizer, spec, fitting)
+    assert (result.examples, result.skipped, stats.skipped) == (3, 1, 1)
+    assert result.metrics == alone.metrics and result.correct == alone.correct
+    assert result.as_dict()["skipped"] == 1
+    with pytest.raises(ScratchLMError, match="all 1 examples have an answer longer"):
+        score_task(model, bpe_tokenizer, spec, [too_long])
+    words = [LastWordExample("0", "Tom saw a", " cat"), LastWordExample("1", "Tom", long_answer)]
+    last = score_task(model, bpe_tokenizer, TaskSpec("lambada", "last_word", 0.0), words)
+    assert (last.examples, last.skipped) == (1, 1)
+
+
 def spec_result(name: str, value: float, baseline: float, examples: int = 10) -> TaskResult:
     """A result with `value` as both acc and acc_norm, its first examples the correct ones."""
     spec = TaskSpec(name, "multiple_choice", baseline)

@@ -261,6 +261,12 @@ def command_eval_tasks(args: argparse.Namespace) -> None:
         if stats.truncated
         else ""
     )
+    if stats.skipped:
+        skipped = [f"{r.spec.name} {r.skipped}" for r in report.results if r.skipped]
+        note += (
+            f"; {stats.skipped} examples skipped, an answer longer than the model's context "
+            f"({', '.join(skipped)})"
+        )
     print(
         f"{stats.tokens + stats.generated_tokens:,} tokens in {stats.seconds:.1f} s "
         f"({stats.tokens_per_second:,.0f} tokens/s){note}"

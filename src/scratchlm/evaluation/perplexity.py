@@ -56,9 +56,12 @@ def evaluate_batches(
         inputs, targets = inputs.to(device), targets.to(device)
         with autocast or contextlib.nullcontext():
             logits = model(inputs)
+        # (B, T, padded vocab) -> (B, T, vocab): the padding rows are no token, so they get no
+        # probability (as in sampling and the benchmark scorer).
+        logits = logits[..., : model.config.vocab_size]
         # -100 marks positions without a target (fine-tuning prompts and padding)
         loss = F.cross_entropy(
-            logits.float().view(-1, logits.shape[-1]),
+            logits.float().reshape(-1, logits.shape[-1]),
             targets.reshape(-1),
             reduction="sum",
             ignore_index=-100,

@@ -93,12 +93,14 @@ class Loglikelihood:
 @dataclass
 class ScoringStats:
     """Work done: tokens through the model (no padding; a shared context counted once),
-    generated tokens, seconds spent, requests whose context was left-truncated."""
+    generated tokens, seconds spent, requests whose context was left-truncated, examples skipped
+    because an answer alone is longer than the model's context."""
 
     tokens: int = 0
     generated_tokens: int = 0
     seconds: float = 0.0
     truncated: int = 0
+    skipped: int = 0
 
     @property
     def tokens_per_second(self) -> float:
@@ -294,9 +296,11 @@ class TaskResult:
     subjects can be pooled (MMLU)."""
 
     spec: TaskSpec
-    examples: int
+    examples: int  # scored
     metrics: dict[str, float]
     correct: list[bool] = field(default_factory=list, repr=False)
+    # Examples left out: an answer longer than the model's whole context cannot be scored whole.
+    skipped: int = 0
 
     @property
     def metric(self) -> str:
@@ -315,6 +319,7 @@ class TaskResult:
             "task": self.spec.name,
             "kind": self.spec.kind,
             "examples": self.examples,
+            "skipped": self.skipped,
             "metrics": dict(self.metrics),
             "metric": self.metric,
             "value": self.value,
@@ -384,14 +389,18 @@ def _kind_of(example: Example) -> str:
     return "generative"
 
 
-def _check_fits(model: GPT, spec: TaskSpec, where: str, request: LoglikelihoodRequest) -> None:
-    context_length = model.config.context_length
-    if len(request.continuation_ids) > context_length:
-        raise ScratchLMError(
-            f"task {spec.name} example {where}: its continuation is "
-            f"{len(request.continuation_ids)} tokens, more than the model's context of "
-            f"{context_length}; evaluate a model with a longer context, or leave the task out"
-        )
+def _fits(model: GPT, request: LoglikelihoodRequest) -> bool:
+    """Whether the continuation can be scored whole: at least one context token and every
+    continuation token within the model's context (lm-eval would cut the answer itself)."""
+    return len(request.continuation_ids) <= model.config.context_length
+
+
+def _none_fit(spec: TaskSpec, model: GPT, count: int) -> ScratchLMError:
+    return ScratchLMError(
+        f"task {spec.name}: all {count} examples have an answer longer than the model's context "
+        f"of {model.config.context_length} tokens; evaluate a model with a longer context, or "
+        "leave the task out"
+    )
 
 
 def _score_multiple_choice(
@@ -403,12 +412,14 @@ def _score_multiple_choice(
     stats: ScoringStats,
 ) -> TaskResult:
     requests: list[LoglikelihoodRequest] = []
+    scored: list[MultipleChoiceExample] = []
     for example in examples:
         if not 0 <= example.gold < len(example.choices):
             raise ScratchLMError(
                 f"task {spec.name} example {example.id}: gold {example.gold} is not one of its "
                 f"{len(example.choices)} choices; fix the task loader"
             )
+        pairs = []
         for number, choice in enumerate(example.choices):
             request = encode_pair(tokenizer, choice.context, choice.continuation)
             if not request.continuation_ids:
@@ -416,11 +427,16 @@ def _score_multiple_choice(
                     f"task {spec.name} example {example.id}: choice {number} has an empty "
                     "continuation; fix the task loader"
                 )
-            _check_fits(model, spec, f"{example.id} choice {number}", request)
-            requests.append(request)
+            pairs.append(request)
+        # A choice that cannot be scored whole would be compared unfairly: skip the question.
+        if all(_fits(model, request) for request in pairs):
+            scored.append(example)
+            requests.extend(pairs)
+    if not scored:
+        raise _none_fit(spec, model, len(examples))
     scores = iter(score_loglikelihoods(model, requests, batch_size=batch_size, stats=stats))
     correct, correct_norm = [], []
-    for example in examples:
+    for example in scored:
         sums = [next(scores).logprob for _ in example.choices]
         normalized = [
             total / _choice_length(choice.continuation)
@@ -429,8 +445,9 @@ def _score_multiple_choice(
         correct.append(_argmax(sums) == example.gold)
         correct_norm.append(_argmax(normalized) == example.gold)
     metrics = {"acc": _mean(correct), "acc_norm": _mean(correct_norm)}
-    result = TaskResult(spec, len(examples), metrics)
+    result = TaskResult(spec, len(scored), metrics, skipped=len(examples) - len(scored))
     result.correct = correct_norm if result.metric == "acc_norm" else correct
+    stats.skipped += result.skipped
     return result
 
 
@@ -442,18 +459,24 @@ def _score_last_word(
     batch_size: int,
     stats: ScoringStats,
 ) -> TaskResult:
-    requests = [encode_pair(tokenizer, example.context, example.target) for example in examples]
-    for example, request in zip(examples, requests, strict=True):
+    requests = []
+    for example in examples:
+        request = encode_pair(tokenizer, example.context, example.target)
         if not request.continuation_ids:
             raise ScratchLMError(
                 f"task {spec.name} example {example.id} has an empty target; fix the task loader"
             )
-        _check_fits(model, spec, example.id, request)
+        if _fits(model, request):
+            requests.append(request)
+    if not requests:
+        raise _none_fit(spec, model, len(examples))
     scores = score_loglikelihoods(model, requests, batch_size=batch_size, stats=stats)
     correct = [score.is_greedy for score in scores]
     mean_loglikelihood = sum(score.logprob for score in scores) / len(scores)
     metrics = {"acc": _mean(correct), "perplexity": math.exp(min(-mean_loglikelihood, 700.0))}
-    return TaskResult(spec, len(examples), metrics, correct)
+    skipped = len(examples) - len(requests)
+    stats.skipped += skipped
+    return TaskResult(spec, len(requests), metrics, correct, skipped=skipped)
 
 
 def _score_generative(
@@ -606,6 +629,7 @@ class BenchmarkReport:
             "seconds": self.stats.seconds,
             "tokens_per_second": self.stats.tokens_per_second,
             "truncated_requests": self.stats.truncated,
+            "skipped_examples": self.stats.skipped,
         }
 
 
