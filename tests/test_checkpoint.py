@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from scratchlm.chat_template import CHAT_TEMPLATE_VERSION
 from scratchlm.checkpoint import (
     load_checkpoint,
     resolve_checkpoint,
@@ -40,7 +41,10 @@ def test_save_load_round_trip(tmp_path: Path, bpe_tokenizer: Tokenizer, preset: 
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(tokens), model(tokens), atol=0, rtol=0)
     metadata = json.loads((tmp_path / "ckpt" / "config.json").read_text())
-    assert metadata["tokenizer"]["kind"] == "bpe" and metadata["chat_template_version"] == 1
+    assert (
+        metadata["tokenizer"]["kind"] == "bpe"
+        and metadata["chat_template_version"] == CHAT_TEMPLATE_VERSION
+    )
     if model.config.tie_embeddings:
         assert (
             loaded.model.lm_head.weight.data_ptr() == loaded.model.token_embedding.weight.data_ptr()

@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from scratchlm import __version__
-from scratchlm.chat_template import CHAT_TEMPLATE_VERSION
+from scratchlm.chat_template import CHAT_TEMPLATE_VERSION, check_version, template_version
 from scratchlm.config import ModelConfig
 from scratchlm.errors import ScratchLMError
 from scratchlm.io_utils import atomic_directory, atomic_write_json, atomic_write_text
@@ -114,7 +114,7 @@ def save_checkpoint(
             "vocab_size": tokenizer.vocab_size,
             "fingerprint": tokenizer.fingerprint(),
         },
-        "chat_template_version": CHAT_TEMPLATE_VERSION,
+        "chat_template_version": template_version(tokenizer),
         "training": training or {},
         **(extra_metadata or {}),
     }
@@ -308,6 +308,21 @@ def checkpoint_config(checkpoint_dir: Path, metadata: dict[str, Any]) -> ModelCo
             f"{checkpoint_dir / CONFIG_FILE}: {error}; the checkpoint is damaged or not a "
             "scratchlm checkpoint"
         ) from None
+
+
+def chat_template_version(checkpoint_dir: Path, metadata: dict[str, Any]) -> int:
+    """The chat template the checkpoint's model renders conversations with.
+
+    A fine-tuned model (a `finetune` section, or merged LoRA adapters) keeps the version it was
+    trained with, so a v1 chat model still gets v1. A pretrained model learned no template: it gets
+    the current one, since config.json recorded v1 for every checkpoint before v2 existed."""
+    training = metadata.get("training")
+    merged = isinstance(training, dict) and "merged_from" in training
+    fine_tuned = bool(metadata.get("finetune")) or merged
+    recorded = metadata.get("chat_template_version")
+    if not fine_tuned or recorded is None:
+        return CHAT_TEMPLATE_VERSION
+    return check_version(recorded, str(checkpoint_dir / CONFIG_FILE))
 
 
 def read_config(checkpoint_dir: Path) -> ModelConfig:
@@ -570,6 +585,7 @@ def load_checkpoint(
     if verify:
         verify_checksums(checkpoint_dir, metadata, (WEIGHTS_FILE, TOKENIZER_FILE))
     tokenizer = Tokenizer.load(checkpoint_dir / TOKENIZER_FILE)
+    tokenizer.chat_template_version = chat_template_version(checkpoint_dir, metadata)
     if tokenizer.vocab_size != config.vocab_size:
         raise ScratchLMError(
             f"{checkpoint_dir}: tokenizer.json has {tokenizer.vocab_size} tokens but the model "

@@ -97,6 +97,11 @@ class Tokenizer:
         self.eos_id = SPECIAL_TOKENS.index(EOS_TOKEN)
         self.unk_id = SPECIAL_TOKENS.index(UNK_TOKEN)
         self.vocab_size: int = backend.get_vocab_size(with_added_tokens=True)
+        # Which chat template renders conversations for the model this tokenizer belongs to: set
+        # from the checkpoint when one is loaded (`checkpoint.chat_template_version`); None means
+        # the current one. It travels with the tokenizer so that every `chat_template.render`
+        # call uses the model's own format without the version being passed around.
+        self.chat_template_version: int | None = None
 
     # --- encoding -------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:

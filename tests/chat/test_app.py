@@ -12,7 +12,7 @@ import pytest
 
 from scratchlm.chat.app import TurnStats
 from scratchlm.chat.views import visible_text
-from scratchlm.chat_template import render
+from scratchlm.chat_template import closed_reply, generation_prompt, render
 from tests.chat.conftest import MakeApp
 
 FIRST = "Once upon a time, there was a little cat named Tom."
@@ -30,16 +30,22 @@ def test_second_turn_reuses_the_cache(chat_checkpoint: Path, make_app: MakeApp) 
     )[0]
     first = app.send(FIRST)
     assert (first.reused, first.prefilled) == (0, len(first_prompt))
-    # Turn 2's prompt: the history (without the trailing generation prompt) + the new message.
-    new_tokens = len(app.tokenizer.encode(SECOND))
-    second_prompt_length = len(app.prompt_ids()) - 1 + new_tokens + 3
+    # Turn 2's prompt: the history (without the trailing generation prompt) + the new message
+    # and the generation prompt.
+    opening = len(generation_prompt(app.tokenizer))
+    message = render(
+        [{"role": "user", "content": SECOND}], app.tokenizer, add_generation_prompt=True
+    )
+    second_prompt_length = len(app.prompt_ids()) - opening + len(message[0])
     second = app.send(SECOND)
     assert second.reused + second.prefilled == second_prompt_length
     # The whole first turn comes from the cache (less the last reply token when the reply was cut
     # by the token limit: a sampled token is fed only when the next one is needed) ...
     assert second.reused >= len(first_prompt) + first.tokens - 1
-    # ... and only the new message and its markers are prefilled.
-    assert second.prefilled <= new_tokens + 5
+    # ... and only the first reply's closing (<|end|>, v2's newline), the new message and its
+    # markers are prefilled.
+    closing = len(closed_reply(app.tokenizer, [])) - opening
+    assert second.prefilled <= 1 + closing + len(message[0])
     assert [m["role"] for m in app.conversation.messages] == ["user", "assistant"] * 2
     stats_lines = STATS.findall(chat.status.getvalue())
     assert len(stats_lines) == 2
@@ -172,7 +178,7 @@ def test_context_overflow_drops_the_oldest_turn(
 ) -> None:
     chat = make_app(small_context_checkpoint, max_new_tokens=8, system="Be brief.")
     app = chat.app
-    assert app.context_length == 64
+    assert app.context_length == 80
     assert chat.lines(FIRST, SECOND, "One day, the ball rolled into the garden. Tom was sad.")
     notices = re.findall(
         r"context full: dropped the oldest turn \((\d+) tokens\)", chat.status.getvalue()
@@ -187,7 +193,7 @@ def test_a_message_longer_than_the_context_is_refused(
     small_context_checkpoint: Path, make_app: MakeApp
 ) -> None:
     chat = make_app(small_context_checkpoint)
-    assert chat.lines(FIRST, "zebra quartz jumps over the vexed fjord " * 4)
+    assert chat.lines(FIRST, "zebra quartz jumps over the vexed fjord " * 6)
     assert "send a shorter message" in chat.status.getvalue()
     # Refused before fitting: the earlier turn is still there.
     assert [m["role"] for m in chat.app.conversation.messages] == ["user", "assistant"]

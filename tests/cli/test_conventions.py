@@ -17,8 +17,15 @@ from scratchlm.cli.options import SAMPLING_DEFAULTS
 
 SOURCE = Path(__file__).resolve().parents[2] / "src" / "scratchlm"
 # Flags of other programs that our messages and docstrings mention.
-# torchrun, kill, and lm-evaluation-harness's own CLI (the bridge runs under it).
-FOREIGN_FLAGS = {"--nproc_per_node", "--signal", "--model_args", "--include_path", "--metadata"}
+# torchrun, kill, lm-evaluation-harness's own CLI (the bridge runs under it), llama.cpp's servers.
+FOREIGN_FLAGS = {
+    "--nproc_per_node",
+    "--signal",
+    "--model_args",
+    "--include_path",
+    "--metadata",
+    "--jinja",
+}
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_]*(?:-[a-z0-9_]+)*")
 
 

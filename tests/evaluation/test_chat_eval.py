@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 import torch
 
-from scratchlm.chat_template import ASSISTANT_TOKEN, END_OF_TURN_TOKEN, render, render_text
+from scratchlm.chat_template import (
+    ASSISTANT_TOKEN,
+    END_OF_TURN_TOKEN,
+    generation_prompt,
+    render,
+    render_text,
+)
 from scratchlm.checkpoint import load_checkpoint, save_checkpoint
 from scratchlm.cli import main
 from scratchlm.errors import ScratchLMError
@@ -159,10 +165,11 @@ def test_arc_record_renders_the_documented_prompt(task_dir: Path, bpe_tokenizer:
     assert format_multiple_choice(first) == ARC_PROMPT
     ids = chat_prompt(bpe_tokenizer, ARC_PROMPT)
     assert render_text([{"role": "user", "content": ARC_PROMPT}], add_generation_prompt=True) == (
-        f"<|user|>{ARC_PROMPT}<|end|><|assistant|>"
+        f"<|user|>\n{ARC_PROMPT}<|end|>\n<|assistant|>\n"
     )
-    assert ids[-1] == bpe_tokenizer.special_id(ASSISTANT_TOKEN)
-    assert bpe_tokenizer.decode(ids[1:-2]) == ARC_PROMPT
+    assert ids[-2:] == generation_prompt(bpe_tokenizer)
+    assert ids[-2] == bpe_tokenizer.special_id(ASSISTANT_TOKEN)
+    assert bpe_tokenizer.decode(ids[1:-4]) == "\n" + ARC_PROMPT
     # Chance is per question: 1/3 for the record above, 1/5 and 1/4 for the others.
     assert spec.random_baseline == pytest.approx((1 / 3 + 1 / 4 + 1 / 5 + 1 / 4 + 1 / 4) / 5)
     assert spec.kind == "multiple_choice"
@@ -219,7 +226,9 @@ def test_letter_tokens_are_the_first_token_of_an_assistant_reply(
             [{"role": "user", "content": "q"}, {"role": "assistant", "content": letter}],
             bpe_tokenizer,
         )
-        reply_start = ids.index(bpe_tokenizer.special_id(ASSISTANT_TOKEN)) + 1
+        reply_start = ids.index(bpe_tokenizer.special_id(ASSISTANT_TOKEN)) + len(
+            generation_prompt(bpe_tokenizer)
+        )
         assert ids[reply_start] == token
         assert bpe_tokenizer.encode(" " + letter)[0] != token  # the spaced form differs
     # SAMPLE_TEXT has no capital "A": a character tokenizer cannot spell the letter.
@@ -286,7 +295,7 @@ def test_gsm8k_chat_scoring_equals_a_naive_greedy_loop(bpe_tokenizer: Tokenizer)
     with torch.no_grad():
         weight = model.lm_head.weight  # (padded_vocab, d_model)
         four, end = bpe_tokenizer.encode("4")[0], bpe_tokenizer.special_id(END_OF_TURN_TOKEN)
-        weight[four], weight[end] = weight[common[0]] * 1.5, weight[common[2]] * 1.5
+        weight[four], weight[end] = weight[common[0]] * 1.5, weight[common[3]] * 1.5
     replies = [naive_greedy_reply(model, bpe_tokenizer, prompt, 40) for prompt in prompts]
     assert any(len(reply) < 40 for reply in replies) and any(len(reply) == 40 for reply in replies)
     finals = [extract_final_number(bpe_tokenizer.decode(reply)) for reply in replies]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -17,26 +16,9 @@ from scratchlm.export.ollama import (
 from scratchlm.model import build_model
 from scratchlm.tokenizer import Tokenizer
 from tests.conftest import tiny_config
+from tests.test_chat_template_runtimes import render_go_template
 
 pytest.importorskip("gguf")
-
-
-def render_go_template(template: str, messages: list[Message]) -> str:
-    """The subset of Go's text/template our TEMPLATE uses: one `range .Messages` loop with
-    `.Role` and `.Content`, and `{{-` trimming the whitespace before it."""
-    match = re.fullmatch(
-        r"(.*?)\{\{-? ?range \.Messages \}\}(.*?)\{\{ end \}\}(.*)", template, re.S
-    )
-    assert match is not None, template
-    before, body, after = match.groups()
-    if "{{-" in template.split("range")[0]:
-        before = before.rstrip()
-    rendered = [
-        body.replace("{{ .Role }}", message["role"]).replace("{{ .Content }}", message["content"])
-        for message in messages
-    ]
-    assert "{{" not in before + after
-    return before + "".join(rendered) + after
 
 
 def make_checkpoint(directory: Path, tokenizer: Tokenizer, preset: str = "llama-15m") -> Path:
@@ -53,9 +35,14 @@ def test_template_renders_our_chat_format() -> None:
             {"role": "assistant", "content": "4"},
             {"role": "user", "content": "你好 😀\n<|end|> typed"},
         ],
+        [  # a trailing assistant message: no generation prompt, as transformers renders it
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."},
+        ],
     ]
     for messages in conversations:
-        expected = render_text(messages, add_generation_prompt=True)
+        prompt = messages[-1]["role"] != "assistant"
+        expected = render_text(messages, add_generation_prompt=prompt)
         assert render_go_template(OLLAMA_TEMPLATE, messages) == expected
 
 

@@ -28,7 +28,13 @@ from scratchlm.chat.commands import (
 )
 from scratchlm.chat.conversation import Conversation, DroppedTurn
 from scratchlm.chat.views import ChatView
-from scratchlm.chat_template import Message, end_of_turn_id, render
+from scratchlm.chat_template import (
+    Message,
+    closed_reply,
+    end_of_turn_id,
+    generation_prompt,
+    render,
+)
 from scratchlm.errors import ScratchLMError
 from scratchlm.tokenizer import (
     ASSISTANT_TOKEN,
@@ -144,7 +150,7 @@ class ChatApp:
     def encode_message(self, message: Message) -> list[int]:
         """A message's ids: the chat template, except a reply we generated keeps its own ids."""
         if message["role"] == "assistant" and message["content"] in self.reply_ids:
-            return [self.assistant_id, *self.reply_ids[message["content"]], self.end_id]
+            return closed_reply(self.tokenizer, self.reply_ids[message["content"]])
         return render([message], self.tokenizer)[0]
 
     def prompt_ids(self) -> list[int]:
@@ -152,7 +158,7 @@ class ChatApp:
         ids: list[int] = []
         for message in self.conversation.template_messages():
             ids += self.encode_message(message)
-        return [*ids, self.assistant_id]
+        return [*ids, *generation_prompt(self.tokenizer)]
 
     def reply_room(self) -> int:
         """Tokens kept free for a reply when fitting; at most half the context, so a long
@@ -201,7 +207,11 @@ class ChatApp:
         system_tokens = (
             len(self.encode_message({"role": "system", "content": system})) if system else 0
         )
-        alone = system_tokens + len(self.encode_message(message)) + 1
+        alone = (
+            system_tokens
+            + len(self.encode_message(message))
+            + len(generation_prompt(self.tokenizer))
+        )
         if alone >= self.context_length:
             # Checked before anything is dropped: a message that can never fit costs no history.
             raise ScratchLMError(

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scratchlm.chat_template import Message, render
+from scratchlm.chat_template import Message, generation_prompt, render
 from scratchlm.errors import ScratchLMError
 from scratchlm.io_utils import atomic_write_json
 from scratchlm.tokenizer import Tokenizer, require_unicode
@@ -71,9 +71,10 @@ class Conversation:
     def prompt_tokens(
         self, tokenizer: Tokenizer, encode_message: Callable[[Message], list[int]] | None = None
     ) -> int:
-        """Tokens of the rendered conversation plus the generation prompt (`<|assistant|>`)."""
+        """Tokens of the rendered conversation plus the generation prompt."""
         encode = encode_message or _template_encoder(tokenizer)
-        return sum(len(encode(message)) for message in self.template_messages()) + 1
+        prompt = len(generation_prompt(tokenizer))
+        return sum(len(encode(message)) for message in self.template_messages()) + prompt
 
     def fit(
         self,
@@ -95,7 +96,7 @@ class Conversation:
         system_tokens = (
             len(encode({"role": "system", "content": self.system})) if self.system else 0
         )
-        total = system_tokens + sum(counts) + 1  # + the generation prompt
+        total = system_tokens + sum(counts) + len(generation_prompt(tokenizer))
         dropped: list[DroppedTurn] = []
         starts = self.turn_starts()
         while len(starts) > 1 and total + reply_room > context_length:

@@ -4,14 +4,16 @@ nanochat's chat eval does (scripts/chat_eval.py, tasks/{arc,mmlu,gsm8k}.py).
 Multiple choice (ARC-Easy, ARC-Challenge, MMLU): the user message is the question, its choices
 lettered A, B, C, ... by position (ARC's numeric labels become letters too) and a line asking for
 the letter (`format_multiple_choice`), rendered by `chat_template.render` with the generation
-prompt, so the sequence ends with `<|assistant|>`. One forward pass; the logits at that last
-position, restricted to the letters of the question's choices, give the prediction by argmax (the
-first letter on a tie). Many questions share a forward: right-padded rows, each read at its own
-last real position (causal attention: padding after a row never reaches it).
+prompt, so the sequence ends with `<|assistant|>` (and a newline, in template v2). One forward
+pass; the logits at that last position, restricted to the letters of the question's choices,
+give the prediction by argmax (the first letter on a tie). Many questions share a forward:
+right-padded rows, each read at its own last real position (causal attention: padding after a row
+never reaches it).
 
 The letter tokens are `tokenizer.encode("A")`, with no leading space: `render` encodes an assistant
-message's content on its own after `<|assistant|>`, so a fine-tuned model that replies "B" learned
-`encode("B")` as the first token of its reply. With our byte-level BPE (`add_prefix_space=False`)
+message's content after `<|assistant|>` (v2: after its newline, which GPT-2's pre-tokenizer never
+joins to a letter), so a fine-tuned model that replies "B" learned `encode("B")` as the first token
+of its reply. With our byte-level BPE (`add_prefix_space=False`)
 a bare capital letter is always one token (every byte is in the vocabulary); " B" is another token
 (or two), one the model never saw in that position. A letter that is not one token (a character
 tokenizer that never saw it) is an error.
@@ -37,7 +39,7 @@ from typing import Any
 
 import torch
 
-from scratchlm.chat_template import CHAT_TEMPLATE_VERSION, Message, end_of_turn_id, render
+from scratchlm.chat_template import Message, check_version, end_of_turn_id, render
 from scratchlm.errors import ScratchLMError
 from scratchlm.evaluation.examples import TaskSpec
 from scratchlm.evaluation.scoring import (
@@ -63,14 +65,15 @@ class ChatTaskResult(TaskResult):
 
 
 def check_chat_checkpoint(metadata: dict[str, Any]) -> None:
-    """A checkpoint written with this chat template (its config.json records the version)."""
+    """A checkpoint written with a chat template this scratchlm renders (its config.json records
+    the version; the loaded tokenizer carries it, so `render` uses the model's own format)."""
     version = metadata.get("chat_template_version")
-    if version != CHAT_TEMPLATE_VERSION:
-        found = "has no chat template" if version is None else f"has chat template v{version}"
+    if version is None:
         raise ScratchLMError(
-            f"the checkpoint {found} (this scratchlm renders v{CHAT_TEMPLATE_VERSION}); fine-tune "
-            "it with `scratchlm finetune` first, then evaluate the result with --chat"
+            "the checkpoint has no chat template; fine-tune it with `scratchlm finetune` first, "
+            "then evaluate the result with --chat"
         )
+    check_version(version, "the checkpoint")
 
 
 def _letters(count: int) -> str:
@@ -106,7 +109,7 @@ def format_multiple_choice(question: ChatQuestion) -> str:
 
 
 def chat_prompt(tokenizer: Tokenizer, content: str) -> list[int]:
-    """One user message through the chat template, ending with `<|assistant|>`."""
+    """One user message through the chat template, ending with the generation prompt."""
     messages: list[Message] = [{"role": "user", "content": content}]
     ids, _ = render(messages, tokenizer, add_generation_prompt=True)
     return ids

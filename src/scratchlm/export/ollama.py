@@ -1,10 +1,12 @@
 """Ollama export: a directory with the GGUF file, a Modelfile and a README.
 
 The Modelfile's TEMPLATE is our chat template written in Go template syntax (Ollama renders
-templates with Go's text/template, not Jinja). Ollama passes the conversation as `.Messages`, with
-the Modelfile's SYSTEM prepended as a system message when the request has none, so ranging over
-the messages and appending `<|assistant|>` gives exactly `chat_template.render_text(messages,
-add_generation_prompt=True)`.
+templates with Go's text/template, not Jinja), in the model's own version (v1 for a model
+fine-tuned with it). Ollama passes the conversation as `.Messages`, with the Modelfile's SYSTEM
+prepended as a system message when the request has none. Ranging over the messages renders the
+history; the generation prompt follows unless the last message is the assistant's, so the result is
+`chat_template.render_text(messages, add_generation_prompt=<last role is not assistant>)`, what
+transformers and llama.cpp render from the exported Jinja template.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from scratchlm.chat_template import Message, render_text
+from scratchlm.chat_template import CHAT_TEMPLATE_VERSION, SEPARATORS, Message, render_text
 from scratchlm.config import ModelConfig
 from scratchlm.errors import ScratchLMError
 from scratchlm.export.gguf import GGUF_DTYPES, check_exportable, export_gguf, is_gguf_file
@@ -23,21 +25,38 @@ GGUF_FILE = "model.gguf"
 MODELFILE = "Modelfile"
 README_FILE = "README.md"
 
-# `{{-` trims the newline Ollama would otherwise keep before the first message.
-OLLAMA_TEMPLATE = (
-    "{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}"
-    + END_OF_TURN_TOKEN
-    + "{{ end }}"
-    + ASSISTANT_TOKEN
-)
+
+def ollama_template(version: int) -> str:
+    """The chat template `version` in Go template syntax.
+
+    `{{-` trims the newline Ollama would otherwise keep before the first message. `$role` ends as
+    the last message's role (assignment inside `range` sets the outer variable, Go 1.11+), so
+    a conversation that ends with the assistant's message gets no generation prompt."""
+    separator = SEPARATORS[version]
+    return (
+        '{{- $role := "" }}{{ range .Messages }}<|{{ .Role }}|>'
+        + separator
+        + "{{ .Content }}"
+        + END_OF_TURN_TOKEN
+        + separator
+        + '{{ $role = .Role }}{{ end }}{{ if ne $role "assistant" }}'
+        + ASSISTANT_TOKEN
+        + separator
+        + "{{ end }}"
+    )
+
+
+OLLAMA_TEMPLATE = ollama_template(CHAT_TEMPLATE_VERSION)
 # Generation ends at the end of the assistant's turn; the others guard a model that skips <|end|>.
 STOP_SEQUENCES: tuple[str, ...] = (END_OF_TURN_TOKEN, EOS_TOKEN, USER_TOKEN)
 SAMPLING_PARAMETERS: dict[str, float | int] = {"temperature": 0.7, "top_p": 0.9, "top_k": 40}
 
 
-def modelfile_text(config: ModelConfig, *, system: str | None = None) -> str:
-    """The Modelfile for a model exported beside it as model.gguf."""
-    lines = [f"FROM ./{GGUF_FILE}", "", f'TEMPLATE """{OLLAMA_TEMPLATE}"""', ""]
+def modelfile_text(
+    config: ModelConfig, *, system: str | None = None, version: int = CHAT_TEMPLATE_VERSION
+) -> str:
+    """The Modelfile for a model exported beside it as model.gguf, chat template `version`."""
+    lines = [f"FROM ./{GGUF_FILE}", "", f'TEMPLATE """{ollama_template(version)}"""', ""]
     for name, value in SAMPLING_PARAMETERS.items():
         lines.append(f"PARAMETER {name} {value}")
     lines.append(f"PARAMETER num_ctx {config.context_length}")
@@ -52,12 +71,17 @@ def modelfile_text(config: ModelConfig, *, system: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def readme_text(name: str, *, dtype: str, system: str | None) -> str:
+def readme_text(
+    name: str, *, dtype: str, system: str | None, version: int = CHAT_TEMPLATE_VERSION
+) -> str:
     messages: list[Message] = []
     if system is not None:
         messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": "Hello!"})
-    example = render_text(messages, add_generation_prompt=True)
+    # repr-style escapes keep the template's newlines visible on one line
+    example = render_text(messages, add_generation_prompt=True, version=version).replace(
+        "\n", "\\n"
+    )
     return (
         f"# {name} for Ollama\n\n"
         f"`{GGUF_FILE}` holds the weights ({dtype}) and tokenizer; `{MODELFILE}` adds the chat "
@@ -80,7 +104,12 @@ def export_ollama(
     verify: bool = True,
 ) -> Path:
     """Write model.gguf, Modelfile and README.md into `out_dir`; returns the Modelfile's path."""
-    from scratchlm.checkpoint import read_config, resolve_checkpoint
+    from scratchlm.checkpoint import (
+        chat_template_version,
+        checkpoint_config,
+        read_metadata,
+        resolve_checkpoint,
+    )
 
     out_dir = Path(out_dir)
     if dtype not in GGUF_DTYPES:
@@ -108,14 +137,17 @@ def export_ollama(
             "written by `scratchlm export ollama`; --force overwrites only its own files: move "
             "them away or choose another --out"
         )
-    config = read_config(resolve_checkpoint(checkpoint))
+    checkpoint_dir = resolve_checkpoint(checkpoint)
+    metadata = read_metadata(checkpoint_dir)
+    config = checkpoint_config(checkpoint_dir, metadata)
     check_exportable(config)  # before anything is written
-    modelfile = modelfile_text(config, system=system)
+    version = chat_template_version(checkpoint_dir, metadata)
+    modelfile = modelfile_text(config, system=system, version=version)
     name = _model_name(config)
     export_gguf(checkpoint, out_dir / GGUF_FILE, dtype=dtype, force=True, verify=verify)
     for path, text in (
         (out_dir / MODELFILE, modelfile),
-        (out_dir / README_FILE, readme_text(name, dtype=dtype, system=system)),
+        (out_dir / README_FILE, readme_text(name, dtype=dtype, system=system, version=version)),
     ):
         try:
             atomic_write_text(path, text)

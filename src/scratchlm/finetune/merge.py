@@ -7,6 +7,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from scratchlm.checkpoint import (
+    chat_template_version,
     load_checkpoint,
     read_metadata,
     resolve_checkpoint,
@@ -49,6 +50,8 @@ def merge_lora_checkpoint(
     verify_checksums(lora_dir, metadata, (ADAPTER_FILE,))
     load_adapter_state(loaded.model, load_file(str(lora_dir / ADAPTER_FILE)))
     model = merge_lora(loaded.model)
+    # The adapters were trained with the LoRA run's chat template, which the merged model keeps.
+    loaded.tokenizer.chat_template_version = chat_template_version(lora_dir, metadata)
     training = {
         **metadata.get("training", {}),
         "merged_from": {"base": str(base_path), "adapter": str(lora_dir)},

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save
 
 from scratchlm.chat_template import render
 from scratchlm.checkpoint import (
+    chat_template_version,
     checkpoint_config,
     load_model_state,
     read_metadata,
@@ -76,7 +77,11 @@ class FinetuneTrainer(Trainer):
 
     # --- hooks ------------------------------------------------------------------------------
     def load_tokenizer(self, resume_from: Path | None) -> Tokenizer:
-        return Tokenizer.load(self.base_dir / "tokenizer.json")
+        tokenizer = Tokenizer.load(self.base_dir / "tokenizer.json")
+        # Continuing a chat model keeps its template (a v1 model stays v1); a pretrained base
+        # learned none and gets the current one. Checkpoints record it from the tokenizer.
+        tokenizer.chat_template_version = chat_template_version(self.base_dir, self.base_metadata)
+        return tokenizer
 
     def make_model_config(self) -> ModelConfig:
         config = checkpoint_config(self.base_dir, self.base_metadata)
