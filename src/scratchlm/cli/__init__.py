@@ -88,7 +88,8 @@ COMMANDS: dict[str, Command] = {
     "import hf": Command(
         export.add_import_hf,
         export.command_import_hf,
-        "a local Hugging Face llama or gpt2 directory into a checkpoint",
+        "a Hugging Face model (a local directory or a Hub id; llama, qwen3, gpt2 or scratchlm's "
+        "custom layout) into a checkpoint",
     ),
     "serve": Command(
         serve.add_serve,

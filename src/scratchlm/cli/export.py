@@ -16,7 +16,30 @@ from scratchlm.cli.options import (
 
 # The weight types of `export.gguf.GGUF_DTYPES` (a test keeps them equal): listed here so that
 # --help does not import the exporter (torch, numpy).
-GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
+GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
+# `export.gguf.KQUANT_DTYPES`: accepted by the parser only to be refused with the llama-quantize
+# command that makes them (gguf-py cannot write K-quants).
+KQUANT_DTYPES = (
+    "q2_k",
+    "q3_k_s",
+    "q3_k_m",
+    "q3_k_l",
+    "q4_k",
+    "q4_k_s",
+    "q4_k_m",
+    "q5_k",
+    "q5_k_s",
+    "q5_k_m",
+    "q6_k",
+)
+GGUF_DTYPE_HELP = (
+    "weight type: f32, f16, bf16, or a block quant q8_0, q5_1, q5_0, q4_1, q4_0 (norms and "
+    "biases stay f32; in q4/q5 files the output head is q8_0). K-quants (q4_k_m, q6_k, ...) "
+    "are not written here: export f16, then run llama.cpp's `llama-quantize in.gguf out.gguf "
+    "Q4_K_M` (docs/export.md)"
+)
+# `export.hf.HF_DTYPES`, likewise kept equal by a test.
+HF_DTYPES = ("fp32", "bf16", "fp16")
 # `export.layouts.LAYOUT_CHOICES`, likewise kept equal by a test.
 LAYOUT_CHOICES = ("auto", "llama", "qwen3", "gpt2", "custom")
 
@@ -36,19 +59,55 @@ def add_export_hf(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_argument(parser)
     parser.add_argument("--out", required=True, help="output Hugging Face model directory")
     add_layout_argument(parser)
+    parser.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=HF_DTYPES,
+        help="weight dtype of the safetensors files (config.json torch_dtype says the same)",
+    )
+    parser.add_argument(
+        "--license",
+        default="other",
+        help="license id written in the model card's metadata (apache-2.0, mit, cc-by-4.0, ...; "
+        "with other, the card asks you to set it)",
+    )
+    parser.add_argument(
+        "--push-to-hub",
+        default=None,
+        metavar="ORG/NAME",
+        help="after the export, create this Hugging Face Hub repository (kept if it exists) and "
+        "upload the folder (needs a write token: `hf auth login` or HF_TOKEN)",
+    )
+    parser.add_argument(
+        "--private", action="store_true", help="with --push-to-hub: create the repository private"
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
     add_skip_checksums_argument(parser)
 
 
 def command_export_hf(args: argparse.Namespace) -> None:
+    from scratchlm.errors import ScratchLMError
+    from scratchlm.export import hub
     from scratchlm.export.hf import export_hf
 
+    if args.private and args.push_to_hub is None:
+        raise ScratchLMError(
+            "--private applies to --push-to-hub ORG/NAME; add it or drop --private"
+        )
+    token = None
+    if args.push_to_hub is not None:
+        # Both checked before the export: a push that cannot happen costs no export.
+        hub.check_repo_id(args.push_to_hub, "--push-to-hub")
+        token = hub.require_token()
     out = export_hf(
         args.checkpoint,
         args.out,
         force=args.force,
         verify=not args.skip_checksums,
         layout=args.layout,
+        dtype=args.dtype,
+        license=args.license,
+        hub_id=args.push_to_hub,
     )
     hf_config = json.loads((out / "config.json").read_text())
     # The custom layout carries its own modeling code, which transformers runs only when asked.
@@ -57,13 +116,22 @@ def command_export_hf(args: argparse.Namespace) -> None:
         f"wrote {out} ({hf_config['architectures'][0]}); load it with "
         f"AutoModelForCausalLM.from_pretrained({str(out)!r}{remote})"
     )
+    if token is not None:
+        url, files = hub.push_export(
+            out, args.push_to_hub, private=args.private, api=hub.hub_api(token)
+        )
+        print(f"pushed {len(files)} files to {url}")
 
 
 def add_export_gguf(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_argument(parser)
     parser.add_argument("--out", required=True, type=Path, help="the .gguf file to write")
     parser.add_argument(
-        "--dtype", default="f32", choices=GGUF_DTYPES, help="weight type (norms stay f32)"
+        "--dtype",
+        default="f32",
+        choices=GGUF_DTYPES + KQUANT_DTYPES,
+        metavar="{" + ",".join(GGUF_DTYPES) + "}",
+        help=GGUF_DTYPE_HELP,
     )
     add_layout_argument(parser)
     parser.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -113,18 +181,27 @@ def command_export_ollama(args: argparse.Namespace) -> None:
 def add_import_hf(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_argument(
         parser,
-        "a local Hugging Face model directory (llama, qwen3, gpt2 or our custom layout)",
+        "a local Hugging Face model directory, or a Hub id ORG/NAME that is not a local path "
+        "(downloaded through the HF cache; HF_HUB_OFFLINE=1 reads only the cache); llama, qwen3, "
+        "gpt2 or our custom layout",
         old_flag="--model",
-        metavar="HF_DIR",
+        metavar="HF_DIR|ORG/NAME",
     )
     parser.add_argument("--out", required=True, help="output checkpoint directory")
+    parser.add_argument(
+        "--revision",
+        default=None,
+        help="with a Hub id: the branch, tag or commit to download (default main)",
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
 
 
 def command_import_hf(args: argparse.Namespace) -> None:
     from scratchlm.export.hf import import_hf
 
-    out = import_hf(require_checkpoint(args, "import hf"), args.out, force=args.force)
+    out = import_hf(
+        require_checkpoint(args, "import hf"), args.out, force=args.force, revision=args.revision
+    )
     print(
         f"wrote {out}; fine-tune it with: scratchlm finetune --checkpoint {out} --data FILE --out DIR"
     )

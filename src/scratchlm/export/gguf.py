@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scratchlm.chat_template import JINJA_TEMPLATE
+from scratchlm.chat_template import jinja_template, llama_cpp_warning
 from scratchlm.config import ModelConfig
 from scratchlm.errors import ScratchLMError
 from scratchlm.export.layouts import LAYOUT_CHOICES, choose_layout, export_state, exported_tie
@@ -49,10 +50,29 @@ from scratchlm.tokenizer import (
     Tokenizer,
 )
 
-GGUF_DTYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0")
+GGUF_DTYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
+# llama.cpp's K-quant file types: gguf-py 0.19 has no quantizer for Q2_K..Q6_K (its
+# `quants.quantize` raises NotImplementedError), so these are made from an f16 export with
+# llama.cpp's `llama-quantize` (docs/export.md, "Quantized GGUF").
+KQUANT_DTYPES: tuple[str, ...] = (
+    "q2_k",
+    "q3_k_s",
+    "q3_k_m",
+    "q3_k_l",
+    "q4_k",
+    "q4_k_s",
+    "q4_k_m",
+    "q5_k",
+    "q5_k_s",
+    "q5_k_m",
+    "q6_k",
+)
+# Legacy block quants: 32 weights per block along a row, with one scale (and for _1 a minimum).
+BLOCK_QUANTS: tuple[str, ...] = ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
 ARCHITECTURE = "llama"
 QWEN3_ARCHITECTURE = "qwen3"
 GPT2_ARCHITECTURE = "gpt2"
+logger = logging.getLogger(__name__)
 
 # ours -> GGUF (llama.cpp tensor names), "{i}" is the layer index
 GGUF_KEY_MAP: dict[str, str] = {
@@ -98,6 +118,19 @@ def _gguf() -> Any:
             "GGUF export needs the `gguf` package; install it with `pip install gguf==0.19.0`"
         ) from None
     return gguf
+
+
+def check_dtype(dtype: str) -> None:
+    """Refuse a weight type this exporter cannot write, pointing K-quants to llama-quantize."""
+    if dtype in GGUF_DTYPES:
+        return
+    if dtype.lower() in KQUANT_DTYPES:
+        raise ScratchLMError(
+            f"GGUF dtype {dtype!r} is a llama.cpp K-quant, which gguf-py cannot write: export "
+            f"--dtype f16, then run `llama-quantize model-f16.gguf model-{dtype.upper()}.gguf "
+            f"{dtype.upper()}` (docs/export.md); or pick one of {', '.join(GGUF_DTYPES)}"
+        )
+    raise ScratchLMError(f"unknown GGUF dtype {dtype!r}; choose one of {', '.join(GGUF_DTYPES)}")
 
 
 def check_exportable(config: ModelConfig, layout: str = "auto") -> str:
@@ -171,21 +204,45 @@ def _gpt2_tensors(config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[s
     return converted
 
 
-def _encode_tensor(gguf: Any, tensor: torch.Tensor, dtype: str) -> tuple[np.ndarray, Any]:
-    """(data, raw type) for GGUFWriter.add_tensor. Norms (1-D) stay float32 like llama.cpp's
-    converter does: they are tiny and precision-sensitive."""
+def tensor_type(gguf: Any, name: str, shape: tuple[int, ...], dtype: str, head: bool) -> Any:
+    """The GGMLQuantizationType of one tensor in a `dtype` file, by llama.cpp's rules.
+
+    - 1-D tensors (norm weights, biases) stay F32, as convert_hf_to_gguf.py keeps them: tiny and
+      precision-sensitive. In a block-quantized file a learned position table (`position_embd`,
+      [context, d_model]) stays F32 too: llama-quantize never quantizes positional embeddings.
+    - The output head (`output.weight`, or `token_embd.weight` when it doubles as the head) in a
+      q4/q5 file: llama-quantize's `llama_tensor_get_type` gives it Q6_K, which gguf-py cannot
+      write; it is Q8_0 here, llama.cpp's own choice when Q6_K's 256-wide blocks do not fit a row.
+      An untied `token_embd.weight` takes the file's type, as in llama-quantize.
+    - Block quants split each row (the last, `in`, axis of a torch [out, in] weight) into blocks
+      of 32: a row that does not split falls back to F16 (llama-quantize's fallback too).
+    """
+    quant = gguf.GGMLQuantizationType
+    if len(shape) == 1 or dtype == "f32":
+        return quant.F32
+    if dtype == "f16":
+        return quant.F16
+    if dtype == "bf16":
+        return quant.BF16
+    assert dtype in BLOCK_QUANTS, dtype
+    if name == "position_embd.weight":
+        return quant.F32
+    chosen = quant.Q8_0 if head else getattr(quant, dtype.upper())
+    block_size, _ = gguf.GGML_QUANT_SIZES[chosen]
+    if shape[-1] % block_size != 0:
+        return quant.F16
+    return chosen
+
+
+def _encode_tensor(gguf: Any, tensor: torch.Tensor, raw_type: Any) -> np.ndarray:
+    """The bytes (or float array) GGUFWriter.add_tensor takes for `raw_type`."""
     quant = gguf.GGMLQuantizationType
     data = tensor.numpy().astype(np.float32)
-    if data.ndim == 1 or dtype == "f32":
-        return data, quant.F32
-    if dtype == "q8_0":
-        if data.shape[-1] % 32 == 0:
-            return gguf.quants.quantize(data, quant.Q8_0), quant.Q8_0
-        # Q8_0 works in blocks of 32 along a row; a row that does not split falls back to f16.
-        return data.astype(np.float16), quant.F16
-    if dtype == "bf16":
-        return gguf.quants.quantize(data, quant.BF16), quant.BF16
-    return data.astype(np.float16), quant.F16
+    if raw_type == quant.F32:
+        return data
+    if raw_type == quant.F16:
+        return data.astype(np.float16)
+    return np.asarray(gguf.quants.quantize(data, raw_type))
 
 
 def tokenizer_vocabulary(
@@ -224,26 +281,25 @@ def write_gguf(
 ) -> None:
     """Write the GGUF file to `out` (overwriting it; callers check first)."""
     gguf = _gguf()
-    if dtype not in GGUF_DTYPES:
-        raise ScratchLMError(
-            f"unknown GGUF dtype {dtype!r}; choose one of {', '.join(GGUF_DTYPES)}"
-        )
+    check_dtype(dtype)
     config = model.config
     architecture = check_exportable(config, layout)
     assert config.n_kv_head is not None and config.head_dim is not None
     assert config.ffn_hidden is not None and config.padded_vocab_size is not None
     tensors = gguf_tensors(model, architecture)
     tokens, types, merges = tokenizer_vocabulary(tokenizer, config.padded_vocab_size)
-    file_types = {
-        "f32": gguf.LlamaFileType.ALL_F32,
-        "f16": gguf.LlamaFileType.MOSTLY_F16,
-        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
-        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-    }
+    file_type = (
+        gguf.LlamaFileType.ALL_F32
+        if dtype == "f32"
+        else getattr(gguf.LlamaFileType, f"MOSTLY_{dtype.upper()}")
+    )
 
     writer = gguf.GGUFWriter(str(out), architecture)
     writer.add_name(config.name)
-    writer.add_file_type(int(file_types[dtype]))
+    writer.add_file_type(int(file_type))
+    # The version of the block-quant formats (llama.cpp refuses files with a version it does not
+    # know); convert_hf_to_gguf.py writes it whatever the file type.
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_context_length(config.context_length)
     writer.add_embedding_length(config.d_model)
     writer.add_block_count(config.n_layer)
@@ -275,11 +331,27 @@ def write_gguf(
     # Our training never prepends bos nor appends eos to prompts.
     writer.add_add_bos_token(False)
     writer.add_add_eos_token(False)
-    writer.add_chat_template(JINJA_TEMPLATE)
+    writer.add_chat_template(jinja_template(tokenizer))
+    template_warning = llama_cpp_warning(tokenizer)
+    if template_warning is not None:
+        logger.warning("%s", template_warning)
 
+    # llama.cpp treats token_embd as the head when the file has no output.weight (tied).
+    head_name = "output.weight" if "output.weight" in tensors else "token_embd.weight"
+    fallbacks: list[str] = []
     for name, tensor in tensors.items():
-        data, raw_dtype = _encode_tensor(gguf, tensor, dtype)
-        writer.add_tensor(name, data, raw_dtype=raw_dtype)
+        shape = tuple(tensor.shape)
+        raw_type = tensor_type(gguf, name, shape, dtype, head=name == head_name)
+        if dtype in BLOCK_QUANTS and raw_type == gguf.GGMLQuantizationType.F16:
+            fallbacks.append(f"{name} {list(shape)}")
+        writer.add_tensor(name, _encode_tensor(gguf, tensor, raw_type), raw_dtype=raw_type)
+    if fallbacks:
+        logger.warning(
+            "%s: %d tensor(s) kept in f16, their rows not a multiple of the 32-weight block: %s",
+            dtype,
+            len(fallbacks),
+            ", ".join(fallbacks),
+        )
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -314,10 +386,7 @@ def export_gguf(
         raise ScratchLMError(
             f"unknown layout {layout!r}; choose one of {', '.join(LAYOUT_CHOICES)}"
         )
-    if dtype not in GGUF_DTYPES:
-        raise ScratchLMError(
-            f"unknown GGUF dtype {dtype!r}; choose one of {', '.join(GGUF_DTYPES)}"
-        )
+    check_dtype(dtype)
     if out.is_dir():
         raise ScratchLMError(f"{out} is a directory; pass a file path such as {out / 'model.gguf'}")
     if out.exists() and not force:

@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from scratchlm.chat_template import JINJA_TEMPLATE
+from scratchlm.chat_template import jinja_template
 from scratchlm.checkpoint import (
     CONFIG_FILE,
     TOKENIZER_FILE,
@@ -42,6 +42,7 @@ from scratchlm.export.custom import (
     custom_to_ours,
     remote_code_files,
 )
+from scratchlm.export.hub import resolve_model_source
 from scratchlm.export.layouts import (
     CUSTOM,
     GPT2_ACTIVATIONS,
@@ -51,6 +52,12 @@ from scratchlm.export.layouts import (
     llama_blockers,
 )
 from scratchlm.export.layouts import choose_layout as choose_standard_layout
+from scratchlm.export.model_card import (
+    DEFAULT_LICENSE,
+    MODEL_CARD_FILE,
+    check_license,
+    model_card,
+)
 from scratchlm.export.qwen3 import (
     config_from_qwen3,
     qwen3_config,
@@ -294,7 +301,7 @@ def tokenizer_config(tokenizer: Tokenizer, context_length: int) -> dict[str, Any
         "pad_token": PAD_TOKEN,
         "unk_token": UNK_TOKEN,
         "additional_special_tokens": [SYSTEM_TOKEN, USER_TOKEN, ASSISTANT_TOKEN, END_OF_TURN_TOKEN],
-        "chat_template": JINJA_TEMPLATE,
+        "chat_template": jinja_template(tokenizer),
         "model_max_length": context_length,
         "add_bos_token": False,
         "add_eos_token": False,
@@ -312,6 +319,7 @@ HF_EXPORT_FILES = frozenset(
         "special_tokens_map.json",
         "model.safetensors",
         "model.safetensors.index.json",
+        MODEL_CARD_FILE,
         *REMOTE_CODE_FILES,
     }
 )
@@ -350,6 +358,15 @@ def write_safetensors_shards(
     (directory / "model.safetensors.index.json").write_text(json.dumps(index_json, indent=2))
 
 
+# --dtype of `export hf` -> (torch dtype of the stored weights, config.json's dtype name)
+HF_DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
+HF_TORCH_DTYPES: dict[str, tuple[torch.dtype, str]] = {
+    "fp32": (torch.float32, "float32"),
+    "bf16": (torch.bfloat16, "bfloat16"),
+    "fp16": (torch.float16, "float16"),
+}
+
+
 def export_hf(
     checkpoint: str,
     out: str | Path,
@@ -358,14 +375,25 @@ def export_hf(
     max_shard_bytes: int = 2 * 2**30,
     verify: bool = True,
     layout: str = "auto",
+    dtype: str = "fp32",
+    license: str = DEFAULT_LICENSE,
+    hub_id: str | None = None,
 ) -> Path:
-    """Write a Hugging Face model directory (weights, config, generation config, tokenizer) in
-    `layout` (one of LAYOUT_CHOICES; auto = the first exact standard one, else custom, which adds
-    its configuration and modeling files)."""
+    """Write a Hugging Face model directory (weights, config, generation config, tokenizer, model
+    card) in `layout` (one of LAYOUT_CHOICES; auto = the first exact standard one, else custom,
+    which adds its configuration and modeling files), weights stored in `dtype` (one of
+    HF_DTYPES). The card's metadata carries `license`; its usage snippet loads `hub_id` (the Hub
+    repository it will be pushed to) or else the output folder."""
     if layout not in LAYOUT_CHOICES:
         raise ScratchLMError(
             f"unknown layout {layout!r}; choose one of {', '.join(LAYOUT_CHOICES)}"
         )
+    if dtype not in HF_TORCH_DTYPES:
+        raise ScratchLMError(
+            f"unknown Hugging Face export dtype {dtype!r}; choose one of {', '.join(HF_DTYPES)}"
+        )
+    torch_dtype, dtype_name = HF_TORCH_DTYPES[dtype]
+    check_license(license)
     loaded = load_checkpoint(checkpoint, verify=verify)
     config, tokenizer = loaded.config, loaded.tokenizer
     layout = choose_layout(config, layout)
@@ -377,7 +405,9 @@ def export_hf(
     refuse_foreign_entries(target, is_hf_export_file, "a Hugging Face export")
     config_of, state_of = HF_LAYOUTS[layout]
     hf_config, state = config_of(config), state_of(loaded.model)
-    hf_config["torch_dtype"] = "float32"
+    # transformers < 4.56 reads `torch_dtype`, newer versions `dtype`: both say the stored type.
+    hf_config["torch_dtype"] = dtype_name
+    hf_config["dtype"] = dtype_name
     end_id = SPECIAL_TOKENS.index(END_OF_TURN_TOKEN)
     generation = {
         "bos_token_id": hf_config["bos_token_id"],
@@ -393,7 +423,12 @@ def export_hf(
         with atomic_directory(target, replace=force) as directory:
             write_safetensors_shards(
                 directory,
-                {name: tensor.detach().cpu() for name, tensor in state.items()},
+                {
+                    name: tensor.detach().cpu().to(torch_dtype)
+                    if tensor.is_floating_point()
+                    else tensor.detach().cpu()
+                    for name, tensor in state.items()
+                },
                 max_shard_bytes,
             )
             (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
@@ -403,6 +438,15 @@ def export_hf(
                 json.dumps(tokenizer_config(tokenizer, config.context_length), indent=2)
             )
             (directory / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2))
+            card = model_card(
+                loaded,
+                hf_config=hf_config,
+                layout=layout,
+                custom=layout == CUSTOM,
+                license=license,
+                model_id=hub_id if hub_id is not None else str(target),
+            )
+            (directory / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
             if layout == CUSTOM:
                 for name, text in remote_code_files().items():
                     (directory / name).write_text(text, encoding="utf-8")
@@ -589,10 +633,13 @@ def config_from_hf(
     return config, convert
 
 
-def import_hf(model_dir: str | Path, out: str | Path, *, force: bool = False) -> Path:
-    """Read a local Hugging Face Llama, Qwen3, GPT-2 or custom-layout directory into a scratchlm
-    checkpoint."""
-    directory = Path(model_dir)
+def import_hf(
+    model_dir: str | Path, out: str | Path, *, force: bool = False, revision: str | None = None
+) -> Path:
+    """Read a Hugging Face Llama, Qwen3, GPT-2 or custom-layout model into a scratchlm checkpoint:
+    a local directory, or a Hub id ORG/NAME (no such local path), downloaded at `revision` through
+    the HF cache (`export.hub`)."""
+    directory, origin = resolve_model_source(model_dir, revision)
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise ScratchLMError(f"{directory} has no config.json; pass a Hugging Face model directory")
@@ -630,7 +677,7 @@ def import_hf(model_dir: str | Path, out: str | Path, *, force: bool = False) ->
     load_model_state(model, state, source=directory)
     try:
         return save_checkpoint(
-            target, model, tokenizer, training={"imported_from": str(directory)}, replace=force
+            target, model, tokenizer, training={"imported_from": origin}, replace=force
         )
     except (OSError, SafetensorError) as error:
         raise write_failure(target, error) from None
