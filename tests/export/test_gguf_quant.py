@@ -13,7 +13,6 @@ import torch
 from safetensors.torch import load_file
 
 from scratchlm.checkpoint import load_checkpoint
-from scratchlm.cli import export as export_cli
 from scratchlm.cli import main
 from scratchlm.errors import ScratchLMError
 from scratchlm.export import gguf as gguf_export
@@ -30,13 +29,6 @@ PROMPT = "Once upon a time, Tom saw a big red ball in the park"
 # standard deviation, on the random tiny model below (d_model 32: 1 or 2 blocks per row, the
 # worst case for block quants). Measured 0.04 (q8_0), 0.17-0.20 (q5), 0.34-0.39 (q4).
 RELATIVE_ERROR_BOUND = {"q8_0": 0.08, "q5_1": 0.3, "q5_0": 0.3, "q4_1": 0.5, "q4_0": 0.5}
-
-
-def test_dtype_lists_match_the_cli() -> None:
-    # The CLI lists them without importing the exporters (torch, numpy).
-    assert export_cli.GGUF_DTYPES == gguf_export.GGUF_DTYPES
-    assert export_cli.KQUANT_DTYPES == gguf_export.KQUANT_DTYPES
-    assert export_cli.HF_DTYPES == hf_export.HF_DTYPES
 
 
 def our_logits(checkpoint: Path, ids: list[int]) -> np.ndarray:

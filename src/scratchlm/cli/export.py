@@ -13,33 +13,14 @@ from scratchlm.cli.options import (
     add_skip_checksums_argument,
     require_checkpoint,
 )
+from scratchlm.export.dtypes import GGUF_DTYPES, HF_DTYPES, KQUANT_DTYPES
 
-# The weight types of `export.gguf.GGUF_DTYPES` (a test keeps them equal): listed here so that
-# --help does not import the exporter (torch, numpy).
-GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
-# `export.gguf.KQUANT_DTYPES`: accepted by the parser only to be refused with the llama-quantize
-# command that makes them (gguf-py cannot write K-quants).
-KQUANT_DTYPES = (
-    "q2_k",
-    "q3_k_s",
-    "q3_k_m",
-    "q3_k_l",
-    "q4_k",
-    "q4_k_s",
-    "q4_k_m",
-    "q5_k",
-    "q5_k_s",
-    "q5_k_m",
-    "q6_k",
-)
 GGUF_DTYPE_HELP = (
     "weight type: f32, f16, bf16, or a block quant q8_0, q5_1, q5_0, q4_1, q4_0 (norms and "
     "biases stay f32; in q4/q5 files the output head is q8_0). K-quants (q4_k_m, q6_k, ...) "
     "are not written here: export f16, then run llama.cpp's `llama-quantize in.gguf out.gguf "
     "Q4_K_M` (docs/export.md)"
 )
-# `export.hf.HF_DTYPES`, likewise kept equal by a test.
-HF_DTYPES = ("fp32", "bf16", "fp16")
 # `export.layouts.LAYOUT_CHOICES`, likewise kept equal by a test.
 LAYOUT_CHOICES = ("auto", "llama", "qwen3", "gpt2", "custom")
 

@@ -36,6 +36,7 @@ import torch
 from scratchlm.chat_template import jinja_template, llama_cpp_warning
 from scratchlm.config import ModelConfig
 from scratchlm.errors import ScratchLMError
+from scratchlm.export.dtypes import BLOCK_QUANTS, GGUF_DTYPES, KQUANT_DTYPES
 from scratchlm.export.layouts import LAYOUT_CHOICES, choose_layout, export_state, exported_tie
 from scratchlm.export.qwen3 import qwen3_gguf_tensors
 from scratchlm.io_utils import fsync_directory, write_failure
@@ -50,25 +51,6 @@ from scratchlm.tokenizer import (
     Tokenizer,
 )
 
-GGUF_DTYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
-# llama.cpp's K-quant file types: gguf-py 0.19 has no quantizer for Q2_K..Q6_K (its
-# `quants.quantize` raises NotImplementedError), so these are made from an f16 export with
-# llama.cpp's `llama-quantize` (docs/export.md, "Quantized GGUF").
-KQUANT_DTYPES: tuple[str, ...] = (
-    "q2_k",
-    "q3_k_s",
-    "q3_k_m",
-    "q3_k_l",
-    "q4_k",
-    "q4_k_s",
-    "q4_k_m",
-    "q5_k",
-    "q5_k_s",
-    "q5_k_m",
-    "q6_k",
-)
-# Legacy block quants: 32 weights per block along a row, with one scale (and for _1 a minimum).
-BLOCK_QUANTS: tuple[str, ...] = ("q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
 ARCHITECTURE = "llama"
 QWEN3_ARCHITECTURE = "qwen3"
 GPT2_ARCHITECTURE = "gpt2"

@@ -42,6 +42,7 @@ from scratchlm.export.custom import (
     custom_to_ours,
     remote_code_files,
 )
+from scratchlm.export.dtypes import HF_DTYPES
 from scratchlm.export.hub import resolve_model_source
 from scratchlm.export.layouts import (
     CUSTOM,
@@ -359,7 +360,6 @@ def write_safetensors_shards(
 
 
 # --dtype of `export hf` -> (torch dtype of the stored weights, config.json's dtype name)
-HF_DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
 HF_TORCH_DTYPES: dict[str, tuple[torch.dtype, str]] = {
     "fp32": (torch.float32, "float32"),
     "bf16": (torch.bfloat16, "bfloat16"),
