@@ -27,7 +27,7 @@ from scratchlm.chat_template import (
 from scratchlm.checkpoint import chat_template_version, load_checkpoint, save_checkpoint
 from scratchlm.errors import ScratchLMError
 from scratchlm.export.gguf import export_gguf
-from scratchlm.export.hf import export_hf
+from scratchlm.export.hf import export_hf, import_hf
 from scratchlm.export.ollama import OLLAMA_TEMPLATE, export_ollama, ollama_template
 from scratchlm.model import build_model
 from scratchlm.tokenizer import Tokenizer
@@ -386,6 +386,9 @@ def test_a_v1_model_renders_exports_and_chats_in_v1(
     )
     assert hf_tokenizer.chat_template == JINJA_TEMPLATES[1]
     assert transformers_ids(hf_tokenizer, PROMPTED, True) == _v1_ids(bpe_tokenizer, PROMPTED, True)
+    # and comes back as v1 from its own export
+    imported = load_checkpoint(import_hf(tmp_path / "hf", tmp_path / "imported"))
+    assert imported.tokenizer.chat_template_version == 1
     with caplog.at_level(logging.WARNING):
         gguf_path = export_gguf(checkpoint, tmp_path / "model.gguf")
     warnings = [
@@ -431,6 +434,8 @@ def test_which_checkpoints_keep_v1(tmp_path: Path, bpe_tokenizer: Tokenizer) -> 
     assert chat_template_version(base, {**metadata, "finetune": {"supervised": True}}) == 1
     merged = {**metadata, "training": {"merged_from": {"base": "b", "adapter": "a"}}}
     assert chat_template_version(base, merged) == 1
+    imported = {**metadata, "training": {"imported_from": "/some/hf/export"}}
+    assert chat_template_version(base, imported) == 1
     with pytest.raises(ScratchLMError, match=r"v7.*upgrade scratchlm"):
         chat_template_version(base, {**metadata, "finetune": {"x": 1}, "chat_template_version": 7})
 

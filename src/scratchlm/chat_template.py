@@ -92,6 +92,11 @@ def template_version(tokenizer: Tokenizer) -> int:
     return check_version(version, "the tokenizer")
 
 
+def version_of_jinja(text: object) -> int | None:
+    """The version whose Jinja form `text` is (a Hugging Face `chat_template` we wrote), or None."""
+    return next((version for version, jinja in JINJA_TEMPLATES.items() if jinja == text), None)
+
+
 def jinja_template(tokenizer: Tokenizer) -> str:
     """The Jinja chat template that exports write for the model this tokenizer belongs to."""
     return JINJA_TEMPLATES[template_version(tokenizer)]

@@ -313,12 +313,14 @@ def checkpoint_config(checkpoint_dir: Path, metadata: dict[str, Any]) -> ModelCo
 def chat_template_version(checkpoint_dir: Path, metadata: dict[str, Any]) -> int:
     """The chat template the checkpoint's model renders conversations with.
 
-    A fine-tuned model (a `finetune` section, or merged LoRA adapters) keeps the version it was
-    trained with, so a v1 chat model still gets v1. A pretrained model learned no template: it gets
+    A fine-tuned model (a `finetune` section, merged LoRA adapters, or a model imported from a
+    Hugging Face export that carried its template) keeps the version it was trained with, so a v1
+    chat model still gets v1. A pretrained model learned no template: it gets
     the current one, since config.json recorded v1 for every checkpoint before v2 existed."""
     training = metadata.get("training")
-    merged = isinstance(training, dict) and "merged_from" in training
-    fine_tuned = bool(metadata.get("finetune")) or merged
+    # Merged adapters and an imported model (whose export carried its template) keep theirs too.
+    kept = isinstance(training, dict) and ("merged_from" in training or "imported_from" in training)
+    fine_tuned = bool(metadata.get("finetune")) or kept
     recorded = metadata.get("chat_template_version")
     if not fine_tuned or recorded is None:
         return CHAT_TEMPLATE_VERSION

@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from scratchlm.chat_template import jinja_template
+from scratchlm.chat_template import jinja_template, version_of_jinja
 from scratchlm.checkpoint import (
     CONFIG_FILE,
     TOKENIZER_FILE,
@@ -645,6 +645,12 @@ def import_hf(
         raise ScratchLMError(f"{directory} has no config.json; pass a Hugging Face model directory")
     hf = read_json_object(config_path)
     tokenizer, old_id_for_new = load_or_adopt_tokenizer(directory)
+    # A chat model we exported carries its template version in the Jinja text: a v1 model comes
+    # back as v1 (unrecognised or absent templates: the current version).
+    tokenizer_config = directory / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        template = read_json_object(tokenizer_config).get("chat_template")
+        tokenizer.chat_template_version = version_of_jinja(template)
     vocab = tokenizer.vocab_size
     try:
         config, convert = config_from_hf(hf, vocab)
