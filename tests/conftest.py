@@ -73,6 +73,21 @@ def seeded(seed: int = 0) -> torch.Generator:
     return generator
 
 
+def save_perturbed_checkpoint(directory: Path, config: ModelConfig, tokenizer: Tokenizer) -> Path:
+    """A random checkpoint of `config` whose every weight (norms and biases included) is perturbed,
+    so that a misplaced, misnamed or ignored tensor changes the logits and greedy output varies."""
+    from scratchlm.checkpoint import save_checkpoint
+    from scratchlm.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(config)
+    generator = seeded(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return save_checkpoint(directory, model, tokenizer)
+
+
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
     """Mount a real tmpfs of the given size ("64k", "8m"): writes past it fail with ENOSPC, as on

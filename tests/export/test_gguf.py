@@ -17,7 +17,7 @@ from scratchlm.export.gguf import (
 )
 from scratchlm.model import apply_rope, build_model, rope_tables
 from scratchlm.tokenizer import Tokenizer
-from tests.conftest import SAMPLE_TEXT, seeded, tiny_config
+from tests.conftest import SAMPLE_TEXT, save_perturbed_checkpoint, seeded, tiny_config
 
 gguf = pytest.importorskip("gguf")
 
@@ -27,13 +27,7 @@ MIXED_TEXT = 'Tom said: 你好世界 😀 café!\n\tdef f(x):  return x["a"] + 1
 def make_checkpoint(directory: Path, tokenizer: Tokenizer, **overrides: object) -> Path:
     """A tiny random Llama-math checkpoint, weights perturbed so that greedy output varies."""
     config = tiny_config("llama-15m", vocab_size=tokenizer.vocab_size, **overrides)
-    torch.manual_seed(0)
-    model = build_model(config)
-    generator = seeded(0)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    return save_checkpoint(directory, model, tokenizer)
+    return save_perturbed_checkpoint(directory, config, tokenizer)
 
 
 # (name, overrides): MHA and GQA, tied and untied heads

@@ -23,7 +23,7 @@ from scratchlm.inference.engine import Engine
 from scratchlm.inference.settings import GREEDY
 from scratchlm.model import build_model
 from scratchlm.tokenizer import Tokenizer
-from tests.conftest import seeded, tiny_config
+from tests.conftest import save_perturbed_checkpoint, seeded, tiny_config
 from tests.export.test_gguf import (
     llama_greedy,
     llama_logits,
@@ -57,13 +57,7 @@ def make_checkpoint(directory: Path, tokenizer: Tokenizer, variant: str) -> Path
         zero_init_output=False,
         **overrides,
     )
-    torch.manual_seed(0)
-    model = build_model(config)
-    generator = seeded(0)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    return save_checkpoint(directory, model, tokenizer)
+    return save_perturbed_checkpoint(directory, config, tokenizer)
 
 
 def export(kind: str, checkpoint: Path, out: Path, *extra: str) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 GGUF_DTYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
 # llama.cpp's K-quant file types: gguf-py 0.19 has no quantizer for Q2_K..Q6_K (its
-# `quants.quantize` raises NotImplementedError), so these are made from an f16 export with
+# `quants.quantize` cannot write them), so these are made from an f16 export with
 # llama.cpp's `llama-quantize` (docs/export.md, "Quantized GGUF"). The CLI accepts the names only
 # to refuse them with that command.
 KQUANT_DTYPES: tuple[str, ...] = (

@@ -37,7 +37,13 @@ from scratchlm.chat_template import jinja_template, llama_cpp_warning
 from scratchlm.config import ModelConfig
 from scratchlm.errors import ScratchLMError
 from scratchlm.export.dtypes import BLOCK_QUANTS, GGUF_DTYPES, KQUANT_DTYPES
-from scratchlm.export.layouts import LAYOUT_CHOICES, choose_layout, export_state, exported_tie
+from scratchlm.export.layouts import (
+    LAYOUT_CHOICES,
+    LLAMA_GGUF_KEY_MAP,
+    choose_layout,
+    export_state,
+    exported_tie,
+)
 from scratchlm.export.qwen3 import qwen3_gguf_tensors
 from scratchlm.io_utils import fsync_directory, write_failure
 from scratchlm.model import GPT
@@ -55,22 +61,6 @@ ARCHITECTURE = "llama"
 QWEN3_ARCHITECTURE = "qwen3"
 GPT2_ARCHITECTURE = "gpt2"
 logger = logging.getLogger(__name__)
-
-# ours -> GGUF (llama.cpp tensor names), "{i}" is the layer index
-GGUF_KEY_MAP: dict[str, str] = {
-    "token_embedding.weight": "token_embd.weight",
-    "blocks.{i}.attention_norm.weight": "blk.{i}.attn_norm.weight",
-    "blocks.{i}.attention.q_proj.weight": "blk.{i}.attn_q.weight",
-    "blocks.{i}.attention.k_proj.weight": "blk.{i}.attn_k.weight",
-    "blocks.{i}.attention.v_proj.weight": "blk.{i}.attn_v.weight",
-    "blocks.{i}.attention.o_proj.weight": "blk.{i}.attn_output.weight",
-    "blocks.{i}.mlp_norm.weight": "blk.{i}.ffn_norm.weight",
-    "blocks.{i}.mlp.gate_proj.weight": "blk.{i}.ffn_gate.weight",
-    "blocks.{i}.mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
-    "blocks.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
-    "final_norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
 
 # ours -> GGUF for the GPT-2 layout (llama.cpp's `gpt2` architecture); Q, K and V are fused apart.
 GPT2_GGUF_KEY_MAP: dict[str, str] = {
@@ -150,7 +140,7 @@ def gguf_tensors(model: GPT, layout: str = "auto") -> dict[str, torch.Tensor]:
     if architecture == GPT2_ARCHITECTURE:
         return _gpt2_tensors(config, state)
     converted: dict[str, torch.Tensor] = {}
-    for source, target in GGUF_KEY_MAP.items():
+    for source, target in LLAMA_GGUF_KEY_MAP.items():
         layers = range(config.n_layer) if "{i}" in source else [None]
         for layer in layers:
             source_name = source.format(i=layer) if layer is not None else source

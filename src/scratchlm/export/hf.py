@@ -48,9 +48,11 @@ from scratchlm.export.layouts import (
     CUSTOM,
     GPT2_ACTIVATIONS,
     LAYOUT_CHOICES,
+    LLAMA_KEY_MAP,
     export_state,
     exported_tie,
     llama_blockers,
+    llama_family_hf_config,
 )
 from scratchlm.export.layouts import choose_layout as choose_standard_layout
 from scratchlm.export.model_card import (
@@ -80,22 +82,6 @@ from scratchlm.tokenizer import (
     Tokenizer,
 )
 
-# ours -> Hugging Face Llama, "{i}" is the layer index
-LLAMA_KEY_MAP: dict[str, str] = {
-    "token_embedding.weight": "model.embed_tokens.weight",
-    "blocks.{i}.attention_norm.weight": "model.layers.{i}.input_layernorm.weight",
-    "blocks.{i}.attention.q_proj.weight": "model.layers.{i}.self_attn.q_proj.weight",
-    "blocks.{i}.attention.k_proj.weight": "model.layers.{i}.self_attn.k_proj.weight",
-    "blocks.{i}.attention.v_proj.weight": "model.layers.{i}.self_attn.v_proj.weight",
-    "blocks.{i}.attention.o_proj.weight": "model.layers.{i}.self_attn.o_proj.weight",
-    "blocks.{i}.mlp_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
-    "blocks.{i}.mlp.gate_proj.weight": "model.layers.{i}.mlp.gate_proj.weight",
-    "blocks.{i}.mlp.up_proj.weight": "model.layers.{i}.mlp.up_proj.weight",
-    "blocks.{i}.mlp.down_proj.weight": "model.layers.{i}.mlp.down_proj.weight",
-    "final_norm.weight": "model.norm.weight",
-    "lm_head.weight": "lm_head.weight",
-}
-
 
 def llama_config(config: ModelConfig) -> dict[str, Any]:
     """A transformers LlamaConfig (as keyword arguments) for a Llama-math ModelConfig."""
@@ -106,30 +92,7 @@ def llama_config(config: ModelConfig) -> dict[str, Any]:
             + ", ".join(blockers)
             + "; train a llama-* (or tiny/small) preset to export it"
         )
-    rope_parameters = {"rope_type": "default", "rope_theta": config.rope_theta}
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": config.padded_vocab_size,
-        "hidden_size": config.d_model,
-        "intermediate_size": config.ffn_hidden,
-        "num_hidden_layers": config.n_layer,
-        "num_attention_heads": config.n_head,
-        "num_key_value_heads": config.n_kv_head,
-        "head_dim": config.head_dim,
-        "max_position_embeddings": config.context_length,
-        "rms_norm_eps": config.norm_eps,
-        "rope_theta": config.rope_theta,
-        "rope_parameters": rope_parameters,
-        "tie_word_embeddings": exported_tie(config),
-        "attention_bias": False,
-        "mlp_bias": False,
-        "hidden_act": "silu",
-        "initializer_range": config.init_std,
-        "bos_token_id": SPECIAL_TOKENS.index(BOS_TOKEN),
-        "eos_token_id": SPECIAL_TOKENS.index(EOS_TOKEN),
-        "pad_token_id": SPECIAL_TOKENS.index(PAD_TOKEN),
-    }
+    return {**llama_family_hf_config(config, "LlamaForCausalLM", "llama"), "mlp_bias": False}
 
 
 def llama_state_dict(model: GPT) -> dict[str, torch.Tensor]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from scratchlm.config import PRESETS, ModelConfig, preset_config
 from scratchlm.errors import ScratchLMError
 from scratchlm.model import GPT
+from scratchlm.tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS
 
 Target = Literal["hf", "gguf"]
 LAYOUTS: tuple[str, ...] = ("llama", "qwen3", "gpt2")
@@ -233,3 +234,68 @@ def export_state(model: GPT) -> dict[str, torch.Tensor]:
         ).to(table.dtype)
         state["lm_head.weight"] = model.lm_head.weight.detach()  # raw table when tied
     return state
+
+
+# --- what Llama and Qwen3 share (Qwen3 is Llama math plus q/k norms) --------------------------------
+
+# ours -> Hugging Face Llama (and Qwen3, which adds its two norms), "{i}" is the layer index
+LLAMA_KEY_MAP: dict[str, str] = {
+    "token_embedding.weight": "model.embed_tokens.weight",
+    "blocks.{i}.attention_norm.weight": "model.layers.{i}.input_layernorm.weight",
+    "blocks.{i}.attention.q_proj.weight": "model.layers.{i}.self_attn.q_proj.weight",
+    "blocks.{i}.attention.k_proj.weight": "model.layers.{i}.self_attn.k_proj.weight",
+    "blocks.{i}.attention.v_proj.weight": "model.layers.{i}.self_attn.v_proj.weight",
+    "blocks.{i}.attention.o_proj.weight": "model.layers.{i}.self_attn.o_proj.weight",
+    "blocks.{i}.mlp_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+    "blocks.{i}.mlp.gate_proj.weight": "model.layers.{i}.mlp.gate_proj.weight",
+    "blocks.{i}.mlp.up_proj.weight": "model.layers.{i}.mlp.up_proj.weight",
+    "blocks.{i}.mlp.down_proj.weight": "model.layers.{i}.mlp.down_proj.weight",
+    "final_norm.weight": "model.norm.weight",
+    "lm_head.weight": "lm_head.weight",
+}
+
+# ours -> GGUF (llama.cpp tensor names) for the llama architecture; qwen3 adds its two norms.
+LLAMA_GGUF_KEY_MAP: dict[str, str] = {
+    "token_embedding.weight": "token_embd.weight",
+    "blocks.{i}.attention_norm.weight": "blk.{i}.attn_norm.weight",
+    "blocks.{i}.attention.q_proj.weight": "blk.{i}.attn_q.weight",
+    "blocks.{i}.attention.k_proj.weight": "blk.{i}.attn_k.weight",
+    "blocks.{i}.attention.v_proj.weight": "blk.{i}.attn_v.weight",
+    "blocks.{i}.attention.o_proj.weight": "blk.{i}.attn_output.weight",
+    "blocks.{i}.mlp_norm.weight": "blk.{i}.ffn_norm.weight",
+    "blocks.{i}.mlp.gate_proj.weight": "blk.{i}.ffn_gate.weight",
+    "blocks.{i}.mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
+    "blocks.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
+    "final_norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+
+
+def llama_family_hf_config(
+    config: ModelConfig, architecture: str, model_type: str
+) -> dict[str, Any]:
+    """The Hugging Face config keys a Llama and a Qwen3 export share (RoPE, RMSNorm, SwiGLU, no
+    attention bias); each layout adds its own."""
+    return {
+        "architectures": [architecture],
+        "model_type": model_type,
+        "vocab_size": config.padded_vocab_size,
+        "hidden_size": config.d_model,
+        "intermediate_size": config.ffn_hidden,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_kv_head,
+        "head_dim": config.head_dim,
+        "max_position_embeddings": config.context_length,
+        "rms_norm_eps": config.norm_eps,
+        # transformers 5 reads rope_parameters; older versions and other tools read rope_theta.
+        "rope_theta": config.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "tie_word_embeddings": exported_tie(config),
+        "attention_bias": False,
+        "hidden_act": "silu",
+        "initializer_range": config.init_std,
+        "bos_token_id": SPECIAL_TOKENS.index(BOS_TOKEN),
+        "eos_token_id": SPECIAL_TOKENS.index(EOS_TOKEN),
+        "pad_token_id": SPECIAL_TOKENS.index(PAD_TOKEN),
+    }

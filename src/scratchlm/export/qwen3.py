@@ -14,44 +14,28 @@ import torch
 
 from scratchlm.config import ModelConfig
 from scratchlm.errors import ScratchLMError
-from scratchlm.export.layouts import export_state, exported_tie, qwen3_blockers
+from scratchlm.export.layouts import (
+    LLAMA_GGUF_KEY_MAP,
+    LLAMA_KEY_MAP,
+    export_state,
+    exported_tie,
+    llama_family_hf_config,
+    qwen3_blockers,
+)
 from scratchlm.model import GPT
-from scratchlm.tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SPECIAL_TOKENS
 
 # ours -> Hugging Face Qwen3, "{i}" is the layer index
 QWEN3_KEY_MAP: dict[str, str] = {
-    "token_embedding.weight": "model.embed_tokens.weight",
-    "blocks.{i}.attention_norm.weight": "model.layers.{i}.input_layernorm.weight",
-    "blocks.{i}.attention.q_proj.weight": "model.layers.{i}.self_attn.q_proj.weight",
-    "blocks.{i}.attention.k_proj.weight": "model.layers.{i}.self_attn.k_proj.weight",
-    "blocks.{i}.attention.v_proj.weight": "model.layers.{i}.self_attn.v_proj.weight",
-    "blocks.{i}.attention.o_proj.weight": "model.layers.{i}.self_attn.o_proj.weight",
+    **LLAMA_KEY_MAP,
     "blocks.{i}.attention.q_norm.weight": "model.layers.{i}.self_attn.q_norm.weight",
     "blocks.{i}.attention.k_norm.weight": "model.layers.{i}.self_attn.k_norm.weight",
-    "blocks.{i}.mlp_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
-    "blocks.{i}.mlp.gate_proj.weight": "model.layers.{i}.mlp.gate_proj.weight",
-    "blocks.{i}.mlp.up_proj.weight": "model.layers.{i}.mlp.up_proj.weight",
-    "blocks.{i}.mlp.down_proj.weight": "model.layers.{i}.mlp.down_proj.weight",
-    "final_norm.weight": "model.norm.weight",
-    "lm_head.weight": "lm_head.weight",
 }
 
 # ours -> GGUF arch qwen3 (llama.cpp tensor names); q and k rows stay as they are (NEOX RoPE).
 QWEN3_GGUF_KEY_MAP: dict[str, str] = {
-    "token_embedding.weight": "token_embd.weight",
-    "blocks.{i}.attention_norm.weight": "blk.{i}.attn_norm.weight",
-    "blocks.{i}.attention.q_proj.weight": "blk.{i}.attn_q.weight",
-    "blocks.{i}.attention.k_proj.weight": "blk.{i}.attn_k.weight",
-    "blocks.{i}.attention.v_proj.weight": "blk.{i}.attn_v.weight",
-    "blocks.{i}.attention.o_proj.weight": "blk.{i}.attn_output.weight",
+    **LLAMA_GGUF_KEY_MAP,
     "blocks.{i}.attention.q_norm.weight": "blk.{i}.attn_q_norm.weight",
     "blocks.{i}.attention.k_norm.weight": "blk.{i}.attn_k_norm.weight",
-    "blocks.{i}.mlp_norm.weight": "blk.{i}.ffn_norm.weight",
-    "blocks.{i}.mlp.gate_proj.weight": "blk.{i}.ffn_gate.weight",
-    "blocks.{i}.mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
-    "blocks.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
-    "final_norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
 }
 
 
@@ -78,31 +62,11 @@ def qwen3_config(config: ModelConfig) -> dict[str, Any]:
             "this model is not expressible as a Hugging Face Qwen3: " + ", ".join(blockers)
         )
     return {
-        "architectures": ["Qwen3ForCausalLM"],
-        "model_type": "qwen3",
-        "vocab_size": config.padded_vocab_size,
-        "hidden_size": config.d_model,
-        "intermediate_size": config.ffn_hidden,
-        "num_hidden_layers": config.n_layer,
-        "num_attention_heads": config.n_head,
-        "num_key_value_heads": config.n_kv_head,
-        "head_dim": config.head_dim,
-        "max_position_embeddings": config.context_length,
-        "rms_norm_eps": config.norm_eps,
-        # transformers 5 reads rope_parameters; older versions and other tools read rope_theta.
-        "rope_theta": config.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
-        "tie_word_embeddings": exported_tie(config),
-        "attention_bias": False,
+        **llama_family_hf_config(config, "Qwen3ForCausalLM", "qwen3"),
         "attention_dropout": 0.0,
         "use_sliding_window": False,
         "sliding_window": None,
         "max_window_layers": config.n_layer,
-        "hidden_act": "silu",
-        "initializer_range": config.init_std,
-        "bos_token_id": SPECIAL_TOKENS.index(BOS_TOKEN),
-        "eos_token_id": SPECIAL_TOKENS.index(EOS_TOKEN),
-        "pad_token_id": SPECIAL_TOKENS.index(PAD_TOKEN),
     }
 
 
