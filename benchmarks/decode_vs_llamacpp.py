@@ -1,29 +1,68 @@
-"""Decode tokens/s at batch 1 on the same Llama weights, side by side in one run: ours (fp32 and the
-int8 CPU path) vs llama.cpp (f32 and q8_0 GGUF exported by scratchlm) vs transformers generate().
+"""Decode tokens/s at batch 1 on the same weights, side by side in one run, per precision: ours
+(`--quantize none|q8|q4|bf16`, the fused CPU kernels) against llama.cpp (llama-cpp-python on the
+f32 / q8_0 / q4_0 / bf16 GGUF that scratchlm's exporter writes from the same checkpoint), with the
+ratio and each one's fraction of the bandwidth floor (bytes of weights read per token over the
+memory read bandwidth measured in the same run).
 
     .venv/bin/python benchmarks/decode_vs_llamacpp.py --preset llama-42m --new-tokens 64 --rounds 3
+    .venv/bin/python benchmarks/decode_vs_llamacpp.py --checkpoint RUN_OR_CHECKPOINT_DIR
+    .venv/bin/python benchmarks/decode_vs_llamacpp.py --int8   # also the retired fbgemm int8 path
+
+`--preset` uses random weights (speed does not depend on them); `--checkpoint` a trained model
+(copied to a temporary directory first: the quantized files are written beside the copy).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import os
+import shutil
 import statistics
 import tempfile
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from scratchlm.checkpoint import save_checkpoint
+from scratchlm.checkpoint import resolve_checkpoint, save_checkpoint
 from scratchlm.config import preset_config
 from scratchlm.export.gguf import export_gguf
-from scratchlm.export.hf import to_transformers_llama
 from scratchlm.inference.engine import Engine
-from scratchlm.inference.quantize import quantize_for_cpu
+from scratchlm.inference.load import load_for_inference
 from scratchlm.inference.settings import GREEDY
-from scratchlm.model import build_model
+from scratchlm.model import GPT, build_model
 from scratchlm.tokenizer import train_bpe
+
+# ours --quantize -> the GGUF type llama.cpp decodes; bytes per weight of each format
+PAIRS = {"none": "f32", "q8": "q8_0", "q4": "q4_0", "bf16": "bf16"}
+BYTES_PER_WEIGHT = {"none": 4.0, "q8": 34 / 32, "q4": 18 / 32, "bf16": 2.0, "int8": 1.0}
+
+
+def read_bandwidth(threads: int) -> float:
+    """GB/s of a plain streaming read (a sum over 256 MB, far past the caches), best of 5."""
+    torch.set_num_threads(threads)
+    data = torch.ones(64 * 1024 * 1024, dtype=torch.float32)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        float(data.sum())
+        best = min(best, time.perf_counter() - started)
+    return data.numel() * 4 / best / 1e9
+
+
+def linear_weights(model: GPT) -> int:
+    """Weights of the matrices a decode step reads in full: every linear layer (lm_head included,
+    also when tied)."""
+    total = model.lm_head.weight.numel()
+    for block in model.blocks:
+        for module in block.modules():
+            if isinstance(module, torch.nn.Linear):
+                total += module.weight.numel()
+    return total
 
 
 def main() -> None:
@@ -31,38 +70,59 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--preset", default="llama-42m")
+    parser.add_argument("--checkpoint", help="a trained checkpoint (or run directory) instead")
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--precisions", default="none,q8,q4,bf16", help="ours, comma-separated (paired as PAIRS)"
+    )
+    parser.add_argument("--int8", action="store_true", help="also the fbgemm int8 path (retired)")
     args = parser.parse_args()
     import llama_cpp
 
-    tokenizer = train_bpe(["Once upon a time there was a little cat. " * 200], 4000)
-    torch.manual_seed(0)
-    model = build_model(preset_config(args.preset, vocab_size=tokenizer.vocab_size)).eval()
+    torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="scratchlm-bench-"))
-    checkpoint = save_checkpoint(work / "ckpt", model, tokenizer)
-    ggufs = {
-        dtype: export_gguf(str(checkpoint), work / f"model-{dtype}.gguf", dtype=dtype)
-        for dtype in ("f32", "q8_0")
+    if args.checkpoint:
+        source = resolve_checkpoint(args.checkpoint)
+        checkpoint = work / "ckpt"
+        shutil.copytree(source, checkpoint)
+        name = f"{source} (trained)"
+    else:
+        tokenizer = train_bpe(["Once upon a time there was a little cat. " * 200], 4000)
+        torch.manual_seed(0)
+        config = preset_config(args.preset, vocab_size=tokenizer.vocab_size)
+        checkpoint = save_checkpoint(work / "ckpt", build_model(config).eval(), tokenizer)
+        name = f"{args.preset} (random weights)"
+    precisions = args.precisions.split(",")
+    ours = {
+        method: load_for_inference(str(checkpoint), "cpu", method, verify=False)[0].model.eval()
+        for method in precisions
     }
-    threads = torch.get_num_threads()
-    llamas = {
-        dtype: llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=threads, verbose=False)
-        for dtype, path in ggufs.items()
-    }
-    hf_model = to_transformers_llama(model)
-    int8 = quantize_for_cpu(model, "int8")
-    prompt = torch.randint(8, tokenizer.vocab_size, (args.prompt_tokens,)).tolist()
+    reference = ours.get("none") or load_for_inference(str(checkpoint), "cpu")[0].model.eval()
+    llamas = {}
+    for method in precisions:
+        path = export_gguf(
+            str(checkpoint), work / f"model-{PAIRS[method]}.gguf", dtype=PAIRS[method]
+        )
+        llamas[method] = llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=min(512, reference.config.context_length),
+            n_threads=args.threads,
+            verbose=False,
+        )
+    contenders: dict[str, tuple[str, Callable[[], float]]] = {}
+    torch.manual_seed(1)
+    prompt = torch.randint(8, reference.config.vocab_size, (args.prompt_tokens,)).tolist()
 
-    def ours(m: torch.nn.Module) -> float:
+    def rate_ours(model: GPT) -> float:
         started = time.perf_counter()
-        count = sum(
-            1 for _ in Engine(m).generate(prompt, max_new_tokens=args.new_tokens, sampling=GREEDY)
-        )  # type: ignore[arg-type]
+        tokens = Engine(model).generate(prompt, max_new_tokens=args.new_tokens, sampling=GREEDY)
+        count = len(list(tokens))
         return count / (time.perf_counter() - started)
 
-    def llamacpp(llm: llama_cpp.Llama) -> float:
+    def rate_llamacpp(llm: llama_cpp.Llama) -> float:
         llm.reset()
         started = time.perf_counter()
         count = 0
@@ -72,41 +132,44 @@ def main() -> None:
                 break
         return count / (time.perf_counter() - started)
 
-    @torch.inference_mode()
-    def transformers_rate() -> float:
-        started = time.perf_counter()
-        output = hf_model.generate(
-            torch.tensor([prompt]),
-            max_new_tokens=args.new_tokens,
-            min_new_tokens=args.new_tokens,
-            do_sample=False,
-            eos_token_id=None,
-            pad_token_id=0,
+    for method in precisions:
+        contenders[f"ours {method}"] = (method, functools.partial(rate_ours, ours[method]))
+        contenders[f"llama.cpp {PAIRS[method]}"] = (
+            method,
+            functools.partial(rate_llamacpp, llamas[method]),
         )
-        return (output.shape[1] - len(prompt)) / (time.perf_counter() - started)
+    if args.int8:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao's deprecation notice
+            int8 = torch.ao.quantization.quantize_dynamic(
+                copy.deepcopy(reference), {torch.nn.Linear}, dtype=torch.qint8
+            )
+        contenders["ours int8 (fbgemm)"] = ("int8", lambda: rate_ours(int8))
 
-    contenders = {
-        "ours fp32": lambda: ours(model),
-        "ours int8": lambda: ours(int8),
-        "llama.cpp f32": lambda: llamacpp(llamas["f32"]),
-        "llama.cpp q8_0": lambda: llamacpp(llamas["q8_0"]),
-        "transformers fp32": transformers_rate,
-    }
-    for run in contenders.values():
+    bandwidth_before = read_bandwidth(args.threads)
+    for _, run in contenders.values():
         run()  # warm-up
-    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    rates: dict[str, list[float]] = {label: [] for label in contenders}
     for _ in range(args.rounds):
-        for name, run in contenders.items():
-            rates[name].append(run())
-    medians = {name: statistics.median(values) for name, values in rates.items()}
+        for label, (_, run) in contenders.items():
+            rates[label].append(run())
+    bandwidth = max(bandwidth_before, read_bandwidth(args.threads))
+    medians = {label: statistics.median(values) for label, values in rates.items()}
+    weights = linear_weights(reference)
     print(
-        f"{args.preset} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params), prompt {args.prompt_tokens}, "
-        f"{args.new_tokens} new tokens, {threads} threads, median of {args.rounds} (cpu count {os.cpu_count()})"
+        f"{name}: {weights / 1e6:.1f}M weights in linear layers; prompt {args.prompt_tokens}, "
+        f"{args.new_tokens} new tokens, {args.threads} threads, median of {args.rounds}; "
+        f"read bandwidth {bandwidth:.1f} GB/s (cpu count {os.cpu_count()}, load "
+        f"{os.getloadavg()[0]:.2f})"
     )
-    for name, value in medians.items():
-        print(
-            f"  {name:>18}: {value:8.1f} tokens/s  = {value / medians['llama.cpp f32']:.2f}x llama.cpp f32"
-        )
+    print(f"  {'':>22}  {'tokens/s':>9}  {'vs llama.cpp':>12}  {'of floor':>8}")
+    for label, (method, _) in contenders.items():
+        value = medians[label]
+        floor = bandwidth * 1e9 / (weights * BYTES_PER_WEIGHT[method])  # tokens/s
+        peer = f"llama.cpp {PAIRS.get(method, 'q8_0')}"
+        ratio = f"{value / medians[peer]:.2f}x" if peer in medians and label != peer else ""
+        print(f"  {label:>22}  {value:9.1f}  {ratio:>12}  {value / floor:8.0%}")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

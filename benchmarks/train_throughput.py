@@ -5,6 +5,10 @@ between presets round by round so that machine noise hits both alike; the script
 tokens/s of each and the ratios against the first.
 
     .venv/bin/python benchmarks/train_throughput.py --presets tiny small --rounds 5
+    .venv/bin/python benchmarks/train_throughput.py --presets tiny tiny:qk_norm=true --optimizer muon
+
+A preset may carry config overrides after a colon (`tiny:qk_norm=true,n_layer=6`), the same values
+as `train --set`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import torch.nn.functional as F
 
 from scratchlm.config import preset_config
 from scratchlm.model import build_model, count_parameters
-from scratchlm.training.optim import build_optimizer
+from scratchlm.training.optim import OPTIMIZERS, build_optimizer
+from scratchlm.training.run_config import parse_model_overrides
 
 
 def cpu_name() -> str:
@@ -42,16 +47,30 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps-per-round", type=int, default=3)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device("cpu")
     setups = []
     for name in args.presets:
-        config = preset_config(name, vocab_size=args.vocab_size)
+        preset, _, overrides = name.partition(":")
+        config = preset_config(
+            preset,
+            vocab_size=args.vocab_size,
+            **parse_model_overrides(overrides.split(",") if overrides else []),
+        )
         torch.manual_seed(0)
         model = build_model(config, device)
         optimizer = build_optimizer(
-            model, learning_rate=1e-3, weight_decay=0.1, betas=(0.9, 0.95), device=device
+            model,
+            learning_rate=1e-3,
+            weight_decay=0.1,
+            betas=(0.9, 0.95),
+            device=device,
+            kind=args.optimizer,
         )
         inputs = torch.randint(0, args.vocab_size, (args.batch_size, config.context_length))
         targets = torch.randint(0, args.vocab_size, (args.batch_size, config.context_length))
@@ -82,13 +101,13 @@ def main() -> None:
 
     print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(
-        f"batch {args.batch_size} x context, vocab {args.vocab_size}, fp32, {args.rounds} rounds x {args.steps_per_round} steps"
+        f"batch {args.batch_size} x context, vocab {args.vocab_size}, fp32, {args.optimizer}, {args.rounds} rounds x {args.steps_per_round} steps"
     )
     first = statistics.median(rates[setups[0][0]])
     for name, config, model, *_ in setups:
         median = statistics.median(rates[name])
         print(
-            f"{name:>8}: {count_parameters(model):>10,} params, context {config.context_length:>4}: "
+            f"{name:>18}: {count_parameters(model):>10,} params, context {config.context_length:>4}: "
             f"{median:>9,.0f} tokens/s (min {min(rates[name]):,.0f}, max {max(rates[name]):,.0f}), "
             f"ratio to {setups[0][0]}: {median / first:.3f}"
         )

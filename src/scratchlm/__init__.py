@@ -9,7 +9,7 @@ The Python API (docs/python-api.md); importing it is cheap, torch loads on the f
 """
 
 from scratchlm import finetune  # the package, callable as the API's finetune (see its docstring)
-from scratchlm.api import LanguageModel, Score, load, train, train_config
+from scratchlm.api import LanguageModel, Score, dpo, load, rl, train, train_config
 from scratchlm.errors import ScratchLMError
 
 __version__ = "0.1.0"
@@ -18,8 +18,10 @@ __all__ = [
     "Score",
     "ScratchLMError",
     "__version__",
+    "dpo",
     "finetune",
     "load",
+    "rl",
     "train",
     "train_config",
 ]

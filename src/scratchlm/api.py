@@ -164,8 +164,8 @@ def load(
 ) -> LanguageModel:
     """A checkpoint directory, or a run directory (its best/, else its latest checkpoint),
     loaded for inference: `device` auto (CUDA > MPS > CPU), cpu, cuda, cuda:N or mps;
-    `quantize="int8"` for faster CPU decoding; `verify=False` skips the checksums (the CLI's
-    --skip-checksums)."""
+    `quantize="q8"` (or "q4", "bf16") for faster CPU decoding; `verify=False` skips the
+    checksums (the CLI's --skip-checksums)."""
     from scratchlm.inference.load import load_for_inference
 
     loaded, chosen = load_for_inference(os.fspath(path), device, quantize, verify=verify)
@@ -214,50 +214,39 @@ def train(**settings: Any) -> Path:
     return run_training(train_config(**settings)).run_dir
 
 
-def finetune(checkpoint: str | os.PathLike[str], **settings: Any) -> Path:
-    """Fine-tune `checkpoint` (a checkpoint or run directory) with the `scratchlm finetune`
-    settings as keyword arguments (data is required; lora_rank > 0 for LoRA) and return the run
-    directory. The model, its tokenizer and context come from the checkpoint."""
+def _fine_tuning_settings(
+    command: str,
+    settings: dict[str, Any],
+    *,
+    excluded: frozenset[str],
+    extra_types: dict[str, Any],
+    defaults: dict[str, Any],
+    refusal: str,
+    max_steps: int,
+) -> tuple[Any, dict[str, Any], Any]:
+    """What finetune, dpo and rl share: typed keyword settings over a `config=` file over the
+    command's defaults -> (TrainConfig, every merged value, LoRASettings or None)."""
     from scratchlm.finetune.lora import LoRASettings
-    from scratchlm.finetune.settings import (
-        FINETUNE_DEFAULTS,
-        FINETUNE_EXCLUDED,
-        FINETUNE_MAX_STEPS,
-        LORA_DEFAULTS,
-        LORA_TYPES,
-    )
-    from scratchlm.finetune.trainer import finetune as run_finetune
+    from scratchlm.finetune.settings import LORA_DEFAULTS, LORA_TYPES
     from scratchlm.training.run_config import TrainConfig, field_types, read_config_file
 
-    kinds = {
-        name: kind
-        for name, kind in field_types(TrainConfig).items()
-        if name not in FINETUNE_EXCLUDED
-    }
-    values = _settings(settings, {**kinds, **LORA_TYPES}, "scratchlm.finetune")
+    kinds = {name: kind for name, kind in field_types(TrainConfig).items() if name not in excluded}
+    extra = {**LORA_TYPES, **extra_types}
+    values = _settings(settings, {**kinds, **extra}, f"scratchlm.{command}")
     file_values = (
         read_config_file(
             values["config"],
-            extra=LORA_TYPES,
-            refused={
-                name: "does not apply to finetune: the model and its tokenizer come from the "
-                "checkpoint; remove it from the file"
-                for name in FINETUNE_EXCLUDED
-            },
+            extra=extra,
+            refused={name: f"{refusal}; remove it from the file" for name in excluded},
         )
         if values.get("config")
         else {}
     )
-    merged = {**FINETUNE_DEFAULTS, **file_values, **values}
-    if "data" not in merged:
-        raise ScratchLMError(
-            "finetune needs data=: a JSONL of conversations (Alpaca, messages or "
-            "prompt/completion) or a text file"
-        )
-    names = TrainConfig.field_names()  # FINETUNE_DEFAULTS' tokenizer "base" included, as the CLI
+    merged = {**defaults, **file_values, **values}
+    names = TrainConfig.field_names()  # finetune's tokenizer "base" included, as the CLI
     config = TrainConfig(**{name: value for name, value in merged.items() if name in names})
     if config.max_steps is None and config.max_tokens is None and config.max_time is None:
-        config.max_steps = FINETUNE_MAX_STEPS
+        config.max_steps = max_steps
     lora = {name: merged.get(name, default) for name, default in LORA_DEFAULTS.items()}
     adapters = None
     if lora["lora_rank"]:
@@ -270,4 +259,104 @@ def finetune(checkpoint: str | os.PathLike[str], **settings: Any) -> Path:
             dropout=lora["lora_dropout"],
             targets=targets,
         )
+    return config, merged, adapters
+
+
+def finetune(checkpoint: str | os.PathLike[str], **settings: Any) -> Path:
+    """Fine-tune `checkpoint` (a checkpoint or run directory) with the `scratchlm finetune`
+    settings as keyword arguments (data is required; lora_rank > 0 for LoRA) and return the run
+    directory. The model, its tokenizer and context come from the checkpoint."""
+    from scratchlm.finetune.settings import (
+        FINETUNE_DEFAULTS,
+        FINETUNE_EXCLUDED,
+        FINETUNE_MAX_STEPS,
+    )
+    from scratchlm.finetune.trainer import finetune as run_finetune
+
+    config, merged, adapters = _fine_tuning_settings(
+        "finetune",
+        settings,
+        excluded=FINETUNE_EXCLUDED,
+        extra_types={},
+        defaults=FINETUNE_DEFAULTS,
+        refusal="does not apply to finetune: the model and its tokenizer come from the checkpoint",
+        max_steps=FINETUNE_MAX_STEPS,
+    )
+    if "data" not in merged:
+        raise ScratchLMError(
+            "finetune needs data=: conversations (.jsonl, .jsonl.gz, .json or hf:NAME with "
+            "Alpaca, messages, ShareGPT or prompt/completion records) or a text file"
+        )
     return run_finetune(config, base=os.fspath(checkpoint), lora=adapters).run_dir
+
+
+def rl(checkpoint: str | os.PathLike[str], **settings: Any) -> Path:
+    """Reinforcement learning from verifiable rewards on `checkpoint` (a chat checkpoint or run
+    directory) with the `scratchlm rl` settings as keyword arguments (task is required: arithmetic,
+    story-qa, gsm8k or file with task_data; reward, prompts_per_step, group_size, ...;
+    lora_rank > 0 for LoRA) and return the run directory."""
+    from scratchlm.finetune.rl import RLSettings
+    from scratchlm.finetune.rl import rl as run_rl
+    from scratchlm.finetune.settings import (
+        RL_DEFAULTS,
+        RL_EXCLUDED,
+        RL_MAX_STEPS,
+        RL_TRAIN_DEFAULTS,
+        RL_TYPES,
+    )
+
+    config, merged, adapters = _fine_tuning_settings(
+        "rl",
+        settings,
+        excluded=RL_EXCLUDED,
+        extra_types=RL_TYPES,
+        defaults=RL_TRAIN_DEFAULTS,
+        refusal="does not apply to rl (the prompts come from the task, the model from the "
+        "checkpoint)",
+        max_steps=RL_MAX_STEPS,
+    )
+    if merged.get("task") is None:
+        raise ScratchLMError(
+            "rl needs task=: arithmetic, story-qa, gsm8k, or file (with task_data=)"
+        )
+    rl_settings = RLSettings(
+        **{name: merged.get(name, default) for name, default in RL_DEFAULTS.items()}
+    )
+    result = run_rl(config, base=os.fspath(checkpoint), settings=rl_settings, lora=adapters)
+    return result.run_dir
+
+
+def dpo(checkpoint: str | os.PathLike[str], **settings: Any) -> Path:
+    """Preference-tune `checkpoint` (an SFT checkpoint or run directory) with the `scratchlm dpo`
+    settings as keyword arguments (data is required; loss "sigmoid"|"ipo"|"simpo", beta,
+    simpo_gamma; lora_rank > 0 for LoRA) and return the run directory."""
+    from scratchlm.finetune.dpo import DPOSettings
+    from scratchlm.finetune.dpo import dpo as run_dpo
+    from scratchlm.finetune.settings import (
+        DPO_DEFAULTS,
+        DPO_EXCLUDED,
+        DPO_TYPES,
+        FINETUNE_DEFAULTS,
+        FINETUNE_MAX_STEPS,
+    )
+
+    config, merged, adapters = _fine_tuning_settings(
+        "dpo",
+        settings,
+        excluded=DPO_EXCLUDED,
+        extra_types=DPO_TYPES,
+        defaults=FINETUNE_DEFAULTS,
+        refusal="does not apply to dpo: the model and its tokenizer come from the checkpoint, "
+        "and preference pairs are records, not text",
+        max_steps=FINETUNE_MAX_STEPS,
+    )
+    if "data" not in merged:
+        raise ScratchLMError(
+            "dpo needs data=: preference pairs ({prompt, chosen, rejected}, {instruction, "
+            "input, chosen, rejected} or chosen/rejected conversations)"
+        )
+    preference = DPOSettings(
+        **{name: merged.get(name, default) for name, default in DPO_DEFAULTS.items()}
+    )
+    result = run_dpo(config, base=os.fspath(checkpoint), settings=preference, lora=adapters)
+    return result.run_dir

@@ -171,3 +171,62 @@ def test_a_bad_license_is_refused_before_writing(
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and "--license 'My License'" in error, error
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("stage", "settings", "measured", "rows"),
+    [
+        (
+            "dpo",
+            {"loss": "sigmoid", "beta": 0.1},
+            {"val_loss": 0.25, "val_preference_accuracy": 0.625, "val_reward_accuracy": 0.875},
+            [
+                "| preference tuning | loss sigmoid, beta 0.1 |",
+                "| held-out preference accuracy (summed log-probs) | 0.625 |",
+                "| held-out reward accuracy | 0.875 |",
+                "| best held-out preference loss | 0.25 |",
+            ],
+        ),
+        (
+            "rl",
+            {
+                "task": "arithmetic",
+                "reward": None,
+                "group_size": 8,
+                "prompts_per_step": 8,
+                "kl": 0.0,
+            },
+            {"val_loss": 0.75, "pass@1": 0.25, "pass@k": 0.5},
+            [
+                "| RL from verifiable rewards | task arithmetic, reward default, group_size 8, "
+                "prompts_per_step 8, kl 0.0 |",
+                "| held-out pass@1 (greedy) | 0.25 |",
+                "| held-out pass@k | 0.5 |",
+                "| best held-out 1 - pass@1 | 0.75 |",
+            ],
+        ),
+    ],
+)
+def test_card_of_a_post_training_checkpoint_says_what_the_stage_measured(
+    tmp_path: Path,
+    bpe_tokenizer: Tokenizer,
+    stage: str,
+    settings: dict[str, object],
+    measured: dict[str, float],
+    rows: list[str],
+) -> None:
+    torch.manual_seed(0)
+    config = tiny_config("tiny", vocab_size=bpe_tokenizer.vocab_size)
+    checkpoint = save_checkpoint(
+        tmp_path / "ckpt",
+        build_model(config),
+        bpe_tokenizer,
+        training={"step": 10, "best_val_loss": measured["val_loss"], "val": measured},
+        extra_metadata={stage: settings},
+    )
+    out = tmp_path / "hf"
+    assert main(["export", "hf", "-m", str(checkpoint), "--out", str(out)]) == 0
+    card = (out / "README.md").read_text(encoding="utf-8")
+    for row in rows:
+        assert row in card, row
+    assert "| best validation loss |" not in card and "perplexity" not in card

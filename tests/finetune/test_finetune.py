@@ -7,35 +7,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scratchlm.checkpoint import load_checkpoint, save_checkpoint
+from scratchlm.checkpoint import load_checkpoint
 from scratchlm.cli import main
 from scratchlm.errors import ScratchLMError
 from scratchlm.evaluation.perplexity import evaluate_batches
 from scratchlm.finetune import datasets
 from scratchlm.finetune.lora import LoRASettings, apply_lora, merge_lora, merged_state
 from scratchlm.finetune.trainer import LORA_LR, FinetuneTrainer, finetune
-from scratchlm.model import build_model
 from scratchlm.tokenizer import Tokenizer
 from scratchlm.training.run_config import TrainConfig
-from tests.conftest import tiny_config
 
 COLORS = ["red", "blue", "green", "yellow", "pink", "black"]
 ANIMALS = ["cat", "dog", "fox", "bird", "frog", "duck"]
-
-
-@pytest.fixture
-def base(tmp_path: Path, bpe_tokenizer: Tokenizer) -> Path:
-    torch.manual_seed(0)
-    model = build_model(
-        tiny_config(
-            "tiny",
-            vocab_size=bpe_tokenizer.vocab_size,
-            context_length=64,
-            d_model=64,
-            ffn_hidden=128,
-        )
-    )
-    return save_checkpoint(tmp_path / "base", model, bpe_tokenizer)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """The fp32 CPU decode kernels (scratchlm.inference.kernels) behind the decode primitive: parity with the model's forward,
-greedy identity through Engine, and the fallback whenever they cannot or must not be used.
+greedy identity through Engine, and the fallback whenever they cannot or must not be used (q8, q4
+and bf16 weights: test_quantized_decode.py).
 
 The kernel tests need a C++ compiler (the library is built on first use, ~2 s, then cached); they
 skip cleanly without one. The fallback tests run everywhere.
@@ -17,11 +18,10 @@ from scratchlm.inference.bench import time_batch_one
 from scratchlm.inference.engine import Engine
 from scratchlm.inference.kernels import decoder as kernel_decoder
 from scratchlm.inference.kernels import loader
-from scratchlm.inference.quantize import quantize_for_cpu
 from scratchlm.inference.session import DecodeSession
 from scratchlm.inference.settings import GREEDY, SamplingSettings
 from scratchlm.kv_cache import KVCache
-from scratchlm.model import GPT, build_model
+from scratchlm.model import GPT, Block, build_model
 from tests.conftest import tiny_config
 
 
@@ -178,9 +178,12 @@ def test_step_refuses_a_full_cache_and_bad_tokens() -> None:
 def test_fallback_when_the_fast_path_does_not_apply(monkeypatch: pytest.MonkeyPatch) -> None:
     model = _model("llama-42m")
     cache = KVCache.for_model(model.config, 1, 8)
-    quantized = quantize_for_cpu(model, "int8")
-    assert kernel_decoder.fast_decoder(quantized, cache) is None
-    assert "not an nn.Linear" in str(kernel_decoder.unsupported_reason(quantized, cache))
+    adapted = _model("llama-42m")  # a projection replaced by another module (as an adapter)
+    block = adapted.blocks[0]
+    assert isinstance(block, Block)
+    setattr(block.attention, "q_proj", nn.Sequential(block.attention.q_proj))  # noqa: B010
+    assert kernel_decoder.fast_decoder(adapted, cache) is None
+    assert "not an nn.Linear" in str(kernel_decoder.unsupported_reason(adapted, cache))
     assert (
         kernel_decoder.unsupported_reason(model, KVCache.for_model(model.config, 2, 8)) is not None
     )

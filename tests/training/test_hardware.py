@@ -121,3 +121,13 @@ def test_mfu_arithmetic() -> None:
     assert mfu(1000.0, 6e9, 12e12) == pytest.approx(0.5)
     assert mfu(0.0, 6e9, 12e12) == 0.0
     assert mfu(1000.0, 6e9, None) is None
+
+
+def test_a_cpu_bf16_peak_is_never_below_the_fp32_one() -> None:
+    """Without bf16 instructions a bf16 matmul is emulated: MFU against that slow peak would
+    exceed 100%. The bf16 peak is the higher of the two measured."""
+    fp32, _ = peak_flops(torch.device("cpu"), "fp32")
+    bf16, source = peak_flops(torch.device("cpu"), "bf16")
+    assert fp32 is not None and bf16 is not None and bf16 >= fp32
+    assert bf16 == max(fp32, measure_cpu_peak_flops(torch.bfloat16))
+    assert ("bf16" in source) == (bf16 > fp32)

@@ -1,8 +1,8 @@
 """`scratchlm <command>`: one entry point. Thin: parse flags, call library functions, print.
 
 `COMMANDS` is the one table of subcommands (name -> flags, handler, help); each family of
-commands has its module here (`info`, `train`, `generate`, `evaluate`, `chat`, `serve`, `export`,
-`report`) and `options` holds the flag groups they share. This package is the only one that imports
+commands has its module here (`info`, `train`, `dpo`, `rl`, `generate`, `evaluate`, `chat`,
+`serve`, `export`, `report`) and `options` holds the flag groups they share. This package is the only one that imports
 argparse; its modules import torch, FastAPI and the like inside the handlers, so `--help` and
 argument errors stay fast.
 
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from scratchlm.cli import chat, evaluate, export, generate, info, report, serve, train
+from scratchlm.cli import chat, dpo, evaluate, export, generate, info, report, rl, serve, train
 from scratchlm.cli.options import HelpFormatter
 from scratchlm.errors import ScratchLMError
 
@@ -68,7 +68,17 @@ COMMANDS: dict[str, Command] = {
     "finetune": Command(
         train.add_finetune,
         train.command_finetune,
-        "fine-tune a checkpoint on chat data (JSONL) or text, fully or with LoRA",
+        "fine-tune a checkpoint on chat data (JSONL, JSON, ShareGPT, hf:) or text, fully or with LoRA",
+    ),
+    "dpo": Command(
+        dpo.add_dpo,
+        dpo.command_dpo,
+        "preference-tune a chat checkpoint on chosen/rejected pairs (DPO, IPO or SimPO)",
+    ),
+    "rl": Command(
+        rl.add_rl,
+        rl.command_rl,
+        "reinforcement learning from verifiable rewards (GRPO-style) on a chat checkpoint",
     ),
     "export hf": Command(
         export.add_export_hf,

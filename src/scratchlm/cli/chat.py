@@ -67,7 +67,7 @@ def command_chat(args: argparse.Namespace) -> None:
         context_file=context_file,
     )
     dtype = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
-    quantized = ", int8 weights" if args.quantize == "int8" else ""
+    quantized = f", {args.quantize} weights" if args.quantize != "none" else ""
     app.welcome(
         device=f"{device} ({dtype}{quantized})",
         parameters=loaded.config.parameter_counts()["n_params"],

@@ -129,7 +129,7 @@ def command_eval(args: argparse.Namespace) -> None:
     from scratchlm.inference.load import load_for_inference
 
     loaded, device = load_for_inference(
-        args.checkpoint, args.device, verify=not args.skip_checksums
+        args.checkpoint, args.device, args.quantize, verify=not args.skip_checksums
     )
     # Raw text, uncleaned: the score is of the text exactly as given.
     documents = (

@@ -92,11 +92,14 @@ def add_skip_checksums_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_quantize_argument(parser: argparse.ArgumentParser) -> None:
+    # "int8" (retired) stays a choice, unlisted, so quantize_for_cpu can name its replacement.
     parser.add_argument(
         "--quantize",
-        choices=["none", "int8"],
+        choices=["none", "q8", "q4", "bf16", "int8"],
         default="none",
-        help="int8 weights for faster CPU decoding",
+        metavar="{none,q8,q4,bf16}",
+        help="weights for the CPU decode kernels: q8/q4 blocks (as GGUF Q8_0/Q4_0) or bf16, "
+        "packed once beside the checkpoint; faster decoding, slightly different outputs",
     )
 
 

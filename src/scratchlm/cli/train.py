@@ -251,16 +251,20 @@ def command_train(args: argparse.Namespace) -> None:
 # --- fine-tuning ----------------------------------------------------------------------------------
 
 
+def own_values(
+    defaults: dict[str, Any], args: argparse.Namespace, file_values: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A command's own settings (LoRA's, dpo's, rl's: the keys of `defaults`) from the flags
+    typed, else the --config file, else the defaults."""
+    values = {**defaults, **{k: v for k, v in (file_values or {}).items() if k in defaults}}
+    values.update({name: value for name, value in vars(args).items() if name in defaults})
+    return values
+
+
 def lora_values(
     args: argparse.Namespace, file_values: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """LoRA settings from the flags typed, else the --config file, else the defaults."""
-    values = {
-        **LORA_DEFAULTS,
-        **{k: v for k, v in (file_values or {}).items() if k in LORA_DEFAULTS},
-    }
-    values.update({name: value for name, value in vars(args).items() if name in LORA_DEFAULTS})
-    return values
+    return own_values(LORA_DEFAULTS, args, file_values)
 
 
 def lora_from_args(args: argparse.Namespace, file_values: dict[str, Any] | None = None) -> Any:
@@ -280,9 +284,9 @@ def lora_from_args(args: argparse.Namespace, file_values: dict[str, Any] | None 
     )
 
 
-def add_finetune(parser: argparse.ArgumentParser) -> None:
-    add_checkpoint_argument(parser, "the base checkpoint or run directory")
-    # Defaults SUPPRESSed (shown in the help): a --config file may set them, flags override it.
+def add_lora_arguments(parser: argparse.ArgumentParser) -> None:
+    """The LoRA flags of finetune, dpo and rl. Defaults SUPPRESSed (shown in the help): a
+    --config file may set them, flags override it."""
     for flag, kind, help_text in (
         ("--lora-rank", int, "LoRA rank (0 = full fine-tuning)"),
         ("--lora-alpha", float, "LoRA scale numerator (scale = alpha / rank)"),
@@ -298,6 +302,11 @@ def add_finetune(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             flag, type=kind, default=argparse.SUPPRESS, help=f"{help_text} (default: {default})"
         )
+
+
+def add_finetune(parser: argparse.ArgumentParser) -> None:
+    add_checkpoint_argument(parser, "the base checkpoint or run directory")
+    add_lora_arguments(parser)
     add_train_arguments(
         parser,
         exclude=FINETUNE_EXCLUDED,
@@ -329,7 +338,8 @@ def command_finetune(args: argparse.Namespace) -> None:
     )
     if "data" not in vars(args) and "data" not in config_file:
         raise ScratchLMError(
-            "finetune needs --data: a JSONL of conversations (Alpaca, messages or prompt/completion) or a text file"
+            "finetune needs --data: conversations (.jsonl, .jsonl.gz, .json or hf:NAME with Alpaca, "
+            "messages, ShareGPT or prompt/completion records) or a text file"
         )
     config = resolve_train_config(args, FINETUNE_DEFAULTS, file_values=config_file)
     if config.max_steps is None and config.max_tokens is None and config.max_time is None:

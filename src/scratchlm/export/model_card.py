@@ -11,6 +11,7 @@ read by `scratchlm.report` (one reader for the report and the card).
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,42 @@ def architecture_rows(
     ]
 
 
+def post_training_rows(metadata: dict[str, Any], training: dict[str, Any]) -> list[list[str]]:
+    """What a dpo or rl stage did: its settings and the held-out measures of this checkpoint's
+    evaluation (`training["val"]`)."""
+    val = training.get("val")
+    measured: dict[str, Any] = val if isinstance(val, dict) else {}
+    rows: list[list[str]] = []
+    dpo, rl = metadata.get("dpo"), metadata.get("rl")
+    if isinstance(dpo, dict):
+        rows.append(["preference tuning", ", ".join(f"{k} {v}" for k, v in dpo.items())])
+        names = {
+            "val_preference_accuracy": "held-out preference accuracy (summed log-probs)",
+            "val_preference_accuracy_per_token": "held-out preference accuracy (per token)",
+            "val_reward_accuracy": "held-out reward accuracy",
+            "val_reward_margin": "held-out reward margin",
+        }
+    elif isinstance(rl, dict):
+        shown = ("task", "reward", "group_size", "prompts_per_step", "kl")
+        rows.append(
+            [
+                "RL from verifiable rewards",
+                ", ".join(f"{k} {rl[k] if rl.get(k) is not None else 'default'}" for k in shown),
+            ]
+        )
+        names = {
+            "pass@1": "held-out pass@1 (greedy)",
+            "pass@k": "held-out pass@k",
+            "reward_mean": "held-out mean reward",
+        }
+    else:
+        return rows
+    rows += [
+        [label, format_value(measured[key])] for key, label in names.items() if key in measured
+    ]
+    return rows
+
+
 def training_section(checkpoint: Checkpoint, run: RunData | None) -> list[str]:
     training = checkpoint.metadata.get("training")
     training = training if isinstance(training, dict) else {}
@@ -135,9 +172,16 @@ def training_section(checkpoint: Checkpoint, run: RunData | None) -> list[str]:
         if key in training:
             rows.append([label, format_value(json.dumps(training[key]))])
     best = training.get("best_val_loss", finished.get("best_val_loss"))
-    rows.append(["best validation loss", format_value(best)])
-    if finished.get("best_val_perplexity") is not None:
-        rows.append(["best validation perplexity", format_value(finished["best_val_perplexity"])])
+    rows += post_training_rows(checkpoint.metadata, training)
+    if "rl" in checkpoint.metadata:
+        rows.append(["best held-out 1 - pass@1", format_value(best)])
+    elif "dpo" in checkpoint.metadata:
+        rows.append(["best held-out preference loss", format_value(best)])
+    else:
+        rows.append(["best validation loss", format_value(best)])
+    perplexity = finished.get("best_val_perplexity")
+    if isinstance(perplexity, float) and math.isfinite(perplexity):
+        rows.append(["best validation perplexity", format_value(perplexity)])
     source = (
         f"the checkpoint's config.json and its run directory `{run.name}`"
         if run is not None

@@ -1,8 +1,10 @@
-"""Supervised fine-tuning data: JSONL conversations -> (ids, loss mask) -> padded batches.
+"""Supervised fine-tuning data: conversations -> (ids, loss mask) -> padded batches.
 
-Accepted record shapes (one JSON object per line, mixed freely):
+The files (`records.read_records`): `.jsonl`, `.jsonl.gz`, `.json` arrays (Alpaca's original
+`alpaca_data.json`) and `hf:NAME` datasets. Accepted record shapes, mixed freely:
 - Alpaca: {"instruction", "input" (optional), "output"}
 - OpenAI-style: {"messages": [{"role", "content"}, ...]} (multi-turn, optional system first)
+- ShareGPT: {"conversations": [{"from": "human"|"gpt"|"system", "value"}, ...]}
 - prompt/completion: {"prompt", "completion"}
 Every conversation is rendered by the one chat template, so the loss falls only on assistant
 contents and their end marker. Batches are padded to their longest example (no packing: no
@@ -11,37 +13,78 @@ example ever attends to another); padding and prompt positions get the target -1
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
 from scratchlm.chat_template import Message, render, validate_messages
 from scratchlm.errors import ScratchLMError
+from scratchlm.finetune import records as record_files
 from scratchlm.tokenizer import Tokenizer, require_unicode
 
 IGNORE = -100
-SFT_KEYS = ({"instruction", "output"}, {"messages"}, {"prompt", "completion"})
+ExampleT = TypeVar("ExampleT")
+SFT_KEYS = (
+    {"instruction", "output"},
+    {"messages"},
+    {"conversations"},
+    {"prompt", "completion"},
+)
+# ShareGPT's speaker names (`from`) -> our roles; OpenAI-style `role` names map to themselves.
+SPEAKERS = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "model": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
+
+
+def parse_messages(value: object, where: str) -> list[Message]:
+    """A conversation list, OpenAI-style ({role, content}) or ShareGPT-style ({from, value}),
+    as validated messages."""
+    if not isinstance(value, list) or not value:
+        raise ScratchLMError(
+            f"{where}: a conversation must be a non-empty list of {{role, content}} "
+            "(or ShareGPT {from, value}) objects"
+        )
+    messages: list[Any] = []
+    for index, turn in enumerate(value):
+        if isinstance(turn, dict) and "from" in turn and "value" in turn and "role" not in turn:
+            speaker = str(turn["from"]).lower()
+            if speaker not in SPEAKERS:
+                raise ScratchLMError(
+                    f"{where}: turn {index} is from {turn['from']!r}; ShareGPT speakers are "
+                    f"{', '.join(sorted(SPEAKERS))}"
+                )
+            messages.append({"role": SPEAKERS[speaker], "content": turn["value"]})
+        else:
+            messages.append(turn)
+    try:
+        validate_messages(messages)
+    except ScratchLMError as error:
+        raise ScratchLMError(f"{where}: {error}") from None
+    return [Message(role=m["role"], content=m["content"]) for m in messages]
 
 
 def record_to_messages(record: object, where: str) -> list[Message]:
     if not isinstance(record, dict):
-        raise ScratchLMError(f"{where}: expected a JSON object per line")
-    if "messages" in record:
-        messages = record["messages"]
-        if not isinstance(messages, list):
-            raise ScratchLMError(f"{where}: 'messages' must be a list of {{role, content}} objects")
-        try:
-            validate_messages(messages)
-        except ScratchLMError as error:
-            raise ScratchLMError(f"{where}: {error}") from None
+        raise ScratchLMError(f"{where}: expected a JSON object")
+    if "messages" in record or "conversations" in record:
+        key = "messages" if "messages" in record else "conversations"
+        messages = parse_messages(record[key], where)
         if not any(message["role"] == "assistant" for message in messages):
             raise ScratchLMError(
                 f"{where}: the conversation has no assistant message to learn from"
             )
-        return [Message(role=m["role"], content=m["content"]) for m in messages]
+        return messages
     if "instruction" in record and "output" in record:
         prompt = str(record["instruction"])
         if record.get("input"):
@@ -57,49 +100,34 @@ def record_to_messages(record: object, where: str) -> list[Message]:
         ]
     raise ScratchLMError(
         f"{where}: unknown record shape with keys {sorted(record)}; use Alpaca "
-        '(instruction/input/output), {"messages": [...]} or prompt/completion'
+        '(instruction/input/output), {"messages": [...]}, ShareGPT {"conversations": [...]} '
+        "or prompt/completion"
     )
 
 
-def is_sft_file(path: str | Path) -> bool:
-    """A .jsonl whose first record has one of the supervised shapes."""
-    file = Path(path)
-    if file.suffix != ".jsonl" or not file.is_file():
+def is_sft_file(source: str | Path) -> bool:
+    """Chat data rather than plain text: an `hf:` dataset or a .jsonl/.jsonl.gz/.json(.gz) file
+    whose first record has one of the supervised shapes (a .jsonl or dataset of {"text"} is
+    pretraining text). A .json(.gz) or .jsonl.gz file that cannot be read counts as chat data, so that
+    reading it reports what is wrong."""
+    text = str(source)
+    if not record_files.is_record_file(text):
         return False
-    with open(file, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    return False
-                return isinstance(record, dict) and any(keys <= set(record) for keys in SFT_KEYS)
-    return False
-
-
-def read_conversations(path: str | Path) -> list[list[Message]]:
-    file = Path(path)
-    if not file.is_file():
-        raise ScratchLMError(f"fine-tuning data {file} does not exist; pass a .jsonl file")
-    conversations = []
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise ScratchLMError(f"{file} is not UTF-8; convert it (e.g. iconv -t utf-8)") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ScratchLMError(f"{file}:{number}: not valid JSON ({error.msg})") from None
-        messages = record_to_messages(record, f"{file}:{number}")
+        first = record_files.first_record(text)
+    except ScratchLMError:
+        return not text.lower().endswith(".jsonl")
+    return first is not None and any(keys <= set(first) for keys in SFT_KEYS)
+
+
+def read_conversations(source: str | Path) -> list[list[Message]]:
+    conversations = []
+    for where, record in record_files.read_records(source):
+        messages = record_to_messages(record, where)
         for message in messages:
             # JSON escapes can spell lone surrogates ("\\ud800") that no tokenizer accepts.
-            require_unicode(message["content"], f"{file}:{number}")
+            require_unicode(message["content"], where)
         conversations.append(messages)
-    if not conversations:
-        raise ScratchLMError(f"{file} holds no examples")
     return conversations
 
 
@@ -145,13 +173,14 @@ class SFTLoader:
 
     def __init__(
         self,
-        examples: list[Example],
+        examples: list[Any],
         *,
         batch_size: int,
         seed: int,
         pad_id: int,
         rank: int = 0,
         world_size: int = 1,
+        collate: Callable[[list[Any]], Any] | None = None,
     ) -> None:
         if not examples:
             raise ScratchLMError("no training examples left after tokenization; check the data")
@@ -162,6 +191,9 @@ class SFTLoader:
             )
         self.examples, self.batch_size, self.seed, self.pad_id = examples, batch_size, seed, pad_id
         self.rank, self.world_size = rank, world_size
+        # What turns the chosen examples into a batch: padded (inputs, targets) by default;
+        # preference pairs bring their own.
+        self.collate = collate or (lambda chosen: make_batch(chosen, pad_id))
         self.epoch, self.cursor = 0, 0
         self.order = self._order()
 
@@ -169,20 +201,20 @@ class SFTLoader:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(len(self.examples), generator=generator).tolist()
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch(self) -> Any:
         global_batch = self.batch_size * self.world_size
         if self.cursor + global_batch > len(self.order):
             if self.cursor == 0:  # fewer examples than a batch (one process): use them all
                 chosen = self.order
                 self.epoch += 1
                 self.order = self._order()
-                return make_batch([self.examples[i] for i in chosen], self.pad_id)
+                return self.collate([self.examples[i] for i in chosen])
             self.epoch, self.cursor = self.epoch + 1, 0
             self.order = self._order()
         first = self.cursor + self.rank * self.batch_size
         chosen = self.order[first : first + self.batch_size]
         self.cursor += global_batch
-        return make_batch([self.examples[i] for i in chosen], self.pad_id)
+        return self.collate([self.examples[i] for i in chosen])
 
     def state_dict(self) -> dict[str, int]:
         return {
@@ -209,9 +241,10 @@ def eval_batches(
 
 
 def split_examples(
-    examples: list[Example], val_fraction: float, seed: int
-) -> tuple[list[Example], list[Example]]:
-    """A seeded split; at least one validation example when there are two or more."""
+    examples: list[ExampleT], val_fraction: float, seed: int
+) -> tuple[list[ExampleT], list[ExampleT]]:
+    """A seeded split (of examples, preference pairs, ...); at least one validation example when
+    there are two or more."""
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
     count = (
         min(len(examples) - 1, max(1, round(len(examples) * val_fraction)))

@@ -137,7 +137,8 @@ class FinetuneTrainer(Trainer):
         ids, _ = render(first[: last_user + 1], self.tokenizer, add_generation_prompt=True)
         return ids[-(self.model_config.context_length // 2) :]
 
-    def make_model(self) -> GPT:
+    def base_model(self) -> GPT:
+        """The base checkpoint's model, plain (no LoRA); also the reference of DPO and RL."""
         model = build_model(self.model_config, self.device, initialize=False)
         load_model_state(
             model,
@@ -146,6 +147,10 @@ class FinetuneTrainer(Trainer):
             ),
             source=self.base_dir,
         )
+        return model
+
+    def make_model(self) -> GPT:
+        model = self.base_model()
         if self.lora is not None:
             trainable = apply_lora(model, self.lora)
             total = sum(parameter.numel() for parameter in model.parameters())

@@ -3,8 +3,9 @@
 Every generation loop (`Engine.generate`, the `BatchDecoder`'s lone decoding row, the chat's
 `DecodeSession`, `bench`) runs its forwards through a `Decoder`, as gpt-fast's `prefill` and
 `decode_one_token` serve all of its loops. The Decoder alone decides how a step runs: through the
-fp32 CPU kernels (one C++ call per token, see scratchlm.inference.kernels) when they apply to the
-model and cache, else the model's forward; both give the same tokens. A prefill always runs the
+CPU kernels (one C++ call per token on fp32 or packed q8/q4/bf16 weights, see
+scratchlm.inference.kernels) when they apply to the model and cache, else the model's forward; both
+give the same tokens. A prefill always runs the
 model's forward (the kernels decode single tokens).
 
 Also `fit_prompt`: the part of a prompt that fits the context.

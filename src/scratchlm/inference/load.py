@@ -1,5 +1,6 @@
 """Load a checkpoint for inference: the model on the chosen device, in the dtype that decodes
-fastest there, optionally int8-quantized on CPU. Every front end (generate, chat, serve, eval,
+fastest there, optionally with q8/q4/bf16 weights for the CPU decode kernels (packed once, then
+read from a file beside the checkpoint; see scratchlm.inference.quantize). Every front end (generate, chat, serve, eval,
 bench, the Python API) loads through here."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import torch
 
 from scratchlm.checkpoint import Checkpoint, load_checkpoint
 from scratchlm.device import inference_dtype, select_device
-from scratchlm.inference.quantize import quantize_for_cpu
+from scratchlm.inference.quantize import check_quantization, quantize_for_cpu
 
 
 def load_for_inference(
@@ -17,7 +18,10 @@ def load_for_inference(
     """The checkpoint's model on the chosen device, ready to decode. `verify=False`
     (`--skip-checksums`) skips only the checksums; the config and the weights' shapes are always
     checked before anything is allocated."""
+    check_quantization(quantize)  # before the (possibly long) load
     device = select_device(device_name)
     loaded = load_checkpoint(checkpoint, device, dtype=inference_dtype(device), verify=verify)
-    loaded.model = quantize_for_cpu(loaded.model, quantize)
+    loaded.model = quantize_for_cpu(
+        loaded.model, quantize, checkpoint_dir=loaded.path, inplace=True
+    )
     return loaded, device

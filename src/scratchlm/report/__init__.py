@@ -3,8 +3,10 @@
 They hold the config, the hardware, the loss / validation / learning-rate / tokens-per-second / MFU
 curves with backtrack markers, the backtracking events, the benchmark tasks scored during training
 (--eval-tasks) and by hand (`scratchlm eval --tasks --json` saved as RUN/eval/*.json), the samples
-of each evaluation, the final metrics and the inference speed of the final model. Layout of the
-package:
+of each evaluation, the final metrics and the inference speed of the final model; for a DPO or RL
+run (its checkpoint's metadata, or its records, say which) also a Post-training section: the
+held-out measures before training, at each evaluation, at the best checkpoint and the last, with
+their training curves. Layout of the package:
 
 - `run.py`: read run_config.json, metrics.jsonl and eval/*.json (every field optional)
 - `content.py`: what the report says (rows and chart specs), shared by both formats

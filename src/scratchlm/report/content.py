@@ -17,6 +17,9 @@ from scratchlm.report.svg import COLORS, Event, Series
 
 NOT_RECORDED = "not recorded"
 Rows = list[tuple[str, str]]
+# What a post-training run's losses are (RunData.kind -> name): not language-model losses.
+VAL_LOSS_NAMES = {"dpo": "held-out preference loss", "rl": "1 - pass@1"}
+TRAIN_LOSS_NAMES = {"dpo": "preference loss", "rl": "policy-gradient surrogate loss"}
 
 
 def format_value(value: Any, none: str = NOT_RECORDED) -> str:
@@ -96,13 +99,16 @@ def summary_rows(run: RunData) -> Rows:
         if facts["median_mfu_percent"] is not None
         else NOT_RECORDED
     )
+    # "validation loss (held-out preference loss)" where the run's kind says what it is
+    val_name = f" ({VAL_LOSS_NAMES[run.kind]})" if run.kind in VAL_LOSS_NAMES else ""
+    train_name = f" ({TRAIN_LOSS_NAMES[run.kind]})" if run.kind in TRAIN_LOSS_NAMES else ""
     return [
         ("steps", format_value(facts["steps"])),
         ("tokens", format_value(facts["tokens"])),
         ("training time", format_duration(facts["elapsed_s"])),
-        ("final train loss", format_value(facts["final_train_loss"])),
-        ("final validation loss", format_value(facts["final_val_loss"])),
-        ("best validation loss", best_text),
+        (f"final train loss{train_name}", format_value(facts["final_train_loss"])),
+        (f"final validation loss{val_name}", format_value(facts["final_val_loss"])),
+        (f"best validation loss{val_name}", best_text),
         ("average throughput", format_rate(facts["average_tokens_per_s"])),
         ("median logged throughput", format_rate(facts["median_logged_tokens_per_s"])),
         ("median MFU", mfu_text),
@@ -217,13 +223,40 @@ def backtrack_rows(run: RunData) -> list[list[str]]:
 EVAL_COLUMNS = ("step", "tokens", "val loss", "perplexity", "bits/byte", "time")
 
 
+def language_model_columns(run: RunData) -> tuple[bool, bool]:
+    """Whether the evaluations table has (perplexity, bits/byte) columns: only for a language
+    model's loss (not DPO's or RL's), and only when some evaluation recorded a finite value."""
+    if run.kind is not None:
+        return False, False
+
+    def recorded(key: str) -> bool:
+        return any(finite(record.get(key)) is not None for record in run.evals)
+
+    perplexity = recorded("val_perplexity")
+    # bits/byte stays next to perplexity ("not recorded" where the split had no byte count)
+    return perplexity, perplexity or recorded("val_bits_per_byte")
+
+
+def eval_columns(run: RunData) -> tuple[str, ...]:
+    perplexity, bits = language_model_columns(run)
+    return (
+        "step",
+        "tokens",
+        VAL_LOSS_NAMES.get(run.kind or "", "val loss"),
+        *(("perplexity",) if perplexity else ()),
+        *(("bits/byte",) if bits else ()),
+        "time",
+    )
+
+
 @dataclass
 class Evaluation:
-    cells: list[str]
+    cells: list[str]  # one per eval_columns(run); cells[0] is the step
     sample: str | None
 
 
 def evaluations(run: RunData) -> list[Evaluation]:
+    perplexity, bits = language_model_columns(run)
     result = []
     for record in run.evals:
         sample = record.get("sample")
@@ -233,14 +266,21 @@ def evaluations(run: RunData) -> list[Evaluation]:
                     format_value(record.get("step")),
                     format_value(record.get("tokens")),
                     format_value(record.get("val_loss")),
-                    format_value(record.get("val_perplexity")),
-                    format_value(record.get("val_bits_per_byte")),
+                    *([format_value(record.get("val_perplexity"))] if perplexity else []),
+                    *([format_value(record.get("val_bits_per_byte"))] if bits else []),
                     format_duration(finite(record.get("elapsed_s"))),
                 ],
                 sample=str(sample) if sample else None,
             )
         )
     return result
+
+
+def before_sample(run: RunData) -> str | None:
+    """The starting model's sample of a post-training run (rl_before's problem -> reply
+    [reward]); None when there is none."""
+    sample = run.before.get("sample") if run.before else None
+    return str(sample) if sample else None
 
 
 # --- benchmarks (--eval-tasks, and `scratchlm eval --tasks --json` saved as RUN/eval/*.json) ------
@@ -434,14 +474,25 @@ def charts(run: RunData) -> list[Chart]:
     """Loss, learning rate and tokens/s always (empty ones say "not recorded"); MFU and gradient
     norm when the run logged them."""
     events = backtrack_events(run)
+    # A post-training run's losses by their names; a language model's loss is in nats/token.
+    post = run.kind in VAL_LOSS_NAMES
     result = [
         Chart(
             "loss",
             "Loss",
-            "loss (nats/token)",
+            "loss" if post else "loss (nats/token)",
             [
-                Series("train loss", series(run.train, "loss"), COLORS[0]),
-                Series("validation loss", series(run.evals, "val_loss"), COLORS[1], markers=True),
+                Series(
+                    f"train {TRAIN_LOSS_NAMES[run.kind or '']}" if post else "train loss",
+                    series(run.train, "loss"),
+                    COLORS[0],
+                ),
+                Series(
+                    VAL_LOSS_NAMES[run.kind or ""] if post else "validation loss",
+                    series(run.evals, "val_loss"),
+                    COLORS[1],
+                    markers=True,
+                ),
             ],
             events,
         ),
@@ -516,3 +567,238 @@ def benchmark_charts(run: RunData) -> list[Chart]:
             ],
         )
     ]
+
+
+# --- post-training (dpo, rl) ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Measure:
+    key: str  # the evaluation record's key
+    name: str  # its plain name in the report
+
+
+DPO_MEASURES = (
+    Measure("val_preference_accuracy", "held-out preference accuracy"),
+    Measure("val_preference_accuracy_per_token", "held-out preference accuracy (per token)"),
+    Measure("val_reward_accuracy", "reward accuracy (chosen beats rejected)"),
+    Measure("val_reward_margin", "reward margin"),
+    Measure("val_loss", VAL_LOSS_NAMES["dpo"]),
+)
+POST_NOTES = {
+    "dpo": (
+        "On the held-out pairs. Preference accuracy: the fraction where the model gives the chosen "
+        "reply a higher log-probability than the rejected one (summed over the reply; per token: "
+        "the mean per reply token, fair to replies of different lengths). Reward accuracy and "
+        "margin: the same comparison of the implicit rewards, log-probability gains over the "
+        "reference model (the starting model; 0 before training by construction)."
+    ),
+    "rl": (
+        "On the held-out problems. pass@1 (greedy): the fraction whose greedy reply earns the full "
+        "reward. pass@k: the chance that at least one of k replies sampled at the training "
+        "temperature does (unbiased estimator). Sampled pass@1: the fraction of sampled replies "
+        "that do. Mean reward: over the sampled replies (greedy: over the greedy replies)."
+    ),
+}
+POST_TITLES = {"dpo": "DPO (preference optimization)", "rl": "RL (reinforcement learning)"}
+
+
+def post_measures(run: RunData) -> list[Measure]:
+    """The run's held-out measures that some record holds (older runs lack the newer ones)."""
+    if run.kind == "dpo":
+        candidates = list(DPO_MEASURES)
+    elif run.kind == "rl":
+        records = [*([run.before] if run.before else []), *run.evals]
+        k = next((r["pass_k"] for r in reversed(records) if finite(r.get("pass_k"))), None)
+        candidates = [
+            Measure("pass@1", "pass@1 (greedy)"),
+            Measure("pass@k", f"pass@k (k={format_value(k)})" if k is not None else "pass@k"),
+            Measure("sampled_pass@1", "sampled pass@1"),
+            Measure("reward_mean", "mean reward"),
+            Measure("greedy_reward_mean", "mean reward (greedy)"),
+        ]
+    else:
+        return []
+    points = [*([run.before] if run.before else []), *run.evals]
+    return [m for m in candidates if any(finite(r.get(m.key)) is not None for r in points)]
+
+
+def _change(before: dict[str, Any] | None, after: dict[str, Any] | None, key: str) -> str:
+    start = finite(before.get(key)) if before else None
+    end = finite(after.get(key)) if after else None
+    if start is None or end is None:
+        return NOT_RECORDED
+    delta = end - start
+    return ("+" if delta >= 0 else "") + format_value(delta)
+
+
+@dataclass
+class PostTraining:
+    """A DPO or RL run's held-out measures before training and after, and its training curves."""
+
+    title: str
+    settings: Rows
+    columns: list[str]  # measure | before training | best checkpoint | last evaluation | change
+    rows: list[list[str]]
+    step_columns: list[str]  # step | one column per measure
+    step_rows: list[list[str]]  # the starting model (step 0), then each evaluation
+    charts: list[Chart]
+    note: str
+
+
+def post_training(run: RunData) -> PostTraining | None:
+    """None unless the run is a DPO or RL run (by its checkpoint metadata or its records)."""
+    if run.kind not in POST_TITLES:
+        return None
+    kind = run.kind or ""
+    measures = post_measures(run)
+    facts = summary(run)
+    last = run.evals[-1] if run.evals else None
+    best = next((r for r in run.evals if r.get("step") == facts["best_step"]), None)
+    columns = [
+        "measure",
+        "before training",
+        f"best checkpoint (step {format_value(best.get('step'))})" if best else "best checkpoint",
+        f"last evaluation (step {format_value(last.get('step'))})" if last else "last evaluation",
+        "change (last - before)",
+    ]
+    rows = [
+        [
+            measure.name,
+            *(
+                format_value(finite(record.get(measure.key)) if record else None)
+                for record in (run.before, best, last)
+            ),
+            _change(run.before, last, measure.key),
+        ]
+        for measure in measures
+    ]
+    points = [*([run.before] if run.before else []), *run.evals]
+    step_rows = [
+        [
+            "0 (before training)" if record is run.before else format_value(record.get("step")),
+            *(format_value(finite(record.get(measure.key))) for measure in measures),
+        ]
+        for record in points
+    ]
+    return PostTraining(
+        title=POST_TITLES[kind],
+        settings=[
+            (key, format_value(value, none="none")) for key, value in run.post_settings.items()
+        ],
+        columns=columns,
+        rows=rows,
+        step_columns=["step", *(measure.name for measure in measures)],
+        step_rows=step_rows,
+        charts=post_charts(run, points),
+        note=POST_NOTES[kind],
+    )
+
+
+def post_charts(run: RunData, points: list[dict[str, Any]]) -> list[Chart]:
+    """Training measures per step (lines) with the held-out ones at each evaluation (markers;
+    step 0 is the starting model). Charts with nothing recorded are left out. Few series per
+    chart: the legend sits right of the title on one line."""
+    events = backtrack_events(run)
+    if run.kind == "dpo":
+        charts = [
+            Chart(
+                "post-reward-accuracy",
+                "Reward accuracy",
+                "chosen beats rejected (fraction)",
+                [
+                    Series(
+                        "reward accuracy (train)", series(run.train, "reward_accuracy"), COLORS[0]
+                    ),
+                    Series(
+                        "reward accuracy (held-out)",
+                        series(points, "val_reward_accuracy"),
+                        COLORS[1],
+                        markers=True,
+                    ),
+                ],
+                events,
+                y_min=0.0,
+            ),
+            Chart(
+                "post-reward-margin",
+                "Reward margin",
+                "reward(chosen) - reward(rejected)",
+                [
+                    Series("reward margin (train)", series(run.train, "reward_margin"), COLORS[0]),
+                    Series(
+                        "reward margin (held-out)",
+                        series(points, "val_reward_margin"),
+                        COLORS[1],
+                        markers=True,
+                    ),
+                ],
+                events,
+            ),
+            Chart(
+                "post-preference-accuracy",
+                "Preference accuracy",
+                "fraction of held-out pairs",
+                [
+                    Series(
+                        "held-out preference accuracy",
+                        series(points, "val_preference_accuracy"),
+                        COLORS[2],
+                        markers=True,
+                    ),
+                    Series(
+                        "per token",
+                        series(points, "val_preference_accuracy_per_token"),
+                        COLORS[3],
+                        markers=True,
+                    ),
+                ],
+                y_min=0.0,
+            ),
+        ]
+    else:
+        # "pass@k (k=8)": k as the records say
+        pass_k_name = next((m.name for m in post_measures(run) if m.key == "pass@k"), "pass@k")
+        charts = [
+            Chart(
+                "post-reward",
+                "Mean reward",
+                "reward",
+                [
+                    Series(
+                        "mean reward (train rollouts)", series(run.train, "reward_mean"), COLORS[0]
+                    ),
+                    Series(
+                        "mean reward (held-out)",
+                        series(points, "reward_mean"),
+                        COLORS[1],
+                        markers=True,
+                    ),
+                ],
+                events,
+            ),
+            Chart(
+                "post-pass-rates",
+                "Held-out pass rates",
+                "fraction of problems",
+                [
+                    Series("pass@1 (greedy)", series(points, "pass@1"), COLORS[2], markers=True),
+                    Series(pass_k_name, series(points, "pass@k"), COLORS[3], markers=True),
+                    Series(
+                        "sampled pass@1", series(points, "sampled_pass@1"), COLORS[4], markers=True
+                    ),
+                ],
+                y_min=0.0,
+            ),
+            Chart(
+                "post-signal",
+                "Rollout groups with a learning signal",
+                "fraction of groups",
+                [Series("signal fraction", series(run.train, "signal_fraction"), COLORS[4])],
+                events,
+                y_min=0.0,
+                note="a group whose replies all earn the same reward has zero advantage",
+            ),
+        ]
+    # Series with no point are dropped (older runs lack the newer keys); so are empty charts.
+    for chart in charts:
+        chart.series = [item for item in chart.series if item.points]
+    return [chart for chart in charts if chart.series]

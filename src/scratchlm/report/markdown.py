@@ -64,9 +64,10 @@ def config_section(run: RunData) -> list[str]:
     return out
 
 
-def curves_section(run: RunData, html_name: str) -> list[str]:
+def sparkline_table(charts: list[content.Chart], html_name: str) -> list[str]:
+    """One row per series: its sparkline, first, last and range, linked to the HTML plot."""
     rows = []
-    for chart in content.charts(run):
+    for chart in charts:
         for item in chart.series:
             values = [value for _, value in item.points]
             link = f"[{item.label}]({link_target(html_name + '#plot-' + chart.plot_id)})"
@@ -83,12 +84,16 @@ def curves_section(run: RunData, html_name: str) -> list[str]:
                 ]
             )
     # Rows are escaped cell by cell above (the links must stay links).
-    out = [
+    return [
         "| series | over steps | first | last | range |",
         "| --- | --- | --- | --- | --- |",
         *("| " + " | ".join(row) + " |" for row in rows),
         "",
     ]
+
+
+def curves_section(run: RunData, html_name: str) -> list[str]:
+    out = sparkline_table(content.charts(run), html_name)
     events = content.backtrack_events(run)
     if events:
         steps = ", ".join(short_number(event.x) for event in events)
@@ -96,11 +101,31 @@ def curves_section(run: RunData, html_name: str) -> list[str]:
     return out
 
 
+def post_training_section(post: content.PostTraining, html_name: str) -> list[str]:
+    out = [cell(post.title), ""]
+    if post.settings:
+        out += [key_value(post.settings), ""]
+    out += [table(post.columns, post.rows), "", cell(post.note), ""]
+    if post.step_rows:
+        out += ["### Held-out measures per evaluation", ""]
+        out += [table(post.step_columns, post.step_rows), ""]
+    if post.charts:
+        out += ["### Training curves", "", *sparkline_table(post.charts, html_name)]
+    return out
+
+
 def samples_section(run: RunData) -> list[str]:
     evaluations = content.evaluations(run)
-    if not evaluations:
+    before = content.before_sample(run)
+    if not evaluations and before is None:
         return ["no evaluations recorded", ""]
-    out = [table(content.EVAL_COLUMNS, [e.cells for e in evaluations]), ""]
+    out = (
+        [table(content.eval_columns(run), [e.cells for e in evaluations]), ""]
+        if evaluations
+        else []
+    )
+    if before is not None:
+        out += ["### Sample before training (step 0)", "", fenced(before), ""]
     for evaluation in evaluations:
         if evaluation.sample is not None:
             out += [f"### Sample at step {evaluation.cells[0]}", "", fenced(evaluation.sample), ""]
@@ -132,8 +157,10 @@ def render_markdown(
     run: RunData, speed: InferenceSpeed, *, generated: str, version: str, html_name: str
 ) -> str:
     backtracks = content.backtrack_rows(run)
+    post = content.post_training(run)
     sections = [
         ("Summary", [key_value(content.summary_rows(run)), ""]),
+        *([("Post-training", post_training_section(post, html_name))] if post else []),
         ("Hardware", [key_value(content.hardware_rows(run)), ""]),
         ("Curves", curves_section(run, html_name)),
         ("Benchmarks", benchmarks_section(run)),

@@ -81,23 +81,24 @@ def config_section(run: RunData) -> str:
     return "".join(parts)
 
 
+def chart_html(chart: content.Chart) -> str:
+    html = line_chart(
+        chart.plot_id,
+        chart.title,
+        chart.series,
+        x_label="step",
+        y_label=chart.y_label,
+        events=chart.events,
+        y_min=chart.y_min,
+    )
+    if chart.note:
+        html += f'<p class="note">{escape(chart.title)}: {escape(chart.note)}</p>'
+    return html
+
+
 def plots_section(run: RunData) -> str:
-    parts = []
     charts = content.charts(run)
-    for chart in charts:
-        parts.append(
-            line_chart(
-                chart.plot_id,
-                chart.title,
-                chart.series,
-                x_label="step",
-                y_label=chart.y_label,
-                events=chart.events,
-                y_min=chart.y_min,
-            )
-        )
-        if chart.note:
-            parts.append(f'<p class="note">{escape(chart.title)}: {escape(chart.note)}</p>')
+    parts = [chart_html(chart) for chart in charts]
     if not any(chart.plot_id == "mfu" for chart in charts):
         parts.append(f'<p class="note">MFU: {content.NOT_RECORDED}</p>')
     parts.append(
@@ -114,11 +115,37 @@ def backtracks_section(run: RunData) -> str:
     return grid_table(content.BACKTRACK_COLUMNS, rows, "backtracks")
 
 
+def post_training_section(post: content.PostTraining) -> str:
+    parts = [f"<p>{escape(post.title)}</p>"]
+    if post.settings:
+        parts.append(key_value_table(post.settings))
+    parts.append(grid_table(tuple(post.columns), post.rows, "post-training"))
+    parts.append(f'<p class="note">{escape(post.note)}</p>')
+    if post.step_rows:
+        parts.append("<h3>Held-out measures per evaluation</h3>")
+        parts.append(grid_table(tuple(post.step_columns), post.step_rows, "post-training-steps"))
+    if post.charts:
+        parts.append("<h3>Training curves</h3>")
+        parts += [chart_html(chart) for chart in post.charts]
+        parts.append(
+            '<p class="note">Lines: the training measure of each logged step; markers: the '
+            "held-out measure at each evaluation (step 0: the starting model).</p>"
+        )
+    return "".join(parts)
+
+
 def samples_section(run: RunData) -> str:
     evaluations = content.evaluations(run)
-    if not evaluations:
+    before = content.before_sample(run)
+    if not evaluations and before is None:
         return "<p>no evaluations recorded</p>"
-    parts = [grid_table(content.EVAL_COLUMNS, [e.cells for e in evaluations], "evals")]
+    parts = []
+    if evaluations:
+        parts.append(grid_table(content.eval_columns(run), [e.cells for e in evaluations], "evals"))
+    if before is not None:
+        parts.append(
+            f'<h3>Sample before training (step 0)</h3><pre class="sample">{escape(before)}</pre>'
+        )
     for evaluation in evaluations:
         if evaluation.sample is not None:
             parts.append(
@@ -152,8 +179,10 @@ def benchmarks_section(run: RunData) -> str:
 
 def render_html(run: RunData, speed: InferenceSpeed, *, generated: str, version: str) -> str:
     # Short, most-read sections first; the long configuration tables last.
+    post = content.post_training(run)
     sections = [
         ("summary", "Summary", summary_section(run)),
+        *([("post-training", "Post-training", post_training_section(post))] if post else []),
         ("hardware", "Hardware", key_value_table(content.hardware_rows(run))),
         ("plots", "Curves", plots_section(run)),
         ("benchmarks", "Benchmarks", benchmarks_section(run)),

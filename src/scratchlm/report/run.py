@@ -6,6 +6,7 @@ some of them, and the report says "not recorded" instead of failing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,6 +22,12 @@ METRICS_FILE = "metrics.jsonl"
 RUN_CONFIG_FILE = "run_config.json"
 # `scratchlm eval --tasks ... --json > RUN/eval/NAME.json`: benchmark results run by hand.
 EVAL_DIR = "eval"
+CHECKPOINT_CONFIG = "config.json"  # a checkpoint's metadata (the trainer's checkpoint_metadata)
+# Post-training kinds: the checkpoint metadata key each trainer writes its settings under, and
+# the record each writes once, before its first step, with the starting model's held-out numbers.
+BEFORE_KINDS = {"dpo": "preference_before", "rl": "rl_before"}
+# Evaluation keys that only one post-training trainer writes (a run whose checkpoints are gone).
+EVAL_MARKERS = {"dpo": "val_reward_accuracy", "rl": "pass@1"}
 
 
 @dataclass
@@ -36,6 +43,12 @@ class RunData:
     end: dict[str, Any] | None = None
     # RUN/eval/*.json that hold `scratchlm eval --tasks --json` output: (file name, its JSON)
     hand_evals: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # "dpo" or "rl" for a post-training run, else None (pretraining, finetune or unknown)
+    kind: str | None = None
+    # the post-training settings from the checkpoint metadata ({"loss": ..., "beta": ...} for dpo)
+    post_settings: dict[str, Any] = field(default_factory=dict)
+    # the starting model's held-out numbers (the last preference_before / rl_before record)
+    before: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -105,18 +118,61 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunData:
         return [record for record in records if record.get("kind", "train") == kind]
 
     early_stops, ends = of_kind("early_stop"), of_kind("end")
+    evals = last_per_step(of_kind("eval"))
+    kind, post_settings = run_kind(checkpoint_metadata(path), records, evals)
+    befores = of_kind(BEFORE_KINDS[kind]) if kind is not None else []
     return RunData(
         run_dir=path,
         settings=settings,
         resolved=resolved,
         records=records,
         train=last_per_step(of_kind("train")),
-        evals=last_per_step(of_kind("eval")),
+        evals=evals,
         backtracks=of_kind("backtrack"),
         early_stop=early_stops[-1] if early_stops else None,
         end=ends[-1] if ends else None,
         hand_evals=read_hand_evals(path / EVAL_DIR),
+        kind=kind,
+        post_settings=post_settings,
+        before=befores[-1] if befores else None,
     )
+
+
+def checkpoint_metadata(run_dir: Path) -> dict[str, Any]:
+    """config.json of the run's best/, else latest, else newest checkpoint; {} when none is
+    readable. Read as JSON only: the report needs the run's kind, not the weights."""
+    candidates = [run_dir / "best"]
+    latest = run_dir / "latest"  # a file holding the latest checkpoint's path, relative to the run
+    if latest.is_file():
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            candidates.append(run_dir / latest.read_text(encoding="utf-8").strip())
+    checkpoints = run_dir / "checkpoints"
+    if checkpoints.is_dir():
+        candidates += sorted(checkpoints.iterdir(), reverse=True)
+    for candidate in candidates:
+        try:
+            values = json.loads((candidate / CHECKPOINT_CONFIG).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(values, dict):
+            return values
+    return {}
+
+
+def run_kind(
+    metadata: dict[str, Any], records: list[dict[str, Any]], evals: list[dict[str, Any]]
+) -> tuple[str | None, dict[str, Any]]:
+    """("dpo" | "rl" | None, the post-training settings): from the checkpoint metadata's "dpo" /
+    "rl" key, else from the records (a before record, or an evaluation key only one writes)."""
+    for kind in BEFORE_KINDS:
+        settings = metadata.get(kind)
+        if isinstance(settings, dict):
+            return kind, settings
+    kinds = {record.get("kind") for record in records}
+    for kind, before in BEFORE_KINDS.items():
+        if before in kinds or any(EVAL_MARKERS[kind] in record for record in evals):
+            return kind, {}
+    return None, {}
 
 
 def read_hand_evals(folder: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -194,6 +250,9 @@ def summary(run: RunData) -> dict[str, Any]:
         else None
     )
     last_eval = run.evals[-1] if run.evals else {}
+    # DPO's and RL's validation loss is no language-model loss: exp() of it is no perplexity
+    # (older post-training runs logged one anyway, NaN for RL), so none is shown for them.
+    language_model = run.kind is None
     return {
         "steps": steps,
         "tokens": tokens,
@@ -202,8 +261,12 @@ def summary(run: RunData) -> dict[str, Any]:
         "final_val_loss": last_eval.get("val_loss"),
         "best_val_loss": best_val_loss,
         "best_step": best_step,
-        "best_val_perplexity": best_eval.get("val_perplexity") if best_eval else None,
-        "best_val_bits_per_byte": best_eval.get("val_bits_per_byte") if best_eval else None,
+        "best_val_perplexity": (
+            finite(best_eval.get("val_perplexity")) if best_eval and language_model else None
+        ),
+        "best_val_bits_per_byte": (
+            finite(best_eval.get("val_bits_per_byte")) if best_eval and language_model else None
+        ),
         "average_tokens_per_s": average_rate,
         "median_logged_tokens_per_s": statistics.median(rates) if rates else None,
         "median_mfu_percent": statistics.median([v for _, v in mfu_points]) if mfu_points else None,

@@ -176,9 +176,14 @@ def peak_flops(device: torch.device, precision: str) -> tuple[float | None, str]
             return None, "CUDA is not available"
         return published_peak_flops(torch.cuda.get_device_name(device), precision)
     if device.type == "cpu":
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        measured = measure_cpu_peak_flops(dtype)
-        name = "bf16" if dtype == torch.bfloat16 else "fp32"
+        measured = measure_cpu_peak_flops(torch.float32)
+        name = "fp32"
+        if precision == "bf16":
+            # Without bf16 instructions (AVX512-BF16, AMX) a bf16 matmul is emulated and far
+            # slower than fp32: the machine's peak is then its fp32 one, whichever is higher.
+            bf16 = measure_cpu_peak_flops(torch.bfloat16)
+            if bf16 > measured:
+                measured, name = bf16, "bf16"
         return (
             measured,
             f"measured {name} matmul peak on this CPU ({torch.get_num_threads()} threads)",

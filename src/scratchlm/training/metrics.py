@@ -170,15 +170,21 @@ class Progress:
         tasks: dict[str, Any] | None = None,
     ) -> None:
         """The evaluation's lines; `tasks`: --eval-tasks' fields (benchmarks.benchmark_record)."""
+        details = []
+        if "val_perplexity" in evaluation:
+            details.append(f"ppl {evaluation['val_perplexity']:.2f}")
+        if "val_bits_per_byte" in evaluation:
+            details.append(f"{evaluation['val_bits_per_byte']:.3f} bits/byte")
+        # what other trainers measure (preference accuracy, pass@1, ...), by name
+        shown = {"val_loss", "val_perplexity", "val_bits_per_byte"}
+        details += [
+            f"{name.removeprefix('val_').replace('_', ' ')} {value:.4g}"
+            for name, value in evaluation.items()
+            if name not in shown and isinstance(value, (int, float))
+        ]
         line = (
-            f"eval step {step}: val loss {evaluation['val_loss']:.4f} "
-            f"(ppl {evaluation['val_perplexity']:.2f}"
-            + (
-                f", {evaluation['val_bits_per_byte']:.3f} bits/byte"
-                if "val_bits_per_byte" in evaluation
-                else ""
-            )
-            + ")"
+            f"eval step {step}: val loss {evaluation['val_loss']:.4f}"
+            + (f" ({', '.join(details)})" if details else "")
             + (" *best*" if improved else "")
         )
         self.bar.clear()

@@ -225,17 +225,20 @@ def fit_micro_batch(
     dist: distributed.DistributedContext,
     fsdp: bool,
     log: Callable[[str], None],
+    rows_per_example: int = 1,
 ) -> tuple[TrainConfig, str | None]:
     """A copy of `config` with --micro-batch (a number, or auto: the largest that fits) resolved
     into batch_size (and tokens_per_step, which auto keeps at what --batch-size asked for), and
-    how auto chose (None for a number). Runs on every rank together."""
+    how auto chose (None for a number). Runs on every rank together. `rows_per_example`: the
+    sequences one example puts through the model (a preference pair: 2), so that auto sizes
+    the forward that really runs."""
     if config.micro_batch is None:
         return config, None
     if str(config.micro_batch) != "auto":
         return dataclasses.replace(config, batch_size=int(config.micro_batch)), None
     context = model_config.context_length
     per_step = config.tokens_per_step or config.batch_size * context
-    ceiling = max(1, per_step // (context * dist.world_size))
+    ceiling = max(1, per_step // (context * dist.world_size)) * rows_per_example
 
     def probe(batch_size: int) -> None:
         memory_probe(
@@ -263,6 +266,9 @@ def fit_micro_batch(
     chosen, explanation = min(choices, key=lambda choice: choice[0])
     if len({choice[0] for choice in choices}) > 1:
         explanation += f" (the smallest of the ranks' {[choice[0] for choice in choices]})"
+    if rows_per_example > 1:
+        chosen = max(1, chosen // rows_per_example)
+        explanation += f"; {chosen} examples of {rows_per_example} sequences each"
     log(f"micro-batch auto: {explanation}")
     # auto picks the micro-batch; the step keeps the tokens --batch-size asked for
     tokens_per_step = per_step if config.tokens_per_step is None else config.tokens_per_step

@@ -81,6 +81,9 @@ class Trainer:
     """One run: `Trainer(config).run()`. The caller's `config` is never changed; `self.config`
     is the resolved copy (the micro-batch --micro-batch auto chose, for one)."""
 
+    # Sequences one batch example puts through the model (a preference pair: chosen + rejected).
+    rows_per_example = 1
+
     def __init__(self, config: TrainConfig, *, log: Callable[[str], None] = print) -> None:
         config.validate()
         self.config = config
@@ -128,6 +131,7 @@ class Trainer:
             dist=self.distributed,
             fsdp=self.fsdp,
             log=self.log,
+            rows_per_example=self.rows_per_example,
         )
         config = self.config
         with distributed.main_process_first(self.distributed):
@@ -261,6 +265,20 @@ class Trainer:
             logits.float().view(-1, vocab), targets.view(-1), self.token_weights
         )
 
+    def batch_loss(self, batch: Any) -> torch.Tensor:
+        """The loss of one micro-batch from `self.loader.next_batch()`: here (inputs, targets),
+        each (B, T). Preference and RL training override it (their batches carry more)."""
+        inputs, targets = batch
+        inputs = inputs.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        logits = self.forward(inputs)  # (B, T, padded_vocab)
+        return self.compute_loss(logits, targets)
+
+    def train_metrics(self) -> dict[str, float]:
+        """Extra fields for the next `train` record of metrics.jsonl (rank 0's values), e.g.
+        DPO's reward accuracy since the last record; an override also resets what it averaged."""
+        return {}
+
     def restore_model(self, checkpoint_dir: Path) -> None:
         self.checkpoints.load_weights(checkpoint_dir)
 
@@ -377,15 +395,12 @@ class Trainer:
             group["lr"] = learning_rate
         total_loss = torch.zeros((), device=self.device)
         for micro_step in range(self.accumulation):
-            inputs, targets = self.loader.next_batch()
-            inputs = inputs.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
+            batch = self.loader.next_batch()
             last = micro_step == self.accumulation - 1
             # Only the last micro-batch all-reduces gradients; the others accumulate locally.
             with distributed.gradient_sync(self.wrapped, self.fsdp, last):
                 with self.autocast:
-                    logits = self.forward(inputs)  # (B, T, padded_vocab)
-                    loss = self.compute_loss(logits, targets)
+                    loss = self.batch_loss(batch)
                 self.scaler.scale(loss / self.accumulation).backward()
             total_loss += loss.detach()
         mean_loss = float(distributed.all_reduce_mean(total_loss, self.distributed))
@@ -563,6 +578,7 @@ class Trainer:
                             "mfu": mfu(tokens_per_s, self.flops_per_token, world_peak),
                             "elapsed_s": self.state.elapsed,
                             "time": time.time(),
+                            **self.train_metrics(),
                         }
                     )
                     progress.train_step(step, loss, learning_rate, tokens_per_s, self.state.elapsed)
@@ -660,10 +676,18 @@ class Trainer:
             f"model {self.model_config.name}: {self.n_params:,} parameters, context "
             f"{self.model_config.context_length}, vocab {self.tokenizer.vocab_size} "
             f"({self.tokenizer.kind}) | device {self.device}, {self.precision}{ranks} | "
+            f"{self.step_summary()} | {self.optimizer_kind} lr {self.learning_rate:g} | "
+            f"{self.data_summary}"
+        )
+
+    def step_summary(self) -> str:
+        """What one optimizer step trains on, for the start line."""
+        world = self.distributed.world_size
+        return (
             f"{self.tokens_per_step:,} tokens/step ({self.config.batch_size} x "
             f"{self.model_config.context_length} x {self.accumulation}"
             + (f" x {world} ranks" if self.distributed.enabled else "")
-            + f") | {self.optimizer_kind} lr {self.learning_rate:g} | {self.data_summary}"
+            + ")"
         )
 
     def _result(self, checkpoint: Path, loss: float, tokens_per_s: float) -> TrainingResult:

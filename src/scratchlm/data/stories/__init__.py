@@ -33,4 +33,5 @@ The modules:
 - `grammar`: plans (`sample_story_plan`), rendering (`render_story`), descriptions and titles;
 - `corpus`: `generate_stories` and `write_synthetic_corpus` (the TinyStories-format file);
 - `instructions`: instruction/output pairs about generated stories.
+- `questions`: questions a story answers, with the answers it states (`story_questions`).
 """

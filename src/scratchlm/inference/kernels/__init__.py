@@ -1,19 +1,27 @@
-"""fp32 CPU decode kernels: one C++ call per decoded token, with automatic fallback.
+"""CPU decode kernels: one C++ call per decoded token, on fp32, bf16, q8 or q4 weights, with
+automatic fallback.
 
 Decoding one token at batch 1 reads every weight once. PyTorch's CPU GEMV streams weights from
-DRAM at ~10 GB/s on the reference machine (2-core EPYC, AVX-512) while a plain read reaches 30+
-GB/s, and a small model spends most of its step in per-op overhead (~200 PyTorch ops per token).
-`decode.cpp` computes a whole decode step (embedding, every block, final norm, lm_head) in one call
-with row-blocked FMA GEMVs (~24 GB/s with two threads), reading the model's own parameters and KV
-cache in place (no copies, no extra memory). See docs/benchmarks.md, "Inference speed (issue 3)".
+DRAM at ~10 GB/s on the reference machine (2-core EPYC) while a plain read reaches 30+ GB/s, and a
+small model spends most of its step in per-op overhead (~200 PyTorch ops per token). `decode.cpp`
+computes a whole decode step (embedding, every block, final norm, lm_head) in one call with
+row-blocked GEMVs, reading the model's own parameters and KV cache in place (no copies). Fewer bytes
+per weight go faster still: bf16 (2 bytes), q8 (1.0625) and q4 (0.5625) blocks as GGUF's Q8_0 and
+Q4_0, with integer dot products against int8-quantized inputs. See docs/benchmarks.md, "Inference
+speed".
 
-- `loader`: compiles decode.cpp (on first use, cached), loads it and declares its ctypes binding.
+- `loader`: compiles decode.cpp (on first use, cached per CPU instruction set), loads it, checks its
+  ISA against the CPU and declares its ctypes binding; one warning line when it cannot.
+- `quant`: the block quantizers (q8, q4, bf16), and the packed copy of a model's linear layers
+  (`attach`, `packed_weights`) that scratchlm.inference.quantize gives a model.
 - `decoder`: `fast_decoder(model, cache)` after the prefill; it is None whenever the fast path does
   not apply (then keep calling the model), else `decoder.step(token)` returns the logits
-  (1, 1, padded_vocab) for that token and advances the cache, exactly like
-  `model(tensor([[token]]), kv_cache=cache, last_token_only=True)` up to fp32 rounding.
+  (1, 1, padded_vocab) for that token and advances the cache, like
+  `model(tensor([[token]]), kv_cache=cache, last_token_only=True)` up to fp32 rounding (fp32,
+  bf16), or up to the rounding of each GEMV's input to int8 blocks (q8, q4).
 
 Callers do not choose between the two paths themselves: `scratchlm.inference.decode.Decoder` does.
-It applies to plain `GPT` models with fp32 weights on CPU, unquantized `nn.Linear` layers (no LoRA
-wrappers, no hooks, no replaced `forward`), in eval mode (or with dropout 0), batch-1 caches.
+It applies to plain `GPT` models with fp32 weights on CPU (a quantized model holds its dequantized
+values as fp32 weights, and the kernel reads the packed copy), unmodified `nn.Linear` layers (no
+LoRA wrappers, no hooks, no replaced `forward`), in eval mode (or with dropout 0), batch-1 caches.
 """

@@ -27,6 +27,15 @@
 //   logits = Wlm norm(x) (-> cap * tanh(logits / cap))
 // Summation order differs from MKL's, so results agree with PyTorch to fp32 rounding (~1e-6
 // relative), not bit for bit.
+//
+// Weight formats (`SlModel::weight_type`, one per model; scratchlm/inference/kernels/quant.py
+// writes them): fp32 (the parameters in place), bf16 (widened to fp32 in registers: a 16-bit
+// shift; half the bytes), q8 and q4 (32-value blocks with one fp16 scale each, GGUF's Q8_0 and
+// Q4_0: 1.0625 and 0.5625 bytes per weight). For q8/q4 each GEMV input is quantized once per phase to
+// int8 in 32-value blocks with an fp32 scale (amax / 127), and the dots are integer: maddubs +
+// madd on AVX2 (VNNI's dpbusd where the compiler targets it), one fp32 FMA per block and row, as
+// llama.cpp's ggml_vec_dot_q8_0_q8_0 / q4_0_q8_0. Norms, embeddings, biases, attention and the KV
+// cache stay fp32 in every format.
 
 #include <atomic>
 #include <chrono>
@@ -51,38 +60,53 @@ namespace {
 
 enum NormKind : int32_t { kRmsNorm = 0, kLayerNorm = 1 };
 enum MlpKind : int32_t { kGelu = 0, kGeluTanh = 1, kLeakyRelu = 2, kSwiGlu = 3, kRelu2 = 4 };
+enum WeightType : int32_t { kF32 = 0, kQ8 = 1, kQ4 = 2, kBf16 = 3 };
 
 }  // namespace
 
 extern "C" {
 
 // One transformer block's tensors. Weights are row-major (out_features, in_features), contiguous,
-// fp32. Optional tensors (biases, LayerNorm bias, QK-norm weights, gate) are null when absent.
+// in the model's weight type: fp32 or bf16 rows of in_features values; q8 and q4 in groups of 4
+// rows (out_features padded with zero rows to a multiple of 4), each group stored block by block:
+// (groups, blocks, 4 rows, block bytes), so a group reads as one sequential stream. A q8 block is
+// 32 int8 codes (in_features padded with zeros to whole blocks), a q4 block 16 bytes (value j of
+// a block in the low nibble of byte j, value j + 16 in its high nibble, stored as code + 8); the
+// block scales are (out_features padded to 4, blocks) fp16. Optional tensors
+// (biases, LayerNorm bias, QK-norm weights, gate) are null when absent.
 struct SlLayer {
   const float* attn_norm_w;
   const float* attn_norm_b;
-  const float* q_w;
+  const void* q_w;
   const float* q_b;
-  const float* k_w;
+  const void* k_w;
   const float* k_b;
-  const float* v_w;
+  const void* v_w;
   const float* v_b;
-  const float* o_w;
+  const void* o_w;
   const float* o_b;
   const float* q_norm_w;
   const float* k_norm_w;
   const float* mlp_norm_w;
   const float* mlp_norm_b;
-  const float* gate_w;
+  const void* gate_w;
   const float* gate_b;
-  const float* up_w;
+  const void* up_w;
   const float* up_b;
-  const float* down_w;
+  const void* down_w;
   const float* down_b;
   // This layer's cache for the decoded row: element [head, position, dim] lives at
   // keys[head * cache_head_stride + position * head_dim + dim].
   float* keys;
   float* values;
+  // fp16 block scales of the q8/q4 weights above; null for fp32 and bf16.
+  const uint16_t* q_s;
+  const uint16_t* k_s;
+  const uint16_t* v_s;
+  const uint16_t* o_s;
+  const uint16_t* gate_s;
+  const uint16_t* up_s;
+  const uint16_t* down_s;
 };
 
 struct SlModel {
@@ -107,15 +131,29 @@ struct SlModel {
   const float* rope_sin;
   const float* final_norm_w;
   const float* final_norm_b;
-  const float* lm_head_w;  // (vocab, d_model)
-  const SlLayer* layers;   // n_layer entries
+  const void* lm_head_w;  // (vocab, d_model) in the weight type
+  const SlLayer* layers;  // n_layer entries
   // Workspace, at least sl_workspace_floats(...) floats; see the layout in sl_decode_step.
   float* workspace;
+  const uint16_t* lm_head_s;  // its q8/q4 block scales, else null
+  int32_t weight_type;        // WeightType
+  int32_t pad2_;
 };
 
 }  // extern "C"
 
 namespace {
+
+#if defined(__AVX2__)
+// The sum of a vector's 8 lanes.
+inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+#endif
 
 // --- dot products: 4 rows at a time, so each loaded x vector feeds 4 independent FMA chains ------
 
@@ -171,13 +209,6 @@ inline void axpy(float p, const float* v, float* out, int64_t n) {
 
 #elif defined(__AVX2__)
 constexpr int kLanes = 8;
-
-inline float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 template <int R>
 inline void dot_rows(const float* w, int64_t K, const float* x, float* out) {
@@ -244,22 +275,314 @@ constexpr int kRowBlock = 16;
 constexpr int kRowBlock = 12;
 #endif
 
-// y[r] = epilogue(r, dot(W[r, :], x)) for rows [r0, r1) of W (N, K): kRowBlock rows at a time,
-// then 4, then 1.
-template <typename Epilogue>
-inline void gemv_rows(const float* W, const float* x, int64_t K, int64_t r0, int64_t r1,
+// --- weight formats ----------------------------------------------------------------------
+//
+// Each format supplies: kBlock (rows per register block), row_bytes(K) (weight bytes per row, for
+// chunk sizing), kIntInput (the input is quantized to int8 blocks first), and
+// rows<R>(W, r, K, input, out): out[i] = dot(row r + i of W, input) for i < R (R = kBlock, 4 or 1).
+
+constexpr int64_t kQBlock = 32;  // values per q8/q4 block (GGUF's QK8_0 / QK4_0)
+
+inline int64_t q_blocks(int64_t K) { return (K + kQBlock - 1) / kQBlock; }
+
+// A matrix in some format: its data (fp32, bf16, q8 or q4 rows) and, for q8/q4, the fp16 block
+// scales (rows, q_blocks(K)).
+struct Mat {
+  const void* w;
+  const uint16_t* s;
+};
+
+// A GEMV input: x (K) fp32, and for q8/q4 weights its int8 blocks: q (q_blocks(K) * 32 codes,
+// zero past K) with one fp32 scale per block in d (x[k] ~ q[k] * d[k / 32]) and each block's sum
+// of codes in sums (exact in fp32; q4's dots use it, see QFormat).
+struct Input {
+  const float* x;
+  int8_t* q;
+  float* d;
+  float* sums;
+};
+
+inline float fp16_to_fp32(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1Fu;
+  const uint32_t mantissa = h & 0x3FFu;
+  float value;
+  if (exponent == 0) {
+    value = std::ldexp(static_cast<float>(mantissa), -24);  // zero or subnormal
+  } else if (exponent == 31) {
+    value = mantissa ? NAN : INFINITY;
+  } else {
+    value = std::ldexp(static_cast<float>(mantissa | 0x400u), static_cast<int>(exponent) - 25);
+  }
+  uint32_t bits;
+  std::memcpy(&bits, &value, 4);
+  bits |= sign;
+  std::memcpy(&value, &bits, 4);
+  return value;
+#endif
+}
+
+inline float bf16_to_fp32(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float value;
+  std::memcpy(&value, &bits, 4);
+  return value;
+}
+
+// Quantizes x (K) into int8 blocks: d = amax / 127 per block, q = round-half-even(x / d), codes
+// zero past K (they meet the weights' zero padding). Each value's error is at most d / 2.
+inline void quantize_input(const float* x, int64_t K, int8_t* q, float* d, float* sums) {
+  const int64_t blocks = q_blocks(K);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t k0 = b * kQBlock;
+    const int64_t n = K - k0 < kQBlock ? K - k0 : kQBlock;
+    float amax = 0.0f;
+    for (int64_t j = 0; j < n; ++j) amax = std::fmax(amax, std::fabs(x[k0 + j]));
+    const float scale = amax / 127.0f;
+    const float inverse = scale > 0.0f ? 1.0f / scale : 0.0f;
+    d[b] = scale;
+    int32_t sum = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      q[k0 + j] = static_cast<int8_t>(std::nearbyint(x[k0 + j] * inverse));
+      sum += q[k0 + j];
+    }
+    for (int64_t j = n; j < kQBlock; ++j) q[k0 + j] = 0;
+    sums[b] = static_cast<float>(sum);
+  }
+}
+
+struct F32Format {
+  static constexpr int kBlock = kRowBlock;
+  static constexpr bool kIntInput = false;
+  static constexpr bool kPaddedRows = false;
+  static int64_t row_bytes(int64_t K) { return 4 * K; }
+  template <int R>
+  static void rows(const Mat& W, int64_t r, int64_t K, const Input& in, float* out) {
+    const float* w = static_cast<const float*>(W.w) + r * K;
+    if constexpr (R == 1) {
+      out[0] = dot(w, in.x, K);
+    } else {
+      dot_rows<R>(w, K, in.x, out);
+    }
+  }
+};
+
+#if defined(__AVX2__)
+// Eight int32 sums of 4 products u[k] * s[k] each, u unsigned and s signed bytes: maddubs (int16
+// pair sums; the callers keep them below 32767) then madd with ones, or VNNI's dpbusd.
+inline __m256i dot_u8_i8(__m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
+// 16 bytes of q4 codes -> 32 unsigned bytes in [0, 15] (code + 8): low nibbles are values 0..15
+// of the block, high nibbles values 16..31.
+inline __m256i unpack_q4(const uint8_t* p) {
+  const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m256i both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+  return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+}
+
+inline __m256i load_bytes(const void* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+
+// 8 bf16 values widened to fp32 (a bf16 is the top half of an fp32).
+inline __m256 load_bf16(const uint16_t* p) {
+  const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
+}
+#endif
+
+// q8 (kQ8) and q4 (kQ4) rows against the int8 blocks of the input. Per block and row: one integer
+// dot of 32 products, then acc += (d_w * d_x) * dot in fp32.
+// - q8: maddubs wants one unsigned operand, so the input's signs move onto the weights:
+//   |x| * (w * sign(x)); |x|, |w| <= 127 keep the int16 pair sums <= 2 * 127 * 127.
+// - q4: the stored codes u = q + 8 are unsigned already: sum (u - 8) x = sum u x - 8 sum x, with
+//   the second term from the input's block sums (pair sums <= 2 * 15 * 127).
+// Scales go 8 blocks at a time: 8 fp16 weight scales converted at once, times the 8 input scales.
+#if !defined(SL_BF16_ROW_BLOCK)
+#define SL_BF16_ROW_BLOCK 8
+#endif
+
+#if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
+#define SL_Q_SIMD 1
+#else
+#define SL_Q_SIMD 0
+#endif
+
+// The q8/q4 row group (the packed layout's, scratchlm.inference.kernels.quant.ROW_GROUP) is also
+// the register block. Reading a group as one sequential stream (not 4 streams of short rows)
+// measured 10-12.5 Gweights/s against 7 (q8, K = 768, one core).
+constexpr int kQRowGroup = 4;
+
+template <int32_t kType>
+struct QFormat {
+  static constexpr int kBlock = kQRowGroup;
+  static constexpr bool kIntInput = true;
+  static constexpr bool kPaddedRows = true;  // whole groups only; rows past N are zeros
+  static constexpr int64_t kBlockBytes = kType == kQ8 ? kQBlock : kQBlock / 2;
+  static int64_t row_bytes(int64_t K) { return q_blocks(K) * (kBlockBytes + 2); }
+
+#if SL_Q_SIMD
+  // The integer dot of the block at p with an input block (x, |x|).
+  static inline __m256 block_dot(const uint8_t* p, __m256i x, __m256i magnitude) {
+    if constexpr (kType == kQ8) {
+      return _mm256_cvtepi32_ps(dot_u8_i8(magnitude, _mm256_sign_epi8(load_bytes(p), x)));
+    } else {
+      return _mm256_cvtepi32_ps(dot_u8_i8(unpack_q4(p), x));
+    }
+  }
+#endif
+
+  // Rows r .. r + R - 1 of one group (r a multiple of R = kQRowGroup): block b of row i lies at
+  // w + (b * R + i) * kBlockBytes.
+  template <int R>
+  static void rows(const Mat& W, int64_t r, int64_t K, const Input& in, float* out) {
+    static_assert(R == kQRowGroup, "q8/q4 rows go by whole groups");
+    const int64_t blocks = q_blocks(K);
+    const uint8_t* w = static_cast<const uint8_t*>(W.w) + r * blocks * kBlockBytes;
+    const uint16_t* s = W.s + r * blocks;
+    float offset[R];  // q4: sum over blocks of d_w d_x (-8 sum x)
+    for (int i = 0; i < R; ++i) offset[i] = 0.0f;
+    int64_t b = 0;
+#if SL_Q_SIMD
+    __m256 acc[R];
+    __m256 offsets[R];
+    for (int i = 0; i < R; ++i) acc[i] = offsets[i] = _mm256_setzero_ps();
+    alignas(32) float scale[R][8];
+    for (; b + 8 <= blocks; b += 8) {
+      const __m256 dx = _mm256_loadu_ps(in.d + b);
+      // Prefetch 1 KB ahead in the stream (into the next group near a group's end; past the
+      // matrix's end for its last rows, which is harmless: prefetches never fault).
+      const char* ahead = reinterpret_cast<const char*>(w + b * R * kBlockBytes) + 1024;
+      for (int64_t line = 0; line < 8 * R * kBlockBytes; line += 64) {
+        _mm_prefetch(ahead + line, _MM_HINT_T0);
+      }
+      for (int i = 0; i < R; ++i) {
+        const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i * blocks + b));
+        const __m256 combined = _mm256_mul_ps(_mm256_cvtph_ps(half), dx);
+        _mm256_store_ps(scale[i], combined);
+        if constexpr (kType == kQ4) {
+          const __m256 minus8_sums =
+              _mm256_mul_ps(_mm256_loadu_ps(in.sums + b), _mm256_set1_ps(-8.0f));
+          offsets[i] = _mm256_fmadd_ps(combined, minus8_sums, offsets[i]);
+        }
+      }
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) {
+        const __m256i x = load_bytes(in.q + (b + j) * kQBlock);
+        const __m256i magnitude = kType == kQ8 ? _mm256_sign_epi8(x, x) : x;
+        for (int i = 0; i < R; ++i) {
+          const __m256 dot = block_dot(w + ((b + j) * R + i) * kBlockBytes, x, magnitude);
+          acc[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(&scale[i][j]), dot, acc[i]);
+        }
+      }
+    }
+    for (; b < blocks; ++b) {  // the last blocks (fewer than 8)
+      const __m256i x = load_bytes(in.q + b * kQBlock);
+      const __m256i magnitude = kType == kQ8 ? _mm256_sign_epi8(x, x) : x;
+      for (int i = 0; i < R; ++i) {
+        const float combined = fp16_to_fp32(s[i * blocks + b]) * in.d[b];
+        const __m256 dot = block_dot(w + (b * R + i) * kBlockBytes, x, magnitude);
+        acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(combined), dot, acc[i]);
+        if constexpr (kType == kQ4) offset[i] += combined * -8.0f * in.sums[b];
+      }
+    }
+    for (int i = 0; i < R; ++i) out[i] = hsum256(acc[i]) + hsum256(offsets[i]) + offset[i];
+#else
+    for (int i = 0; i < R; ++i) {
+      float sum = 0.0f;
+      for (b = 0; b < blocks; ++b) {
+        const uint8_t* block = w + (b * R + i) * kBlockBytes;
+        int32_t total = 0;
+        for (int64_t j = 0; j < kQBlock; ++j) {
+          int32_t code;
+          if (kType == kQ8) {
+            code = static_cast<int8_t>(block[j]);
+          } else {
+            const uint8_t byte = block[j % 16];
+            code = (j < 16 ? byte & 0x0F : byte >> 4) - 8;
+          }
+          total += code * in.q[b * kQBlock + j];
+        }
+        sum += fp16_to_fp32(s[i * blocks + b]) * in.d[b] * static_cast<float>(total);
+      }
+      out[i] = sum + offset[i];
+    }
+#endif
+  }
+};
+
+struct Bf16Format {
+  static constexpr int kBlock = SL_BF16_ROW_BLOCK;
+  static constexpr bool kIntInput = false;
+  static constexpr bool kPaddedRows = false;
+  static int64_t row_bytes(int64_t K) { return 2 * K; }
+  template <int R>
+  static void rows(const Mat& W, int64_t r, int64_t K, const Input& in, float* out) {
+    const uint16_t* w = static_cast<const uint16_t*>(W.w) + r * K;
+    const float* x = in.x;
+    int64_t k = 0;
+#if defined(__AVX2__)
+    __m256 acc[R];
+    for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_ps();
+    for (; k + 8 <= K; k += 8) {
+      if ((k & 31) == 0) {  // the next R rows' cache line, as QFormat does
+        for (int i = 0; i < R; ++i) {
+          _mm_prefetch(reinterpret_cast<const char*>(w + (R + i) * K + k), _MM_HINT_T0);
+        }
+      }
+      const __m256 xv = _mm256_loadu_ps(x + k);
+      for (int i = 0; i < R; ++i) acc[i] = _mm256_fmadd_ps(load_bf16(w + i * K + k), xv, acc[i]);
+    }
+    for (int i = 0; i < R; ++i) out[i] = hsum256(acc[i]);
+#else
+    for (int i = 0; i < R; ++i) out[i] = 0.0f;
+#endif
+    for (int i = 0; i < R; ++i) {
+      for (int64_t j = k; j < K; ++j) out[i] += bf16_to_fp32(w[i * K + j]) * x[j];
+    }
+  }
+};
+
+// y[r] = epilogue(r, dot(W[r, :], input)) for rows [r0, r1) of W (N, K): Fmt::kBlock rows at a
+// time, then 4, then 1; or, for row-padded formats, whole groups (r0 is a multiple of kBlock)
+// whose padding rows are computed but not passed on.
+template <typename Fmt, typename Epilogue>
+inline void gemv_rows(const Mat& W, const Input& in, int64_t K, int64_t r0, int64_t r1,
                       Epilogue epilogue) {
   int64_t r = r0;
-  float out[kRowBlock];
-  for (; r + kRowBlock <= r1; r += kRowBlock) {
-    dot_rows<kRowBlock>(W + r * K, K, x, out);
-    for (int i = 0; i < kRowBlock; ++i) epilogue(r + i, out[i]);
+  float out[Fmt::kBlock];
+  if constexpr (Fmt::kPaddedRows) {
+    for (; r < r1; r += Fmt::kBlock) {
+      Fmt::template rows<Fmt::kBlock>(W, r, K, in, out);
+      for (int i = 0; i < Fmt::kBlock && r + i < r1; ++i) epilogue(r + i, out[i]);
+    }
+    return;
   }
-  for (; r + 4 <= r1; r += 4) {
-    dot_rows<4>(W + r * K, K, x, out);
-    for (int i = 0; i < 4; ++i) epilogue(r + i, out[i]);
+  for (; r + Fmt::kBlock <= r1; r += Fmt::kBlock) {
+    Fmt::template rows<Fmt::kBlock>(W, r, K, in, out);
+    for (int i = 0; i < Fmt::kBlock; ++i) epilogue(r + i, out[i]);
   }
-  for (; r < r1; ++r) epilogue(r, dot(W + r * K, x, K));
+  if constexpr (Fmt::kBlock > 4 && !Fmt::kPaddedRows) {
+    for (; r + 4 <= r1; r += 4) {
+      Fmt::template rows<4>(W, r, K, in, out);
+      for (int i = 0; i < 4; ++i) epilogue(r + i, out[i]);
+    }
+  }
+  if constexpr (!Fmt::kPaddedRows) {
+    for (; r < r1; ++r) {
+      Fmt::template rows<1>(W, r, K, in, out);
+      epilogue(r, out[0]);
+    }
+  }
 }
 
 // --- the thread team ------------------------------------------------------------------------
@@ -460,18 +783,19 @@ class Runner {
   Team* team_ = nullptr;
 };
 
-// A GEMV phase over the rows of `segments` matrices (rows[i] rows each, `row_floats` floats of
+// A GEMV phase over the rows of `segments` matrices (rows[i] rows each, `row_bytes` bytes of
 // weights per row): chunks of rows that cover every row once; body(segment, r0, r1, thread).
-// Chunks hold ~128 KB of weights (a multiple of kRowBlock rows), and at least ~4 per thread so
-// small matrices still split evenly.
+// Chunks hold ~128 KB of weights (a multiple of `block` rows, the format's register block), and
+// at least ~4 per thread so small matrices still split evenly.
 template <typename Body>
-void for_rows(Runner& runner, const int64_t* rows, int segments, int64_t row_floats, Body body) {
+void for_rows(Runner& runner, const int64_t* rows, int segments, int64_t row_bytes, int block,
+              Body body) {
   int64_t total = 0;
   for (int i = 0; i < segments; ++i) total += rows[i];
-  int64_t chunk = 32768 / (row_floats > 0 ? row_floats : 1);
+  int64_t chunk = 131072 / (row_bytes > 0 ? row_bytes : 1);
   const int64_t even = (total + 4 * runner.threads() - 1) / (4 * runner.threads());
   chunk = chunk < even ? chunk : even;
-  chunk = (chunk + kRowBlock - 1) / kRowBlock * kRowBlock;
+  chunk = (chunk + block - 1) / block * block;
   int64_t chunks = 0;
   for (int i = 0; i < segments; ++i) chunks += (rows[i] + chunk - 1) / chunk;
   while (chunks > kMaxChunks) {  // only for absurdly large matrices
@@ -543,8 +867,16 @@ inline float activation(float v, int32_t kind, float slope) {
 inline float bias_at(const float* b, int64_t r) { return b ? b[r] : 0.0f; }
 
 // Workspace layout (floats): [x: d][h: d][qkv: n_q + 2 n_kv][attn: n_q][ffn: 2 ffn]
-// [per thread: scores: max_positions], each part padded to 16 floats.
+// [input codes: widest / 4][input scales, sums: 2 x widest / 32]
+// [per thread: scores: max_positions], each part padded to 16 floats; `widest` is the longest GEMV
+// input (d, n_q or ffn) rounded up to 32.
 inline int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+inline int64_t widest_input(int64_t d_model, int64_t n_q, int64_t ffn_hidden) {
+  int64_t widest = d_model > n_q ? d_model : n_q;
+  widest = widest > ffn_hidden ? widest : ffn_hidden;
+  return q_blocks(widest) * kQBlock;
+}
 
 struct Workspace {
   float* x;       // the residual stream (d)
@@ -552,6 +884,9 @@ struct Workspace {
   float* qkv;     // q (n_q), k (n_kv), v (n_kv)
   float* attn;    // attention output, the input of Wo (n_q)
   float* ffn;     // MLP hidden (ffn), then the SwiGLU gate (ffn)
+  int8_t* codes;  // the current GEMV input's int8 blocks (q8/q4 weights only)
+  float* code_scales;
+  float* code_sums;
   float* scores;  // per thread: attention weights over positions (max_positions)
   int64_t scores_stride;
 };
@@ -559,58 +894,48 @@ struct Workspace {
 Workspace carve(const SlModel* m, int64_t max_positions) {
   const int64_t n_q = m->n_head * m->head_dim;
   const int64_t n_kv = m->n_kv_head * m->head_dim;
+  const int64_t widest = widest_input(m->d_model, n_q, m->ffn_hidden);
   Workspace w;
   w.x = m->workspace;
   w.h = w.x + round16(m->d_model);
   w.qkv = w.h + round16(m->d_model);
   w.attn = w.qkv + round16(n_q + 2 * n_kv);
   w.ffn = w.attn + round16(n_q);
-  w.scores = w.ffn + round16(2 * m->ffn_hidden);
+  w.codes = reinterpret_cast<int8_t*>(w.ffn + round16(2 * m->ffn_hidden));
+  w.code_scales = w.ffn + round16(2 * m->ffn_hidden) + round16(widest / 4);
+  w.code_sums = w.code_scales + round16(widest / kQBlock);
+  w.scores = w.code_sums + round16(widest / kQBlock);
   w.scores_stride = round16(max_positions);
   return w;
 }
 
-}  // namespace
-
-extern "C" {
-
-int sl_abi_version() { return 2; }
-
-// 16 (AVX-512), 8 (AVX2) or 0 (neither: the Python side keeps PyTorch's path).
-int sl_simd_width() {
-#if defined(__AVX512F__)
-  return 16;
-#elif defined(__AVX2__)
-  return 8;
-#else
-  return 0;
-#endif
+// The GEMV input for a format: x itself, or (q8/q4) x and its int8 blocks in the workspace.
+template <typename Fmt>
+inline Input prepare_input(const float* x, int64_t K, const Workspace& ws) {
+  Input in{x, ws.codes, ws.code_scales, ws.code_sums};
+  if constexpr (Fmt::kIntInput) quantize_input(x, K, in.q, in.d, in.sums);
+  return in;
 }
 
-int64_t sl_workspace_floats(int64_t d_model, int64_t n_head, int64_t n_kv_head, int64_t head_dim,
-                            int64_t ffn_hidden, int64_t max_positions, int64_t threads) {
-  const int64_t n_q = n_head * head_dim;
-  const int64_t n_kv = n_kv_head * head_dim;
-  return 2 * round16(d_model) + round16(n_q + 2 * n_kv) + round16(n_q) + round16(2 * ffn_hidden) +
-         threads * round16(max_positions);
-}
-
-// y (N) = W (N, K) x (K) (+ b), rows split over `threads` threads. For tests and measurements.
-void sl_gemv(const float* W, const float* b, const float* x, float* y, int64_t N, int64_t K,
-             int threads) {
+// y (N) = W (N, K) x (K) (+ b) in format Fmt.
+template <typename Fmt>
+void gemv_format(const Mat& W, const float* b, const float* x, float* y, int64_t N, int64_t K,
+                 int threads) {
+  std::vector<int8_t> codes(static_cast<size_t>(q_blocks(K) * kQBlock));
+  std::vector<float> scales(static_cast<size_t>(q_blocks(K)));
+  std::vector<float> sums(static_cast<size_t>(q_blocks(K)));
+  Input in{x, codes.data(), scales.data(), sums.data()};
+  if constexpr (Fmt::kIntInput) quantize_input(x, K, in.q, in.d, in.sums);
   Runner runner(threads);
   const int64_t rows[1] = {N};
-  for_rows(runner, rows, 1, K, [&](int, int64_t r0, int64_t r1, int) {
-    gemv_rows(W, x, K, r0, r1, [&](int64_t r, float v) { y[r] = v + bias_at(b, r); });
+  for_rows(runner, rows, 1, Fmt::row_bytes(K), Fmt::kBlock, [&](int, int64_t r0, int64_t r1, int) {
+    gemv_rows<Fmt>(W, in, K, r0, r1, [&](int64_t r, float v) { y[r] = v + bias_at(b, r); });
   });
 }
 
-// One decode step for one sequence: the token `token` at position `pos` (the cache holds positions
-// 0..pos-1 already; this writes position pos). logits: (vocab) floats. The caller checks that
-// pos < max_positions (the cache's and the workspace's length) and that the workspace has room
-// for `threads` threads. Returns 0.
-int sl_decode_step(const SlModel* m, int64_t token, int64_t pos, float* logits, int threads,
-                   int64_t max_positions) {
+template <typename Fmt>
+int decode_step(const SlModel* m, int64_t token, int64_t pos, float* logits, int threads,
+                int64_t max_positions) {
   const int64_t d = m->d_model;
   const int64_t hd = m->head_dim;
   const int64_t n_q = m->n_head * hd;
@@ -639,20 +964,23 @@ int sl_decode_step(const SlModel* m, int64_t token, int64_t pos, float* logits, 
   const int64_t d_rows[1] = {d};
   const int64_t ffn_rows[1] = {ffn};
   const int64_t vocab_rows[1] = {m->vocab};
+  constexpr int kBlock = Fmt::kBlock;
   for (int64_t layer = 0; layer < m->n_layer; ++layer) {
     const SlLayer& L = m->layers[layer];
     norm(x, L.attn_norm_w, L.attn_norm_b, d, eps, m->norm_kind, h);
 
     // q, k, v as one phase over the rows of Wq, Wk, Wv.
-    const float* weights[3] = {L.q_w, L.k_w, L.v_w};
+    const Mat weights[3] = {{L.q_w, L.q_s}, {L.k_w, L.k_s}, {L.v_w, L.v_s}};
     const float* biases[3] = {L.q_b, L.k_b, L.v_b};
     float* outs[3] = {q, k, v};
-    for_rows(runner, qkv_rows, 3, d, [&](int part, int64_t r0, int64_t r1, int) {
-      float* out = outs[part];
-      const float* bias = biases[part];
-      gemv_rows(weights[part], h, d, r0, r1,
-                [&](int64_t r, float value) { out[r] = value + bias_at(bias, r); });
-    });
+    const Input h_in = prepare_input<Fmt>(h, d, ws);
+    for_rows(runner, qkv_rows, 3, Fmt::row_bytes(d), kBlock,
+             [&](int part, int64_t r0, int64_t r1, int) {
+               float* out = outs[part];
+               const float* bias = biases[part];
+               gemv_rows<Fmt>(weights[part], h_in, d, r0, r1,
+                              [&](int64_t r, float value) { out[r] = value + bias_at(bias, r); });
+             });
 
     // Attention, one chunk per KV head: QK-norm and RoPE of k, the cache write, then the causal
     // softmax attention of its query heads over positions 0..pos.
@@ -689,44 +1017,164 @@ int sl_decode_step(const SlModel* m, int64_t token, int64_t pos, float* logits, 
     runner.run(m->n_kv_head, attend);
 
     // x += Wo attn (+ bias), each chunk adding its rows of the output into x.
-    for_rows(runner, d_rows, 1, n_q, [&](int, int64_t r0, int64_t r1, int) {
-      gemv_rows(L.o_w, ws.attn, n_q, r0, r1,
-                [&](int64_t r, float value) { x[r] += value + bias_at(L.o_b, r); });
+    const Input attn_in = prepare_input<Fmt>(ws.attn, n_q, ws);
+    const Mat o_w{L.o_w, L.o_s};
+    for_rows(runner, d_rows, 1, Fmt::row_bytes(n_q), kBlock, [&](int, int64_t r0, int64_t r1, int) {
+      gemv_rows<Fmt>(o_w, attn_in, n_q, r0, r1,
+                     [&](int64_t r, float value) { x[r] += value + bias_at(L.o_b, r); });
     });
 
     norm(x, L.mlp_norm_w, L.mlp_norm_b, d, eps, m->norm_kind, h);
     // hidden = act(Wup h), or silu(Wgate h) * Wup h with the gate rows of a chunk computed first.
     const bool swiglu = m->mlp_kind == kSwiGlu;
-    for_rows(runner, ffn_rows, 1, swiglu ? 2 * d : d, [&](int, int64_t r0, int64_t r1, int) {
+    const Input mlp_in = prepare_input<Fmt>(h, d, ws);
+    const Mat gate_w{L.gate_w, L.gate_s};
+    const Mat up_w{L.up_w, L.up_s};
+    const int64_t up_bytes = (swiglu ? 2 : 1) * Fmt::row_bytes(d);
+    for_rows(runner, ffn_rows, 1, up_bytes, kBlock, [&](int, int64_t r0, int64_t r1, int) {
       if (swiglu) {
-        gemv_rows(L.gate_w, h, d, r0, r1,
-                  [&](int64_t r, float value) { gate[r] = value + bias_at(L.gate_b, r); });
-        gemv_rows(L.up_w, h, d, r0, r1, [&](int64_t r, float value) {
+        gemv_rows<Fmt>(gate_w, mlp_in, d, r0, r1,
+                       [&](int64_t r, float value) { gate[r] = value + bias_at(L.gate_b, r); });
+        gemv_rows<Fmt>(up_w, mlp_in, d, r0, r1, [&](int64_t r, float value) {
           hidden[r] = activation(gate[r], kSwiGlu, 0.0f) * (value + bias_at(L.up_b, r));
         });
       } else {
-        gemv_rows(L.up_w, h, d, r0, r1, [&](int64_t r, float value) {
+        gemv_rows<Fmt>(up_w, mlp_in, d, r0, r1, [&](int64_t r, float value) {
           hidden[r] = activation(value + bias_at(L.up_b, r), m->mlp_kind, m->leaky_relu_slope);
         });
       }
     });
-    for_rows(runner, d_rows, 1, ffn, [&](int, int64_t r0, int64_t r1, int) {
-      gemv_rows(L.down_w, hidden, ffn, r0, r1,
-                [&](int64_t r, float value) { x[r] += value + bias_at(L.down_b, r); });
+    const Input hidden_in = prepare_input<Fmt>(hidden, ffn, ws);
+    const Mat down_w{L.down_w, L.down_s};
+    for_rows(runner, d_rows, 1, Fmt::row_bytes(ffn), kBlock, [&](int, int64_t r0, int64_t r1, int) {
+      gemv_rows<Fmt>(down_w, hidden_in, ffn, r0, r1,
+                     [&](int64_t r, float value) { x[r] += value + bias_at(L.down_b, r); });
     });
   }
 
   norm(x, m->final_norm_w, m->final_norm_b, d, eps, m->norm_kind, h);
   const float cap = m->logit_softcap;
-  for_rows(runner, vocab_rows, 1, d, [&](int, int64_t r0, int64_t r1, int) {
+  const Input head_in = prepare_input<Fmt>(h, d, ws);
+  const Mat head{m->lm_head_w, m->lm_head_s};
+  for_rows(runner, vocab_rows, 1, Fmt::row_bytes(d), kBlock, [&](int, int64_t r0, int64_t r1, int) {
     if (cap > 0.0f) {
-      gemv_rows(m->lm_head_w, h, d, r0, r1,
-                [&](int64_t r, float value) { logits[r] = cap * std::tanh(value / cap); });
+      gemv_rows<Fmt>(head, head_in, d, r0, r1,
+                     [&](int64_t r, float value) { logits[r] = cap * std::tanh(value / cap); });
     } else {
-      gemv_rows(m->lm_head_w, h, d, r0, r1, [&](int64_t r, float value) { logits[r] = value; });
+      gemv_rows<Fmt>(head, head_in, d, r0, r1, [&](int64_t r, float value) { logits[r] = value; });
     }
   });
   return 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+int sl_abi_version() { return 3; }
+
+// Rows per q8/q4 group of the packed layout (checked against the Python side's).
+int sl_q_row_group() { return kQRowGroup; }
+
+// 16 (AVX-512), 8 (AVX2) or 0 (neither: the Python side keeps PyTorch's path).
+int sl_simd_width() {
+#if defined(__AVX512F__)
+  return 16;
+#elif defined(__AVX2__)
+  return 8;
+#else
+  return 0;
+#endif
+}
+
+// The instruction sets this build was compiled for (bits: 1 avx2, 2 fma, 4 f16c, 8 avx512f,
+// 16 avx512bw, 32 avx512vl, 64 avx512_vnni, 128 avx512_bf16). The Python side checks them
+// against the CPU's flags before the first call: a binary built elsewhere never runs here.
+int sl_isa_mask() {
+  int mask = 0;
+#if defined(__AVX2__)
+  mask |= 1;
+#endif
+#if defined(__FMA__)
+  mask |= 2;
+#endif
+#if defined(__F16C__)
+  mask |= 4;
+#endif
+#if defined(__AVX512F__)
+  mask |= 8;
+#endif
+#if defined(__AVX512BW__)
+  mask |= 16;
+#endif
+#if defined(__AVX512VL__)
+  mask |= 32;
+#endif
+#if defined(__AVX512VNNI__)
+  mask |= 64;
+#endif
+#if defined(__AVX512BF16__)
+  mask |= 128;
+#endif
+  return mask;
+}
+
+int64_t sl_workspace_floats(int64_t d_model, int64_t n_head, int64_t n_kv_head, int64_t head_dim,
+                            int64_t ffn_hidden, int64_t max_positions, int64_t threads) {
+  const int64_t n_q = n_head * head_dim;
+  const int64_t n_kv = n_kv_head * head_dim;
+  const int64_t widest = widest_input(d_model, n_q, ffn_hidden);
+  return 2 * round16(d_model) + round16(n_q + 2 * n_kv) + round16(n_q) + round16(2 * ffn_hidden) +
+         round16(widest / 4) + 2 * round16(widest / kQBlock) + threads * round16(max_positions);
+}
+
+// y (N) = W (N, K) x (K) (+ b), rows split over `threads` threads. For tests and measurements.
+void sl_gemv(const float* W, const float* b, const float* x, float* y, int64_t N, int64_t K,
+             int threads) {
+  gemv_format<F32Format>(Mat{W, nullptr}, b, x, y, N, K, threads);
+}
+
+// The same in a weight type (WeightType): W in that format, S its block scales (q8/q4) or null.
+// Returns -1 for an unknown type.
+int sl_gemv_typed(int32_t type, const void* W, const uint16_t* S, const float* b, const float* x,
+                  float* y, int64_t N, int64_t K, int threads) {
+  const Mat matrix{W, S};
+  switch (type) {
+    case kF32:
+      gemv_format<F32Format>(matrix, b, x, y, N, K, threads);
+      return 0;
+    case kQ8:
+      gemv_format<QFormat<kQ8>>(matrix, b, x, y, N, K, threads);
+      return 0;
+    case kQ4:
+      gemv_format<QFormat<kQ4>>(matrix, b, x, y, N, K, threads);
+      return 0;
+    case kBf16:
+      gemv_format<Bf16Format>(matrix, b, x, y, N, K, threads);
+      return 0;
+    default:
+      return -1;
+  }
+}
+
+// One decode step for one sequence: the token `token` at position `pos` (the cache holds positions
+// 0..pos-1 already; this writes position pos). logits: (vocab) floats. The caller checks that
+// pos < max_positions (the cache's and the workspace's length) and that the workspace has room
+// for `threads` threads. Returns 0, or -1 for an unknown weight type.
+int sl_decode_step(const SlModel* m, int64_t token, int64_t pos, float* logits, int threads,
+                   int64_t max_positions) {
+  switch (m->weight_type) {
+    case kF32:
+      return decode_step<F32Format>(m, token, pos, logits, threads, max_positions);
+    case kQ8:
+      return decode_step<QFormat<kQ8>>(m, token, pos, logits, threads, max_positions);
+    case kQ4:
+      return decode_step<QFormat<kQ4>>(m, token, pos, logits, threads, max_positions);
+    case kBf16:
+      return decode_step<Bf16Format>(m, token, pos, logits, threads, max_positions);
+    default:
+      return -1;
+  }
 }
 
 }  // extern "C"

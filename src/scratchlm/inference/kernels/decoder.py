@@ -1,6 +1,7 @@
 """The batch-1 decode step through the compiled kernels: which models and caches it applies to
-(`unsupported_reason`), and `FastDecoder`, which points the library at a model's parameters and KV
-cache in place. `fast_decoder(model, cache)` gives one, or None when the fast path does not apply.
+(`unsupported_reason`), and `FastDecoder`, which points the library at a model's parameters (or at
+its packed q8/q4/bf16 copy, see `quant.attach`) and KV cache in place. `fast_decoder(model, cache)`
+gives one, or None when the fast path does not apply.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ import torch
 from torch import nn
 
 from scratchlm.inference.kernels.loader import SlLayer, SlModel, kernels_enabled, load_library
+from scratchlm.inference.kernels.quant import WEIGHT_TYPES, PackedModel, packed_weights
 from scratchlm.kv_cache import KVCache
 from scratchlm.model import GPT, Block
 
 logger = logging.getLogger(__name__)
+_warned_stale = False
 
 NORM_KINDS = {"rmsnorm": 0, "layernorm": 1}
 MLP_KINDS = {"gelu": 0, "gelu_tanh": 1, "leaky_relu": 2, "swiglu": 3, "relu2": 4}
+MLP_PREFIXES = ("gate", "up", "down")
 
 
 def _plain_fp32(tensor: torch.Tensor | None) -> bool:
@@ -90,13 +94,17 @@ class FastDecoder:
     generation is cheap: ~0.1 ms).
     """
 
-    def __init__(self, library: ctypes.CDLL, model: GPT, cache: KVCache) -> None:
+    def __init__(
+        self, library: ctypes.CDLL, model: GPT, cache: KVCache, packed: PackedModel | None = None
+    ) -> None:
+        """`packed`: the model's linear layers in a kernel format (None: its fp32 parameters)."""
         config = model.config
         assert config.head_dim is not None and config.n_kv_head is not None
         assert config.ffn_hidden is not None and config.padded_vocab_size is not None
         self.library = library
         self.model = model
         self.cache = cache
+        self.packed = packed  # kept alive: the library reads its tensors
         self.vocab = config.padded_vocab_size
         self.max_positions = min(cache.max_len, config.context_length)
         layers = (SlLayer * config.n_layer)()
@@ -117,7 +125,10 @@ class FastDecoder:
             ):
                 if linear is None:
                     continue
-                setattr(layer, f"{prefix}_w", linear.weight.data_ptr())
+                name = f"blocks.{index}.{'mlp' if prefix in MLP_PREFIXES else 'attention'}"
+                data, scales = self._matrix(linear.weight, f"{name}.{prefix}_proj")
+                setattr(layer, f"{prefix}_w", data)
+                setattr(layer, f"{prefix}_s", scales)
                 setattr(layer, f"{prefix}_b", _pointer(linear.bias))
             if attention.q_norm is not None and attention.k_norm is not None:
                 layer.q_norm_w = attention.q_norm.weight.data_ptr()
@@ -149,12 +160,21 @@ class FastDecoder:
             spec.rope_cos = model.rope_cos.data_ptr()
             spec.rope_sin = model.rope_sin.data_ptr()
         spec.final_norm_w, spec.final_norm_b = _norm_pointers(model.final_norm)
-        spec.lm_head_w = model.lm_head.weight.data_ptr()
+        spec.lm_head_w, spec.lm_head_s = self._matrix(model.lm_head.weight, "lm_head")
+        spec.weight_type = WEIGHT_TYPES["f32" if packed is None else packed.format]
         spec.layers = layers
         self._spec = spec
         self._threads = 0
         self._workspace = torch.empty(0)
         self._ensure_workspace(torch.get_num_threads())
+
+    def _matrix(self, weight: torch.Tensor, name: str) -> tuple[int, int | None]:
+        """Pointers to a linear layer's weights as the kernel reads them: the fp32 parameter, or
+        its packed data and block scales."""
+        if self.packed is None:
+            return weight.data_ptr(), None
+        matrix = self.packed.matrices[name]
+        return matrix.data.data_ptr(), _pointer(matrix.scales)
 
     def _ensure_workspace(self, threads: int) -> None:
         if threads <= self._threads:
@@ -184,7 +204,7 @@ class FastDecoder:
         threads = torch.get_num_threads()
         self._ensure_workspace(threads)
         logits = torch.empty((1, 1, self.vocab), dtype=torch.float32)
-        self.library.sl_decode_step(
+        status = self.library.sl_decode_step(
             ctypes.byref(self._spec),
             token,
             position,
@@ -192,6 +212,7 @@ class FastDecoder:
             threads,
             self.max_positions,
         )
+        assert status == 0, f"decode step failed ({status})"
         self.cache.advance(None, 1, 1)
         return logits
 
@@ -202,10 +223,24 @@ def fast_decoder(model: nn.Module, cache: KVCache) -> FastDecoder | None:
         return None
     reason = unsupported_reason(model, cache)
     if reason is not None:
-        logger.debug("fp32 decode kernels not used: %s", reason)
+        logger.debug("decode kernels not used: %s", reason)
         return None
     library = load_library()
     if library is None:
         return None
     assert isinstance(model, GPT)
-    return FastDecoder(library, model, cache)
+    packed = packed_weights(model)
+    if packed is not None and not packed.matches(model):
+        # The weights were replaced or changed after quantization: the packed copy is stale, and
+        # the current fp32 weights are what the model computes with.
+        global _warned_stale
+        if not _warned_stale:
+            logger.warning(
+                "scratchlm: the model's weights changed after %s quantization; decoding them "
+                "in fp32 (quantize again for %s speed)",
+                packed.format,
+                packed.format,
+            )
+            _warned_stale = True
+        packed = None
+    return FastDecoder(library, model, cache, packed)

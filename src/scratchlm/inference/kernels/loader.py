@@ -1,11 +1,14 @@
-"""Building and loading the fp32 decode kernels: compile `decode.cpp` with the system C++ compiler,
+"""Building and loading the decode kernels: compile `decode.cpp` with the system C++ compiler,
 cache the shared library, and bind it with ctypes.
 
-The library is compiled (`$CXX` or g++, `-O3 -march=native -pthread`, 2.5-4 s) on first use and
-cached under `$TORCH_EXTENSIONS_DIR` (default ~/.cache/torch_extensions), keyed by the source,
-compiler and CPU. Without a compiler, on non-Linux systems, without AVX2, or with
-`SCRATCHLM_KERNELS=0`, `load_library()` returns None (logged once at debug level) and callers keep
-PyTorch's path.
+The library is compiled (`$CXX` or g++, `-O3 -march=native -pthread`, ~3-5 s on a quiet machine)
+on first use and cached under `$TORCH_EXTENSIONS_DIR` (default ~/.cache/torch_extensions), keyed by
+the source, compiler, flags and the CPU's instruction sets (a home directory shared between
+machines never loads a binary built for another CPU; the loaded binary's own ISA is checked against
+the CPU's flags too). `SCRATCHLM_KERNEL_ISA=avx2` builds for AVX2 + FMA + F16C instead of the host's
+best (`native`, the default). Without a compiler, on non-Linux systems or on a CPU without AVX2,
+`load_library()` returns None and logs ONE warning line per process; callers keep PyTorch's path.
+`SCRATCHLM_KERNELS=0` turns the kernels off without a warning.
 """
 
 from __future__ import annotations
@@ -22,18 +25,38 @@ from pathlib import Path
 
 import torch
 
+from scratchlm.inference.kernels.quant import ROW_GROUP
+
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("decode.cpp")
 ENV_SWITCH = "SCRATCHLM_KERNELS"  # "0" turns the fast path off
-ABI_VERSION = 2
-COMPILE_FLAGS = ("-O3", "-march=native", "-pthread", "-fPIC", "-shared", "-std=c++17")
+ENV_ISA = "SCRATCHLM_KERNEL_ISA"  # "native" (default) or "avx2"
+ABI_VERSION = 3
+COMMON_FLAGS = ("-O3", "-pthread", "-fPIC", "-shared", "-std=c++17")
+ISA_FLAGS = {"native": ("-march=native",), "avx2": ("-mavx2", "-mfma", "-mf16c")}
+# sl_isa_mask() bits and the /proc/cpuinfo flag each needs.
+ISA_BITS = {
+    1: "avx2",
+    2: "fma",
+    4: "f16c",
+    8: "avx512f",
+    16: "avx512bw",
+    32: "avx512vl",
+    64: "avx512_vnni",
+    128: "avx512_bf16",
+}
+# The flags that change what -march=native compiles (part of the cache key and directory name).
+ISA_FLAG_NAMES: tuple[str, ...] = (
+    *("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq"),
+    *("avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_int8", "amx_bf16"),
+)
 
 _POINTER = ctypes.c_void_p
 
 
 class SlLayer(ctypes.Structure):
-    """Mirror of `SlLayer` in decode.cpp (field order matters)."""
+    """Mirror of `SlLayer` in decode.cpp (field order matters; `*_s`: q8/q4 block scales)."""
 
     _fields_ = [
         (name, _POINTER)
@@ -60,6 +83,13 @@ class SlLayer(ctypes.Structure):
             "down_b",
             "keys",
             "values",
+            "q_s",
+            "k_s",
+            "v_s",
+            "o_s",
+            "gate_s",
+            "up_s",
+            "down_s",
         )
     ]
 
@@ -92,6 +122,9 @@ class SlModel(ctypes.Structure):
         ("lm_head_w", _POINTER),
         ("layers", ctypes.POINTER(SlLayer)),
         ("workspace", _POINTER),
+        ("lm_head_s", _POINTER),
+        ("weight_type", ctypes.c_int32),
+        ("pad2_", ctypes.c_int32),
     ]
 
 
@@ -110,15 +143,30 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "g++"))
 
 
-def _cpu_flags() -> str:
-    """The CPU's feature flags: part of the cache key, because -march=native bakes them in."""
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
-                return line
+                return frozenset(line.partition(":")[2].split())
     except OSError:
         pass
-    return ""
+    return frozenset()
+
+
+def isa_mode() -> str:
+    """The instruction sets to build for: `$SCRATCHLM_KERNEL_ISA`, "native" by default."""
+    mode = os.environ.get(ENV_ISA, "native").strip().lower() or "native"
+    if mode not in ISA_FLAGS:
+        raise RuntimeError(f"{ENV_ISA}={mode!r} is not one of {', '.join(ISA_FLAGS)}")
+    return mode
+
+
+def _isa_label(flags: frozenset[str], mode: str) -> str:
+    """A readable name for the build's instruction sets (part of its cache directory's name)."""
+    if mode == "avx2" or "avx512f" not in flags:
+        return "avx2"
+    return "avx512vnni" if "avx512_vnni" in flags else "avx512"
 
 
 def _cache_dir() -> Path:
@@ -129,27 +177,47 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
+def library_path() -> tuple[Path, str, tuple[str, ...]]:
+    """Where this machine's build lives (keyed by source, compiler, flags and the CPU's
+    instruction sets), the compiler and its flags. Raises RuntimeError when no build can apply."""
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found (set $CXX or install g++)")
+    mode = isa_mode()
+    flags = cpu_flags()
+    isa = sorted(flags & set(ISA_FLAG_NAMES))
+    needed = {"avx2", "fma", "f16c"}
+    if flags and not needed <= flags:
+        raise RuntimeError(f"the CPU lacks {', '.join(sorted(needed - flags))} (AVX2 is needed)")
+    source = SOURCE.read_bytes()
+    version = subprocess.run(
+        [compiler, "--version"], capture_output=True, text=True, check=False
+    ).stdout
+    compile_flags = (*COMMON_FLAGS, *ISA_FLAGS[mode])
+    key = hashlib.sha256(
+        b"\0".join(
+            [
+                source,
+                version.encode(),
+                " ".join(compile_flags).encode(),
+                " ".join(isa).encode(),
+                " ".join(sorted(flags)).encode(),  # -march=native may use any of them
+            ]
+        )
+    ).hexdigest()[:16]
+    directory = _cache_dir() / f"scratchlm_decode_{_isa_label(flags, mode)}_{key}"
+    return directory / "libscratchlm_decode.so", compiler, compile_flags
+
+
 def build_library(*, force: bool = False) -> Path:
     """Compile decode.cpp (or reuse the cached build); returns the shared library's path.
 
     Raises RuntimeError (with the compiler's output) when it cannot be built.
     """
-    compiler = _compiler()
-    if compiler is None:
-        raise RuntimeError("no C++ compiler found (set $CXX or install g++)")
-    source = SOURCE.read_bytes()
-    version = subprocess.run(
-        [compiler, "--version"], capture_output=True, text=True, check=False
-    ).stdout
-    key = hashlib.sha256(
-        b"\0".join(
-            [source, version.encode(), " ".join(COMPILE_FLAGS).encode(), _cpu_flags().encode()]
-        )
-    ).hexdigest()[:16]
-    directory = _cache_dir() / f"scratchlm_decode_{key}"
-    target = directory / "libscratchlm_decode.so"
+    target, compiler, compile_flags = library_path()
     if target.is_file() and not force:
         return target
+    directory = target.parent
     directory.mkdir(parents=True, exist_ok=True)
     # Build under a temporary name, then rename: concurrent first uses (test workers) never load
     # a half-written library.
@@ -157,13 +225,17 @@ def build_library(*, force: bool = False) -> Path:
     os.close(handle)
     try:
         result = subprocess.run(
-            [compiler, *COMPILE_FLAGS, str(SOURCE), "-o", partial],
+            [compiler, *compile_flags, str(SOURCE), "-o", partial],
             capture_output=True,
             text=True,
             check=False,
         )
         if result.returncode != 0:
-            raise RuntimeError(f"{compiler} failed:\n{result.stderr.strip()}")
+            output = result.stderr.strip()
+            lines = output.splitlines() or ["(no output)"]
+            first = next((line for line in lines if "error" in line), lines[0])
+            # The first line (the warning shows it) names the first error; then the full output.
+            raise RuntimeError(f"{compiler} failed: {first}\n{output}")
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):
@@ -171,13 +243,36 @@ def build_library(*, force: bool = False) -> Path:
     return target
 
 
+def _check_isa(library: ctypes.CDLL) -> None:
+    """Refuse a binary that uses instructions this CPU lacks (before any of its code runs)."""
+    flags = cpu_flags()
+    if not flags:
+        return  # nothing to check against; the build targeted this machine
+    mask = library.sl_isa_mask()
+    missing = [name for bit, name in ISA_BITS.items() if mask & bit and name not in flags]
+    if missing:
+        raise RuntimeError(f"the kernel library needs {', '.join(missing)}, which this CPU lacks")
+
+
 def _configure(library: ctypes.CDLL) -> None:
     library.sl_abi_version.restype = ctypes.c_int
     library.sl_simd_width.restype = ctypes.c_int
+    library.sl_isa_mask.restype = ctypes.c_int
+    library.sl_q_row_group.restype = ctypes.c_int
     library.sl_workspace_floats.restype = ctypes.c_int64
     library.sl_workspace_floats.argtypes = [ctypes.c_int64] * 7
     library.sl_gemv.restype = None
     library.sl_gemv.argtypes = [_POINTER] * 4 + [ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    library.sl_gemv_typed.restype = ctypes.c_int
+    library.sl_gemv_typed.argtypes = (
+        [ctypes.c_int32]
+        + [_POINTER] * 5
+        + [
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_int,
+        ]
+    )
     library.sl_decode_step.restype = ctypes.c_int
     library.sl_decode_step.argtypes = [
         ctypes.POINTER(SlModel),
@@ -192,7 +287,7 @@ def _configure(library: ctypes.CDLL) -> None:
 def load_library() -> ctypes.CDLL | None:
     """The compiled kernels, or None when they are unavailable (the reason: `unavailable_reason`).
 
-    Built and loaded once per process; a failure is logged once at debug level and remembered.
+    Built and loaded once per process; a failure is logged once as a warning and remembered.
     """
     global _library, _load_attempted, _failure
     if _load_attempted:
@@ -201,17 +296,26 @@ def load_library() -> ctypes.CDLL | None:
     try:
         if not sys.platform.startswith("linux"):
             # The thread team sleeps on Linux futexes.
-            raise RuntimeError(f"the fp32 decode kernels are built on Linux only ({sys.platform})")
+            raise RuntimeError(f"they are built on Linux only ({sys.platform})")
         library = ctypes.CDLL(str(build_library()))
         _configure(library)
-        if library.sl_abi_version() != ABI_VERSION:
+        if library.sl_abi_version() != ABI_VERSION or library.sl_q_row_group() != ROW_GROUP:
             raise RuntimeError("stale kernel library (ABI version mismatch)")
+        _check_isa(library)
         if library.sl_simd_width() == 0:
             raise RuntimeError("the CPU has neither AVX2 nor AVX-512; PyTorch's kernels are faster")
         _library = library
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
         _failure = str(error)
-        logger.debug("fp32 decode kernels unavailable, using PyTorch: %s", error)
+        # One line (a compiler's output is cut to its first line; the rest goes to debug).
+        first_line = _failure.splitlines()[0] if _failure else "unknown error"
+        logger.warning(
+            "scratchlm: fast CPU decode kernels unavailable (%s); decoding with PyTorch instead "
+            "(slower; %s=0 silences this)",
+            first_line,
+            ENV_SWITCH,
+        )
+        logger.debug("kernel failure in full: %s", _failure)
     return _library
 
 
@@ -238,4 +342,39 @@ def gemv(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None
         weight.shape[1],
         torch.get_num_threads(),
     )
+    return out
+
+
+def gemv_packed(
+    weight_type: int,
+    data: torch.Tensor,
+    scales: torch.Tensor | None,
+    x: torch.Tensor,
+    rows: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y (rows) = W x (+ bias) for W (rows, x's length) packed in a kernel format (`data`, `scales`
+    as scratchlm.inference.kernels.quant writes them); for tests and measurements."""
+    library = load_library()
+    if library is None:
+        raise RuntimeError(f"kernels unavailable: {_failure}")
+    for tensor in (data, scales, x, bias):
+        if tensor is not None and not tensor.is_contiguous():
+            raise ValueError("gemv_packed takes contiguous tensors")
+    if x.dtype != torch.float32 or (bias is not None and bias.dtype != torch.float32):
+        raise ValueError("x and bias must be fp32")
+    out = torch.empty(rows, dtype=torch.float32)
+    status = library.sl_gemv_typed(
+        weight_type,
+        data.data_ptr(),
+        None if scales is None else scales.data_ptr(),
+        None if bias is None else bias.data_ptr(),
+        x.data_ptr(),
+        out.data_ptr(),
+        rows,
+        x.shape[0],
+        torch.get_num_threads(),
+    )
+    if status != 0:
+        raise ValueError(f"unknown weight type {weight_type}")
     return out
