@@ -7,7 +7,6 @@ plus --loss, --beta and --simpo-gamma; the run directory, checkpoints and resume
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from scratchlm.cli.options import add_checkpoint_argument, add_train_arguments, resolve_train_config
 from scratchlm.cli.train import (
@@ -82,13 +81,6 @@ def add_dpo(parser: argparse.ArgumentParser) -> None:
     add_print_config_argument(parser)
 
 
-def dpo_values(
-    args: argparse.Namespace, file_values: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """DPO settings from the flags typed, else the --config file, else the defaults."""
-    return own_values(DPO_DEFAULTS, args, file_values)
-
-
 def command_dpo(args: argparse.Namespace) -> None:
     from scratchlm.training.run_config import read_config_file
 
@@ -120,7 +112,7 @@ def command_dpo(args: argparse.Namespace) -> None:
         config.max_steps = FINETUNE_MAX_STEPS
     from scratchlm.finetune.dpo import DPOSettings
 
-    values = dpo_values(args, config_file)
+    values = own_values(DPO_DEFAULTS, args, config_file)
     settings = DPOSettings(
         loss=values["loss"], beta=values["beta"], simpo_gamma=values["simpo_gamma"]
     )

@@ -154,13 +154,6 @@ def add_rl(parser: argparse.ArgumentParser) -> None:
     add_print_config_argument(parser)
 
 
-def rl_values(
-    args: argparse.Namespace, file_values: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """rl settings from the flags typed, else the --config file, else the defaults."""
-    return own_values(RL_DEFAULTS, args, file_values)
-
-
 def command_rl(args: argparse.Namespace) -> None:
     from scratchlm.training.run_config import read_config_file
 
@@ -177,7 +170,7 @@ def command_rl(args: argparse.Namespace) -> None:
         if getattr(args, "config", None)
         else {}
     )
-    values = rl_values(args, config_file)
+    values = own_values(RL_DEFAULTS, args, config_file)
     if values["task"] is None:
         raise ScratchLMError(f"rl needs --task: one of {', '.join(TASK_NAMES)}")
     if values["task"] not in TASK_NAMES:
