@@ -2,7 +2,9 @@
 (`--quantize none|q8|q4|bf16`, the fused CPU kernels) against llama.cpp (llama-cpp-python on the
 f32 / q8_0 / q4_0 / bf16 GGUF that scratchlm's exporter writes from the same checkpoint), with the
 ratio and each one's fraction of the bandwidth floor (bytes of weights read per token over the
-memory read bandwidth measured in the same run).
+memory read bandwidth measured in the same run). Then prefill tokens/s of the same pairs: a prompt
+of `--prefill-tokens` tokens processed from an empty cache in one forward (ours: the Decoder's
+prefill that Engine.generate runs; llama.cpp: `Llama.reset()` then `Llama.eval`, one batch).
 
     .venv/bin/python benchmarks/decode_vs_llamacpp.py --preset llama-42m --new-tokens 64 --rounds 3
     .venv/bin/python benchmarks/decode_vs_llamacpp.py --checkpoint RUN_OR_CHECKPOINT_DIR
@@ -31,9 +33,11 @@ import torch
 from scratchlm.checkpoint import resolve_checkpoint, save_checkpoint
 from scratchlm.config import preset_config
 from scratchlm.export.gguf import export_gguf
+from scratchlm.inference.decode import Decoder
 from scratchlm.inference.engine import Engine
 from scratchlm.inference.load import load_for_inference
 from scratchlm.inference.settings import GREEDY
+from scratchlm.kv_cache import KVCache
 from scratchlm.model import GPT, build_model
 from scratchlm.tokenizer import train_bpe
 
@@ -73,6 +77,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="a trained checkpoint (or run directory) instead")
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--prefill-tokens", type=int, default=256, help="prompt length of the prefill table"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument(
@@ -101,6 +108,12 @@ def main() -> None:
         for method in precisions
     }
     reference = ours.get("none") or load_for_inference(str(checkpoint), "cpu")[0].model.eval()
+    context = reference.config.context_length
+    if not 1 <= args.prefill_tokens <= context:
+        parser.error(f"--prefill-tokens must be between 1 and the context ({context})")
+    # The prefill must fit llama.cpp's context and run as one batch (n_batch, n_ubatch >= N);
+    # for N <= 512 these are llama-cpp-python's defaults, so the decode runs as before.
+    n_ctx = min(max(512, args.prefill_tokens), context)
     llamas = {}
     for method in precisions:
         path = export_gguf(
@@ -108,7 +121,9 @@ def main() -> None:
         )
         llamas[method] = llama_cpp.Llama(
             model_path=str(path),
-            n_ctx=min(512, reference.config.context_length),
+            n_ctx=n_ctx,
+            n_batch=n_ctx,
+            n_ubatch=n_ctx,
             n_threads=args.threads,
             verbose=False,
         )
@@ -169,6 +184,50 @@ def main() -> None:
         peer = f"llama.cpp {PAIRS.get(method, 'q8_0')}"
         ratio = f"{value / medians[peer]:.2f}x" if peer in medians and label != peer else ""
         print(f"  {label:>22}  {value:9.1f}  {ratio:>12}  {value / floor:8.0%}")
+
+    prefill_prompt = torch.randint(8, reference.config.vocab_size, (args.prefill_tokens,)).tolist()
+
+    @torch.inference_mode()
+    def prefill_ours(model: GPT) -> float:
+        # The cache Engine.generate would allocate, outside the timing (llama.cpp's is allocated
+        # once, at load); then the same Decoder.prefill it runs on the prompt.
+        dtype = model.token_embedding.weight.dtype
+        cache = KVCache.for_model(model.config, 1, args.prefill_tokens, dtype=dtype)
+        decoder = Decoder(model, cache)
+        started = time.perf_counter()
+        decoder.prefill(prefill_prompt)  # logits (1, vocab) of the token after the prompt
+        return args.prefill_tokens / (time.perf_counter() - started)
+
+    def prefill_llamacpp(llm: llama_cpp.Llama) -> float:
+        llm.reset()  # n_tokens = 0: eval drops the cache from position 0 on
+        started = time.perf_counter()
+        llm.eval(prefill_prompt)
+        llama_cpp.llama_synchronize(llm.ctx)  # the CPU backend is synchronous; to be sure
+        return args.prefill_tokens / (time.perf_counter() - started)
+
+    prefills: dict[str, Callable[[], float]] = {}
+    for method in precisions:
+        prefills[f"ours {method}"] = functools.partial(prefill_ours, ours[method])
+        prefills[f"llama.cpp {PAIRS[method]}"] = functools.partial(prefill_llamacpp, llamas[method])
+    for run in prefills.values():
+        run()  # warm-up
+    prefill_rates: dict[str, list[float]] = {label: [] for label in prefills}
+    for _ in range(args.rounds):
+        for label, run in prefills.items():
+            prefill_rates[label].append(run())
+    prefill_medians = {label: statistics.median(values) for label, values in prefill_rates.items()}
+    print(
+        f"prefill of {args.prefill_tokens} tokens from an empty cache, {args.threads} threads, "
+        f"median of {args.rounds} (load {os.getloadavg()[0]:.2f})"
+    )
+    print(f"  {'ours':>10}  {'tokens/s':>9}  {'llama.cpp':>10}  {'tokens/s':>9}  {'ratio':>6}")
+    for method in precisions:
+        mine = prefill_medians[f"ours {method}"]
+        theirs = prefill_medians[f"llama.cpp {PAIRS[method]}"]
+        print(
+            f"  {method:>10}  {mine:9.1f}  {PAIRS[method]:>10}  {theirs:9.1f}  "
+            f"{mine / theirs:5.2f}x"
+        )
     shutil.rmtree(work, ignore_errors=True)
 
 
