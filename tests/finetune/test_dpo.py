@@ -138,7 +138,9 @@ def test_identical_replies_give_zero_gradient(base: Path, bpe_tokenizer: Tokeniz
     def gradient_norm(chosen: Example, rejected: Example, kind: str) -> float:
         batch = collate_pairs([TokenizedPair(chosen, rejected, [])], [0], None, 0)
         model.zero_grad()
-        sums, counts = sequence_logprobs(model(batch.inputs), batch.targets)
+        sums, counts = sequence_logprobs(
+            model(batch.inputs), batch.targets, model.config.vocab_size
+        )
         loss, _ = preference_loss(
             sums[:1],
             sums[1:],
@@ -157,7 +159,7 @@ def test_identical_replies_give_zero_gradient(base: Path, bpe_tokenizer: Tokeniz
     # the scale of one reply's gradient: what a loss that did not cancel would leave
     model.zero_grad()
     batch = collate_pairs([TokenizedPair(side(pair.chosen), side(pair.chosen), [])], [0], None, 0)
-    sequence_logprobs(model(batch.inputs), batch.targets)[0][0].backward()
+    sequence_logprobs(model(batch.inputs), batch.targets, model.config.vocab_size)[0][0].backward()
     one_reply = float(
         torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).norm()
     )
@@ -306,13 +308,15 @@ def test_cached_reference_equals_recomputed_and_a_naive_loop(
     )
     assert torch.allclose(cached["train"], again, atol=1e-4)
     # a naive loop: one sequence at a time, log_softmax at the targets over the masked positions
+    assert model.config.padded_vocab_size > model.config.vocab_size  # padding columns exist
     with torch.no_grad():
         for split in ("train", "val"):
             pairs = trainer.train_pairs if split == "train" else trainer.val_pairs
             for index, pair in enumerate(pairs[:12]):
                 for column, side in enumerate((pair.chosen, pair.rejected)):
                     logits = model(torch.tensor([side.ids[:-1]]))[0]
-                    logp = torch.log_softmax(logits.float(), dim=-1)
+                    # over the real vocabulary: the padding columns are never a reply token
+                    logp = torch.log_softmax(logits[:, : model.config.vocab_size].float(), dim=-1)
                     total = sum(
                         logp[position, side.ids[position + 1]].item()
                         for position in range(len(side.ids) - 1)

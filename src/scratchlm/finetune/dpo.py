@@ -328,14 +328,16 @@ def collate_pairs(
 
 
 def sequence_logprobs(
-    logits: torch.Tensor, targets: torch.Tensor
+    logits: torch.Tensor, targets: torch.Tensor, vocab_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sums, counts), each (N,): the summed log-probability of each row's targets over the
-    positions that are not -100, and how many there are. logits (N, T, V), targets (N, T)."""
-    rows, length, vocab = logits.shape
+    positions that are not -100, and how many there are, over the real vocabulary (the padding
+    columns are never a reply token, as in RL and the evaluation). logits (N, T, padded_vocab),
+    targets (N, T)."""
+    rows, length, _ = logits.shape
     # cross_entropy avoids materialising a second (N, T, V) tensor; ignored positions give 0
     nll = F.cross_entropy(
-        logits.float().reshape(-1, vocab),
+        logits[..., :vocab_size].float().reshape(-1, vocab_size),
         targets.reshape(-1),
         ignore_index=IGNORE,
         reduction="none",
@@ -416,7 +418,7 @@ def reference_logprobs(
             batch = collate_pairs(chunk, range(len(chunk)), None, pad_id)
             with autocast:
                 logits = model(batch.inputs.to(device))  # (2B, T, padded_vocab)
-            sums, _ = sequence_logprobs(logits, batch.targets.to(device))
+            sums, _ = sequence_logprobs(logits, batch.targets.to(device), model.config.vocab_size)
             result[start : start + len(chunk), 0] = sums[: len(chunk)].float().cpu()
             result[start : start + len(chunk), 1] = sums[len(chunk) :].float().cpu()
     finally:
@@ -622,7 +624,11 @@ class DPOTrainer(FinetuneTrainer):
     def batch_loss(self, batch: PreferenceBatch) -> torch.Tensor:
         pairs = len(batch.index)
         logits = self.forward(batch.inputs.to(self.device, non_blocking=True))  # (2B, T, V)
-        sums, _ = sequence_logprobs(logits, batch.targets.to(self.device, non_blocking=True))
+        sums, _ = sequence_logprobs(
+            logits,
+            batch.targets.to(self.device, non_blocking=True),
+            self.model_config.vocab_size,
+        )
         lengths = self.train_lengths[batch.index].to(self.device)  # (B, 2)
         reference = batch.reference.to(self.device)
         loss, metrics = self._loss(sums, reference, lengths, pairs)
