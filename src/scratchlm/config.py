@@ -348,6 +348,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "context_length": 256,
         "vocab_size": 4096,
         "tie_embeddings": True,
+        # QK-norm won the speedrun at equal time (docs/speedrun.md); exports as Qwen3.
+        "qk_norm": True,
     },
     "small": {
         **_LLAMA_MATH,
@@ -360,6 +362,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "context_length": 512,
         "vocab_size": 4096,
         "tie_embeddings": True,
+        "qk_norm": True,
     },
     "kia-1.6b": {
         **_GPT2_MATH,

@@ -282,7 +282,7 @@ def test_batched_letter_scorer_equals_a_naive_forward_per_question(
 
 
 def test_gsm8k_chat_scoring_equals_a_naive_greedy_loop(bpe_tokenizer: Tokenizer) -> None:
-    model = tiny_model("tiny", bpe_tokenizer, context_length=160, seed=3)
+    model = tiny_model("tiny", bpe_tokenizer, context_length=160, seed=4)
     stems = ["Tom has 3 balls.", "Lily had 10 cats. How many?", "The end?", "Once upon a time"]
     prompts = [chat_prompt(bpe_tokenizer, stem) for stem in stems]
     # Steer the random model: the digit "4" takes the output row of the token its replies pick

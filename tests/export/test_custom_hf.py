@@ -35,7 +35,13 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "gelu-learned-layernorm-bias-tied": ("aksis-small", {"mlp": "gelu", "dropout": 0.1}),
     "gelu_tanh-rope-rmsnorm-gqa-untied": (
         "tiny",
-        {"mlp": "gelu_tanh", "n_kv_head": 2, "tie_embeddings": False, "rope_theta": 5e5},
+        {
+            "mlp": "gelu_tanh",
+            "n_kv_head": 2,
+            "tie_embeddings": False,
+            "rope_theta": 5e5,
+            "qk_norm": False,
+        },
     ),
     "leaky_relu-learned-mqa-softcap-untied": (
         "antimatter-300m",

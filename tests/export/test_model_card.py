@@ -98,7 +98,7 @@ def test_card_of_a_run_has_its_facts_and_results(tmp_path: Path, bpe_tokenizer: 
     assert metadata == {
         "library_name": "transformers",
         "license": "apache-2.0",
-        "tags": ["scratchlm", "llama", "text-generation", "from-scratch"],
+        "tags": ["scratchlm", "qwen3", "text-generation", "from-scratch"],
         "pipeline_tag": "text-generation",
     }
     card = card_path.read_text(encoding="utf-8")

@@ -231,7 +231,7 @@ def test_forced_layouts(
     ("preset", "blocker", "nearest"),
     [
         ("antimatter-300m", "mlp=leaky_relu", "kia-1.6b (mlp=gelu_tanh)"),
-        ("ai4india", "mlp=gelu", "tiny (mlp=swiglu)"),
+        ("ai4india", "mlp=gelu", "llama-15m (mlp=swiglu)"),
         ("nanogpt-cpu", "norm/bias", "kia-1.6b (mlp=gelu_tanh, bias=true)"),
     ],
 )
