@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,8 +27,8 @@ def shards(tmp_path: Path) -> TokenShards:
     )
 
 
-def loader(shards: TokenShards, **overrides: int) -> TokenWindowLoader:
-    settings = {"context_length": CONTEXT, "batch_size": 4, "seed": 7, **overrides}
+def loader(shards: TokenShards, **overrides: int | str) -> TokenWindowLoader:
+    settings: dict[str, Any] = {"context_length": CONTEXT, "batch_size": 4, "seed": 7, **overrides}
     return TokenWindowLoader(shards, **settings)
 
 
@@ -62,7 +64,7 @@ def test_restoring_the_state_continues_exactly(shards: TokenShards) -> None:
     resumed_from = loader(shards)
     batches(resumed_from, 25)
     state = resumed_from.state_dict()
-    assert set(state.values()) and all(isinstance(value, int) for value in state.values())
+    assert set(state.values()) and all(isinstance(value, (int, str)) for value in state.values())
     restored = loader(shards)
     restored.load_state_dict(state)
     for index, (inputs, targets) in enumerate(batches(restored, 35), start=25):
@@ -145,3 +147,83 @@ def test_eval_batches_are_consecutive_windows_from_the_start(shards: TokenShards
     assert sum(len(batch[0]) for batch in limited) == 6  # (50 - 1) // 8; the partial window dropped
     only = list(iter_eval_batches(shards, context_length=CONTEXT, batch_size=4, max_tokens=5))
     assert len(only) == 1 and only[0][0].tolist() == [[0, 1, 2, 3]]  # shorter than one window
+
+
+# --- windows at document starts ------------------------------------------------------------------
+
+EOS = 2  # write_token_shards' eos_id
+
+
+def documents_tokens(lengths: list[int]) -> np.ndarray:
+    """Documents of these lengths, each ended by EOS; a document token is its position + 10 (never
+    EOS), so a window's first token says where it starts."""
+    tokens: list[int] = []
+    for length in lengths:
+        tokens.extend(len(tokens) + 10 + offset for offset in range(length))
+        tokens.append(EOS)
+    return np.asarray(tokens, dtype=np.uint16)
+
+
+def naive_document_windows(tokens: np.ndarray, context: int) -> list[int]:
+    """Every document start, and start + k * context inside a document (with its EOS) longer than
+    the context, for windows of context + 1 tokens that fit."""
+    starts = [0] + [index + 1 for index, token in enumerate(tokens) if token == EOS]
+    starts = [start for start in starts if start < len(tokens)]
+    windows = []
+    for index, start in enumerate(starts):
+        end = starts[index + 1] if index + 1 < len(starts) else len(tokens)
+        windows.extend(range(start, end, context))
+    return [start for start in windows if start + context + 1 <= len(tokens)]
+
+
+@pytest.fixture
+def documents(tmp_path: Path) -> tuple[np.ndarray, TokenShards]:
+    rng = np.random.default_rng(0)
+    tokens = documents_tokens([int(length) for length in rng.integers(0, 30, size=60)])
+    return tokens, write_token_shards(tmp_path / "docs", tokens, shard_max_tokens=37)
+
+
+def test_document_starts_cross_shard_boundaries(documents: tuple[np.ndarray, TokenShards]) -> None:
+    tokens, shards = documents
+    expected = [0] + [
+        i + 1 for i, token in enumerate(tokens) if token == EOS and i + 1 < len(tokens)
+    ]
+    assert shards.document_starts().tolist() == expected
+
+
+def test_document_windows_start_at_documents_and_cover_long_ones(
+    documents: tuple[np.ndarray, TokenShards],
+) -> None:
+    tokens, shards = documents
+    expected = naive_document_windows(tokens, CONTEXT)
+    assert any(b - a == CONTEXT for a, b in itertools.pairwise(expected))  # long docs
+    window_loader = loader(shards, windows="document")
+    rows: list[tuple[int, ...]] = []
+    while True:
+        inputs, targets = window_loader.next_batch()
+        if window_loader.epoch > 0:
+            break
+        assert torch.equal(inputs[:, 1:], targets[:, :-1])
+        rows.extend(tuple(row) for row in inputs.tolist())
+    # One epoch: every window at most once, all of them but the last partial batch.
+    wanted = {tuple(tokens[start : start + CONTEXT].tolist()) for start in expected}
+    assert len(rows) == len(set(rows)) == len(expected) // 4 * 4
+    assert set(rows) <= wanted
+
+
+def test_document_windows_resume_exactly_and_refuse_another_mode(
+    documents: tuple[np.ndarray, TokenShards],
+) -> None:
+    _, shards = documents
+    uninterrupted = loader(shards, windows="document")
+    expected = batches(uninterrupted, 40)  # several epochs
+    first = loader(shards, windows="document")
+    batches(first, 15)
+    restored = loader(shards, windows="document")
+    restored.load_state_dict(first.state_dict())
+    for index, (inputs, _) in enumerate(batches(restored, 25), start=15):
+        assert torch.equal(inputs, expected[index][0])
+    with pytest.raises(ScratchLMError, match="--windows document"):
+        loader(shards).load_state_dict(first.state_dict())
+    with pytest.raises(ScratchLMError, match="windows must be one of any, document"):
+        loader(shards, windows="story")

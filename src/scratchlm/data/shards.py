@@ -234,6 +234,18 @@ class TokenShards:
     def __len__(self) -> int:
         return self.num_tokens
 
+    def document_starts(self) -> np.ndarray:
+        """The position of every document's first token (int64, ascending, starting with 0): 0 and
+        each position after an end-of-document token, short of the end of the split."""
+        found = [np.zeros(1, dtype=np.int64)]
+        for shard, start in zip(self.shards, self._starts[:-1], strict=True):
+            # Scan in pieces: a flatnonzero over a whole memmap would build a boolean copy of it.
+            for offset in range(0, len(shard), 1 << 24):
+                piece = shard[offset : offset + (1 << 24)]
+                found.append(np.flatnonzero(piece == self.eos_id) + (int(start) + offset + 1))
+        starts = np.concatenate(found)
+        return starts[starts < self.num_tokens]
+
     def read(self, start: int, length: int) -> np.ndarray:
         """Tokens [start, start + length) as a new array (may span several shards)."""
         if start < 0 or length < 0 or start + length > self.num_tokens:

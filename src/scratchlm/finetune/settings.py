@@ -14,7 +14,15 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
 }
 FINETUNE_MAX_STEPS = 300  # when no budget is given
 FINETUNE_EXCLUDED = frozenset(
-    {"preset", "set", "tokenizer", "vocab_size", "tokenizer_sample_chars", "context_length"}
+    {
+        "preset",
+        "set",
+        "tokenizer",
+        "vocab_size",
+        "tokenizer_sample_chars",
+        "context_length",
+        "windows",
+    }
 )
 
 

@@ -63,6 +63,11 @@ class TrainConfig:
     out: str | None = option(None, "run directory (default: runs/PRESET)")
     # optimization
     batch_size: int = option(16, "sequences per micro-batch")
+    windows: str = option(
+        "any",
+        "where training windows start: any (a new random offset each epoch) or document (at "
+        "document starts, so each document is read from its beginning)",
+    )
     micro_batch: str | None = option(
         None,
         "sequences per micro-batch: a number, or auto (the largest that fits the device; "
@@ -183,6 +188,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"--{name.replace('_', '-')} must be >= 1")
+        if self.windows not in ("any", "document"):
+            problems.append(f"--windows must be any or document (got {self.windows!r})")
         if self.schedule not in ("cosine", "wsd", "constant"):
             problems.append(f"--schedule must be cosine, wsd or constant (got {self.schedule!r})")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):

@@ -190,6 +190,7 @@ def open_token_data(
         rank=context.rank,
         world_size=context.world_size,
         accumulation=accumulation,
+        windows=config.windows,
     )
     token_weights = None
     if config.token_weighting == "inverse-freq" and config.token_weighting_power > 0:
