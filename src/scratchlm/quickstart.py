@@ -6,6 +6,12 @@ pretrain a small model for most of the budget, fine-tune it briefly on instructi
 the same story world ("Tell me a story about a cat who finds a ball."), then print samples and the
 next commands. The corpus is simple on purpose: in a few CPU-minutes a ~1M parameter model learns
 its grammar and plots, which a real web corpus would need hours for.
+
+The closing summary measures both models on the story world, where the truth is known
+(`scratchlm.evaluation.stories`): character coherence of the base model's stories (distinct names
+per story against the corpus's own at the same length, and pronoun agreement), and story question
+answering by the chat model on held-out stories; then one of those chat turns, a story and a
+question about it, with the expected answer beside the reply.
 """
 
 from __future__ import annotations
@@ -15,12 +21,16 @@ import time
 from pathlib import Path
 
 from scratchlm.chat_template import Message, end_of_turn_id, render
-from scratchlm.checkpoint import load_checkpoint
+from scratchlm.checkpoint import Checkpoint, load_checkpoint
 from scratchlm.data.stories.instructions import generate_instruction_examples
 from scratchlm.errors import ScratchLMError
+from scratchlm.evaluation.stories import (
+    STORY_SAMPLING,
+    character_coherence,
+    story_question_answering,
+)
 from scratchlm.finetune.trainer import FinetuneTrainer
 from scratchlm.inference.engine import Engine
-from scratchlm.inference.settings import SamplingSettings
 from scratchlm.io_utils import atomic_write_text
 from scratchlm.training.run_config import TrainConfig
 from scratchlm.training.trainer import Trainer
@@ -34,6 +44,10 @@ CHAT_PROMPTS = (
 CHAT_STAGE_S = 60.0
 RESERVE_S = 20.0
 INSTRUCTION_EXAMPLES = 3000
+# The closing summary's story measures: small enough to add about 10 s on one CPU thread.
+SUMMARY_STORIES = 16
+SUMMARY_STORY_TOKENS = 200
+SUMMARY_QUESTIONS = 50
 
 
 def run_quickstart(
@@ -134,6 +148,8 @@ def run_quickstart(
     print(f"\ndone in {total / 60:.1f} minutes. Next:")
     if chat:
         print(f"  scratchlm chat --checkpoint {chat_dir}")
+        print(f"  scratchlm eval --checkpoint {chat_dir} --tasks story-qa")
+    print(f"  scratchlm eval --checkpoint {out} --tasks story-coherence")
     print(f'  scratchlm generate --checkpoint {out} --prompt "Once upon a time" --temperature 0.7')
     print(f"  scratchlm eval --checkpoint {out} --data <text file>")
     print(f"  scratchlm info --checkpoint {out}")
@@ -144,7 +160,7 @@ def run_quickstart(
 
 
 def show_samples(out: Path, chat_dir: Path | None, seed: int) -> None:
-    settings = SamplingSettings(temperature=0.7, top_k=40)
+    settings = STORY_SAMPLING
     loaded = load_checkpoint(out)
     engine = Engine(loaded.model)
     tokenizer = loaded.tokenizer
@@ -159,17 +175,63 @@ def show_samples(out: Path, chat_dir: Path | None, seed: int) -> None:
             )
         )
         print(f"\n--- {prompt!r}\n{prompt}{tokenizer.decode(ids, skip_special=True)}")
-    if chat_dir is None:
-        return
-    tuned = load_checkpoint(chat_dir)
-    engine = Engine(tuned.model)
-    stops = frozenset({tuned.tokenizer.eos_id, end_of_turn_id(tuned.tokenizer)})
-    for index, question in enumerate(CHAT_PROMPTS):
-        messages: list[Message] = [{"role": "user", "content": question}]
-        prompt_ids, _ = render(messages, tuned.tokenizer, add_generation_prompt=True)
-        reply = list(
-            engine.generate(
-                prompt_ids, max_new_tokens=200, sampling=settings, seed=seed + index, stop_ids=stops
+    tuned = load_checkpoint(chat_dir) if chat_dir is not None else None
+    if tuned is not None:
+        engine = Engine(tuned.model)
+        stops = frozenset({tuned.tokenizer.eos_id, end_of_turn_id(tuned.tokenizer)})
+        for index, question in enumerate(CHAT_PROMPTS):
+            messages: list[Message] = [{"role": "user", "content": question}]
+            prompt_ids, _ = render(messages, tuned.tokenizer, add_generation_prompt=True)
+            reply = list(
+                engine.generate(
+                    prompt_ids,
+                    max_new_tokens=200,
+                    sampling=settings,
+                    seed=seed + index,
+                    stop_ids=stops,
+                )
             )
-        )
-        print(f"\n--- chat\n> {question}\n{tuned.tokenizer.decode(reply, skip_special=True)}")
+            print(f"\n--- chat\n> {question}\n{tuned.tokenizer.decode(reply, skip_special=True)}")
+    show_story_measures(loaded, tuned, seed)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
+def show_story_measures(base: Checkpoint, chat: Checkpoint | None, seed: int) -> None:
+    """Character coherence of the base model, story question answering of the chat model, and
+    one of its story questions as a chat turn."""
+    coherence = character_coherence(
+        base.model,
+        base.tokenizer,
+        samples=SUMMARY_STORIES,
+        seed=seed,
+        max_new_tokens=SUMMARY_STORY_TOKENS,
+    )
+    ratio = "n/a" if coherence.ratio is None else f"{coherence.ratio:.2f}"
+    print("\n--- story measures (the built-in story world, where the truth is known)")
+    print(
+        f"character coherence {ratio} (1.0 = as the data): "
+        f"{coherence.mean_distinct_names:.1f} distinct names per story, the corpus "
+        f"{coherence.corpus_mean_distinct_names:.1f} at the same length; pronoun agreement "
+        f"{_percent(coherence.pronouns.agreement)} of {coherence.pronouns.checked} "
+        f"(corpus {_percent(coherence.corpus_pronouns.agreement)}) "
+        f"[{len(coherence.samples)} stories, {coherence.seconds:.0f}s]"
+    )
+    if chat is None:
+        return
+    qa = story_question_answering(chat.model, chat.tokenizer, count=SUMMARY_QUESTIONS)
+    kinds = ", ".join(f"{kind} {row['accuracy']:.0%}" for kind, row in qa.by_kind().items())
+    print(
+        f"story questions {qa.accuracy:.0%} of {len(qa.answers)} held-out questions answered "
+        f"({kinds}); {qa.did_not_fit} did not fit the context [{qa.seconds:.0f}s]"
+    )
+    shown = next((answer for answer in qa.answers if answer.fit), None)
+    if shown is None:
+        return
+    told = "\n".join(f"> {line}" if line else ">" for line in shown.story.splitlines())
+    print(f"\n--- chat about a story it was just told (held out from training)\n> {shown.question}")
+    print(f">\n{told}")
+    print(f"{shown.reply}")
+    print(f"(expected: {shown.answer}; {'right' if shown.correct else 'wrong'})")

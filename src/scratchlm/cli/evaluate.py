@@ -48,7 +48,10 @@ def add_eval(parser: argparse.ArgumentParser) -> None:
         metavar="LIST",
         help="comma-separated benchmark tasks: hellaswag, arc_easy, arc_challenge, piqa, "
         "winogrande, openbookqa, boolq, lambada, gsm8k, mmlu (its 57 subjects), mmlu_SUBJECT, "
-        "or core (the zero-shot log-likelihood set)",
+        "or core (the zero-shot log-likelihood set); or the story-world measures, on their own: "
+        "story-coherence (distinct names per sampled story against the corpus, 1.0 = as the "
+        "data; pronoun agreement) and story-qa (held-out story questions asked a chat model); "
+        "--limit sets their stories or questions, --seed their seed",
     )
     benchmarks.add_argument(
         "--num-fewshot", type=int, default=0, help="solved examples before each question"
@@ -197,6 +200,9 @@ def command_eval_tasks(args: argparse.Namespace) -> None:
         raise ScratchLMError(f"--limit must be >= 1, got {args.limit}")
     if args.batch_size < 1:
         raise ScratchLMError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if story_task_names(args.tasks):
+        command_eval_stories(args)
+        return
     names = expand_chat_task_names(args.tasks) if args.chat else expand_task_names(args.tasks)
     seed = DEFAULT_FEWSHOT_SEED if args.seed is None else args.seed
     task_data = Path(args.task_data) if args.task_data else None
@@ -271,3 +277,102 @@ def command_eval_tasks(args: argparse.Namespace) -> None:
         f"{stats.tokens + stats.generated_tokens:,} tokens in {stats.seconds:.1f} s "
         f"({stats.tokens_per_second:,.0f} tokens/s){note}"
     )
+
+
+def story_task_names(spec: str) -> list[str]:
+    """The story-world tasks `spec` names; [] when it names none. They run on their own: a list
+    that mixes them with benchmarks is an error."""
+    from scratchlm.evaluation.stories import STORY_TASKS
+
+    parts = list(dict.fromkeys(part.strip().lower() for part in spec.split(",") if part.strip()))
+    stories = [part for part in parts if part in STORY_TASKS]
+    if stories and len(stories) < len(parts):
+        others = ", ".join(part for part in parts if part not in STORY_TASKS)
+        raise ScratchLMError(
+            f"--tasks {spec}: the story tasks ({', '.join(STORY_TASKS)}) run on their own; "
+            f"evaluate {others} in another eval call"
+        )
+    return stories
+
+
+def command_eval_stories(args: argparse.Namespace) -> None:
+    """`eval --tasks story-coherence,story-qa`: the story-world measures (scratchlm.evaluation.
+    stories), one JSON object per task under "tasks" with --json."""
+    from scratchlm.evaluation.stories import (
+        DEFAULT_QUESTIONS,
+        DEFAULT_SAMPLES,
+        STORY_QA_SEED,
+        character_coherence,
+        check_story_qa_checkpoint,
+        story_question_answering,
+    )
+    from scratchlm.inference.load import load_for_inference
+
+    names = story_task_names(args.tasks)
+    if args.num_fewshot > 0:
+        raise ScratchLMError(
+            f"the story tasks are zero-shot, got --num-fewshot {args.num_fewshot}; drop it"
+        )
+    if args.task_data:
+        raise ScratchLMError(
+            "the story tasks are generated offline from the story world; drop --task-data"
+        )
+    if args.chat and "story-coherence" in names:
+        raise ScratchLMError(
+            "story-coherence samples stories as a base model does (story-qa always asks through "
+            "the chat template); drop --chat"
+        )
+    loaded, _ = load_for_inference(
+        args.checkpoint, args.device, args.quantize, verify=not args.skip_checksums
+    )
+    if "story-qa" in names:
+        check_story_qa_checkpoint(loaded.metadata)  # before any story is sampled
+    results: list[dict[str, object]] = []
+    for name in names:
+        if name == "story-coherence":
+            coherence = character_coherence(
+                loaded.model,
+                loaded.tokenizer,
+                samples=args.limit or DEFAULT_SAMPLES,
+                seed=0 if args.seed is None else args.seed,
+            )
+            results.append(coherence.as_dict())
+            if not args.json:
+                ratio = "n/a" if coherence.ratio is None else f"{coherence.ratio:.3f}"
+                agreement = coherence.pronouns.agreement
+                corpus = coherence.corpus_pronouns.agreement
+                print(
+                    f"story-coherence: distinct-names ratio {ratio} (1.0 = as the data): "
+                    f"{coherence.mean_distinct_names:.2f} distinct names per story, the corpus "
+                    f"{coherence.corpus_mean_distinct_names:.2f} at the same length "
+                    f"({len(coherence.samples)} stories, {coherence.seconds:.1f} s)"
+                )
+                print(
+                    "  pronoun agreement "
+                    + ("n/a" if agreement is None else f"{agreement:.3f}")
+                    + f" of {coherence.pronouns.checked} checked (corpus "
+                    + ("n/a" if corpus is None else f"{corpus:.3f}")
+                    + ")"
+                )
+        else:
+            qa = story_question_answering(
+                loaded.model,
+                loaded.tokenizer,
+                count=args.limit or DEFAULT_QUESTIONS,
+                seed=STORY_QA_SEED if args.seed is None else args.seed,
+            )
+            results.append(qa.as_dict())
+            if not args.json:
+                print(
+                    f"story-qa: exact_match {qa.accuracy:.4f} on {len(qa.answers)} held-out "
+                    f"questions; {qa.did_not_fit} did not fit the context ({qa.seconds:.1f} s)"
+                )
+                for kind, row in qa.by_kind().items():
+                    print(f"  {kind:<8} {row['accuracy']:.4f} of {row['questions']:.0f}")
+                for answer in qa.answers[:3]:
+                    print(
+                        f"  Q: {answer.question} | expected {answer.answer!r} | reply "
+                        f"{answer.reply!r} ({'right' if answer.correct else 'wrong'})"
+                    )
+    if args.json:
+        print_json({"checkpoint": args.checkpoint, "limit": args.limit, "tasks": results})
