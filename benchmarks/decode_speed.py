@@ -9,10 +9,16 @@ For each model (random weights are fine for speed):
     large tensor copy; the fraction reached (the bytes read are every weight except the input
     embedding of an untied model, of which one row is read);
   - KV cache vs no cache (full recomputation each step) at --long-tokens generated tokens;
-  - aggregate tokens/s at larger batches (continuous-batching decoder) vs batch 1.
+  - aggregate tokens/s of the continuous-batching decoder (the server's BatchDecoder.step) at
+    --batch-sizes rows, with the kernels' batched step (each weight block read once for all rows)
+    and without (SCRATCHLM_KERNELS=0: the model's batched forward), per --quantize weight format
+    (none = fp32, q8, q4, bf16); batch 1 is the lone-row kernel step.
 Runs alternate between the contenders round by round; medians are reported.
 
     .venv/bin/python benchmarks/decode_speed.py --presets small llama-120m akane-124m
+    # the batched step alone, fp32 and q4:
+    .venv/bin/python benchmarks/decode_speed.py --presets llama-42m --skip transformers int8 \
+        nocache --batch-sizes 1 8 32 --quantize none q4
 """
 
 from __future__ import annotations
@@ -121,7 +127,14 @@ def main() -> None:
     parser.add_argument(
         "--long-tokens", type=int, default=512, help="generated tokens for cache vs no cache"
     )
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument(
+        "--quantize",
+        nargs="+",
+        default=["none"],
+        choices=["none", "q8", "q4", "bf16"],
+        help="weight formats of the batched-step table",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--skip", nargs="*", default=[], choices=["transformers", "int8", "nocache", "batch"]
@@ -224,18 +237,30 @@ def main() -> None:
                 f"{uncached:,.1f} tokens/s -> {cached / uncached:.1f}x"
             )
         if "batch" not in args.skip:
-            for batch in args.batch_sizes:
-                prompts = torch.randint(0, config.vocab_size, (batch, args.prompt_tokens))
-                rate = statistics.median(
-                    time_batched(model, prompts, args.new_tokens)
-                    for _ in range(max(1, args.rounds - 1))
-                )
-                # BatchDecoder runs PyTorch ops (the kernels are batch 1 only).
-                print(
-                    f"    batch {batch}: {rate:,.1f} tokens/s aggregate = "
-                    f"{rate / decode_only['pytorch']:.1f}x batch 1 without kernels, "
-                    f"{rate / decode_only['kernels']:.1f}x with"
-                )
+            for method in args.quantize:
+                subject = model if method == "none" else quantize_for_cpu(model, method)
+                for batch in args.batch_sizes:
+                    prompts = torch.randint(0, config.vocab_size, (batch, args.prompt_tokens))
+                    on, off = batched_rates(subject, prompts, args.new_tokens, args.rounds)
+                    print(
+                        f"    batch {batch} ({method}): kernels {on:,.1f} tokens/s aggregate | "
+                        f"without {off:,.1f} -> {on / off:.2f}x"
+                    )
+
+
+def batched_rates(
+    model: GPT, prompts: torch.Tensor, new_tokens: int, rounds: int
+) -> tuple[float, float]:
+    """Median aggregate decode tokens/s of the BatchDecoder over `prompts` (rows, T), with the
+    kernels and without, alternating round by round (after one warm-up each)."""
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for round_index in range(rounds + 1):
+        for enabled in (True, False):
+            with kernels_switch(enabled):
+                rate = time_batched(model, prompts, new_tokens)
+            if round_index:  # round 0 warms up
+                rates[enabled].append(rate)
+    return statistics.median(rates[True]), statistics.median(rates[False])
 
 
 if __name__ == "__main__":

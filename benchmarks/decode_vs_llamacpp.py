@@ -4,7 +4,9 @@ f32 / q8_0 / q4_0 / bf16 GGUF that scratchlm's exporter writes from the same che
 ratio and each one's fraction of the bandwidth floor (bytes of weights read per token over the
 memory read bandwidth measured in the same run). Then prefill tokens/s of the same pairs: a prompt
 of `--prefill-tokens` tokens processed from an empty cache in one forward (ours: the Decoder's
-prefill that Engine.generate runs; llama.cpp: `Llama.reset()` then `Llama.eval`, one batch).
+prefill that Engine.generate runs: the kernels for short prompts, the model's forward past
+decode.KERNEL_PREFILL_MAX_TOKENS;
+llama.cpp: `Llama.reset()` then `Llama.eval`, one batch).
 
     .venv/bin/python benchmarks/decode_vs_llamacpp.py --preset llama-42m --new-tokens 64 --rounds 3
     .venv/bin/python benchmarks/decode_vs_llamacpp.py --checkpoint RUN_OR_CHECKPOINT_DIR

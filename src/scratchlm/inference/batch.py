@@ -22,6 +22,7 @@ import torch
 
 from scratchlm.errors import ScratchLMError
 from scratchlm.inference.decode import Decoder, fit_prompt
+from scratchlm.inference.kernels.decoder import FastDecoder, fast_decoder
 from scratchlm.inference.sampling import history_counts, make_generator, sample_next_token
 from scratchlm.inference.settings import LogitBias, SamplingSettings, check_logit_bias
 from scratchlm.kv_cache import KVCache
@@ -164,6 +165,10 @@ class BatchDecoder:
         # A lone decoding row always sits in cache row 0, which never moves: its Decoder (and the
         # kernel decoder inside it) is built once.
         self._lone_row = Decoder(model, self.cache.rows(0, 1))
+        # The kernels' batch step over the whole cache (None: the model's forward), decided at
+        # the first step with two or more decoding rows.
+        self._batch_kernel: FastDecoder | None = None
+        self._batch_kernel_checked = False
 
     @property
     def active(self) -> int:
@@ -315,10 +320,7 @@ class BatchDecoder:
                 row = running[0]
                 logits = self._lone_row.step(row.last_token, position=row.position)  # (1, vocab)
             else:
-                inputs = torch.tensor([[row.last_token] for row in running], device=self.device)
-                positions = torch.tensor([[row.position] for row in running], device=self.device)
-                logits = self.model(inputs, positions=positions, kv_cache=self.cache.rows(0, count))
-                logits = logits[:, -1, : self.config.vocab_size]  # (count, vocab)
+                logits = self._batch_step(running)  # (count, vocab)
             for index, row in enumerate(running):
                 row.position += 1
                 self._accept(row, logits[index : index + 1])
@@ -326,6 +328,31 @@ class BatchDecoder:
             for row in newly_done:
                 self._drop(row)
         return done + newly_done + self._prefill_step()
+
+    def _batch_step(self, running: list[Row]) -> torch.Tensor:
+        """One token for each decoding row (cache rows 0..count-1, each at its own position);
+        logits (count, vocab). Through the kernels' batch step when they apply (each weight block
+        read once for all rows), else the model's forward over the (count, 1) batch."""
+        count = len(running)
+        tokens = [row.last_token for row in running]
+        positions = [row.position for row in running]
+        if not self._batch_kernel_checked:
+            self._batch_kernel = fast_decoder(self.model, self.cache, batch=True)
+            self._batch_kernel_checked = True
+        kernel = self._batch_kernel
+        view = self.cache.rows(0, count)
+        if (
+            kernel is not None
+            and max(positions) < kernel.max_positions
+            and all(0 <= token < kernel.vocab for token in tokens)
+        ):
+            logits = kernel.forward(tokens, range(count), positions)  # (count, padded_vocab)
+            view.advance(torch.tensor(positions).view(count, 1), 1, count)  # as the forward does
+            return logits[:, : self.config.vocab_size]
+        inputs = torch.tensor([[token] for token in tokens], device=self.device)
+        position_tensor = torch.tensor([[position] for position in positions], device=self.device)
+        logits = self.model(inputs, positions=position_tensor, kv_cache=view)
+        return logits[:, -1, : self.config.vocab_size]
 
     @staticmethod
     def _fail(row: Row, error: BaseException) -> None:

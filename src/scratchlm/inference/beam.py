@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.inference.decode import fit_prompt
+from scratchlm.inference.decode import Decoder, fit_prompt
+from scratchlm.inference.kernels.decoder import fast_decoder
 from scratchlm.kv_cache import KVCache
 from scratchlm.model import GPT
 
@@ -53,14 +54,16 @@ def beam_search(
     cache = KVCache.for_model(
         config, beam_width, total, dtype=model.token_embedding.weight.dtype, device=device
     )
-    # Prefill the prompt once into row 0, then give every beam row the same history.
-    logits = model(
-        torch.tensor([prompt], device=device), kv_cache=cache.rows(0, 1), last_token_only=True
-    )
+    # Prefill the prompt once into row 0 (the decode primitive: the CPU kernels when they
+    # apply), then give every beam row the same history.
+    logits = Decoder(model, cache.rows(0, 1)).prefill(prompt)  # (1, V)
     for row in range(1, beam_width):
         cache.copy_row(0, row)
     cache.length = len(prompt)
-    log_probs = torch.log_softmax(logits[:, -1, : config.vocab_size].float(), dim=-1)  # (1, V)
+    log_probs = torch.log_softmax(logits.float(), dim=-1)  # (1, V)
+    # Each step feeds one token per beam, all at position cache.length: the kernels' batch step
+    # (each weight block read once for all beams) when they apply, else the model's forward.
+    kernel = fast_decoder(model, cache, batch=True)
     beam_tokens: list[list[int]] = [[]]
     beam_scores = torch.zeros(1, device=device)  # summed log-probabilities of the running beams
     finished: list[BeamResult] = []
@@ -98,12 +101,18 @@ def beam_search(
             break
         cache.reorder_rows(torch.tensor(parents, device=device))
         count = len(new_tokens)
-        inputs = torch.tensor([[tokens[-1]] for tokens in new_tokens], device=device)
         view = cache.rows(0, count)
         view.length = cache.length
-        logits = model(inputs, kv_cache=view)
+        if kernel is not None:
+            # The tokens came from the vocabulary and cache.length < total <= the cache's length.
+            last = [tokens[-1] for tokens in new_tokens]
+            step_logits = kernel.forward(last, range(count), [cache.length] * count)  # (n, V')
+            view.advance(None, 1, count)  # as the model's forward does
+        else:
+            inputs = torch.tensor([[tokens[-1]] for tokens in new_tokens], device=device)
+            step_logits = model(inputs, kv_cache=view)[:, -1]  # (count, padded_vocab)
         cache.length += 1
-        log_probs = torch.log_softmax(logits[:, -1, : config.vocab_size].float(), dim=-1)
+        log_probs = torch.log_softmax(step_logits[:, : config.vocab_size].float(), dim=-1)
     for tokens, score in zip(beam_tokens, beam_scores.tolist(), strict=True):
         finished.append(
             BeamResult(

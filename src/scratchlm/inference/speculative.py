@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from scratchlm.errors import ScratchLMError
-from scratchlm.inference.decode import fit_prompt
+from scratchlm.inference.decode import Decoder, fit_prompt
 from scratchlm.inference.sampling import make_generator, next_token_probabilities
 from scratchlm.inference.settings import SamplingSettings
 from scratchlm.inference.streaming import TextStream
@@ -69,7 +69,6 @@ def speculative_generate(
     device = target.token_embedding.weight.device
     max_len = min(target.config.context_length, draft.config.context_length)
     prompt, _ = fit_prompt(prompt_ids, max_len, truncate=False)
-    vocab = target.config.vocab_size
     total = min(max_len, len(prompt) + max_new_tokens)
     dtype = target.token_embedding.weight.dtype
     target_cache = KVCache.for_model(target.config, 1, max_len, dtype=dtype, device=device)
@@ -77,18 +76,19 @@ def speculative_generate(
         draft.config, 1, max_len, dtype=draft.token_embedding.weight.dtype, device=device
     )
     generator = make_generator(seed, device)
+    # Every forward goes through the decode primitive (the CPU kernels when they apply): the
+    # draft's one-token steps, and the target's verification of k drafts in one call that keeps
+    # every position's logits.
+    target_decoder = Decoder(target, target_cache)
+    draft_decoder = Decoder(draft, draft_cache)
 
-    def probabilities(model: GPT, tokens: list[int], cache: KVCache) -> torch.Tensor:
-        logits = model(torch.tensor([tokens], device=device), kv_cache=cache)[0, :, :vocab]
+    def probabilities(decoder: Decoder, tokens: list[int]) -> torch.Tensor:
+        logits = decoder.score(tokens)  # (len(tokens), V)
         return next_token_probabilities(logits, sampling)  # (len(tokens), V)
 
     if len(prompt) > 1:  # both caches take everything but the pending last token
-        target(
-            torch.tensor([prompt[:-1]], device=device), kv_cache=target_cache, last_token_only=True
-        )
-        draft(
-            torch.tensor([prompt[:-1]], device=device), kv_cache=draft_cache, last_token_only=True
-        )
+        target_decoder.prefill(prompt[:-1])
+        draft_decoder.prefill(prompt[:-1])
     pending = prompt[-1]
     committed = len(prompt)  # tokens in the sequence so far (prompt + generated)
     produced = 0
@@ -99,7 +99,7 @@ def speculative_generate(
         draft_probabilities = []
         token = pending
         for _ in range(k):
-            q = probabilities(draft, [token], draft_cache)[0]
+            q = next_token_probabilities(draft_decoder.step(token), sampling)[0]
             token = (
                 int(torch.multinomial(q, 1, generator=generator).item())
                 if not sampling.greedy
@@ -108,7 +108,7 @@ def speculative_generate(
             drafted.append(token)
             draft_probabilities.append(q)
         # Verify all drafts in one target forward: p[i] is the target's distribution for position i.
-        p = probabilities(target, [pending, *drafted], target_cache)  # (k+1, V)
+        p = probabilities(target_decoder, [pending, *drafted])  # (k+1, V)
         accepted = 0
         extra: int
         for index, token in enumerate(drafted):
@@ -151,11 +151,7 @@ def speculative_generate(
         target_cache.length = committed + accepted
         if accepted == k:
             # The draft never saw its own last token: feed it so both caches agree.
-            draft(
-                torch.tensor([[drafted[-1]]], device=device),
-                kv_cache=draft_cache,
-                last_token_only=True,
-            )
+            draft_decoder.step(drafted[-1])
         draft_cache.length = committed + accepted
         for token in new_tokens:
             if token in stop_ids:

@@ -1,5 +1,5 @@
-"""CPU decode kernels: one C++ call per decoded token, on fp32, bf16, q8 or q4 weights, with
-automatic fallback.
+"""CPU decode kernels: one C++ call per decoded token (or per batch step of many rows, or per 64
+prompt tokens), on fp32, bf16, q8 or q4 weights, with automatic fallback.
 
 Decoding one token at batch 1 reads every weight once. PyTorch's CPU GEMV streams weights from
 DRAM at ~10 GB/s on the reference machine (2-core EPYC) while a plain read reaches 30+ GB/s, and a
@@ -14,14 +14,19 @@ speed".
   ISA against the CPU and declares its ctypes binding; one warning line when it cannot.
 - `quant`: the block quantizers (q8, q4, bf16), and the packed copy of a model's linear layers
   (`attach`, `packed_weights`) that scratchlm.inference.quantize gives a model.
-- `decoder`: `fast_decoder(model, cache)` after the prefill; it is None whenever the fast path does
-  not apply (then keep calling the model), else `decoder.step(token)` returns the logits
-  (1, 1, padded_vocab) for that token and advances the cache, like
+- `decoder`: `fast_decoder(model, cache)`; it is None whenever the fast path does not apply (then
+  keep calling the model), else `decoder.step(token)` returns the logits (1, 1, padded_vocab) for
+  that token and advances the cache, like
   `model(tensor([[token]]), kv_cache=cache, last_token_only=True)` up to fp32 rounding (fp32,
-  bf16), or up to the rounding of each GEMV's input to int8 blocks (q8, q4).
+  bf16), or up to the rounding of each GEMV's input to int8 blocks (q8, q4). `decoder.forward(
+  tokens, rows, positions)` runs many tokens in one call (`sl_forward_tokens`: each weight block
+  read once for all of them): a prefill (consecutive positions of one row, 64 tokens per call) or
+  a batch step (one token for each of many cache rows, `fast_decoder(model, cache, batch=True)`).
 
 Callers do not choose between the two paths themselves: `scratchlm.inference.decode.Decoder` does.
 It applies to plain `GPT` models with fp32 weights on CPU (a quantized model holds its dequantized
 values as fp32 weights, and the kernel reads the packed copy), unmodified `nn.Linear` layers (no
-LoRA wrappers, no hooks, no replaced `forward`), in eval mode (or with dropout 0), batch-1 caches.
+LoRA wrappers, no hooks, no replaced `forward`), in eval mode (or with dropout 0), fp32 CPU caches
+(batch 1 for `step`). The Decoder's prefill and score, the BatchDecoder's batch step, beam search
+and speculative decoding go through `forward`.
 """

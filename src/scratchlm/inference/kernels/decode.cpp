@@ -9,7 +9,9 @@
 // Interface: a plain C ABI, loaded with ctypes (no torch headers: the build takes 2.5-4 s, where a
 // torch C++ extension took 32 s).
 // The Python side (scratchlm/inference/kernels/__init__.py) fills `SlModel` with pointers into the
-// model's own parameters and KV cache (no copies), then calls `sl_decode_step` once per token.
+// model's own parameters and KV cache (no copies), then calls `sl_decode_step` once per token, or
+// `sl_forward_tokens` once for many tokens (a prefill, a batch step of many cache rows: see
+// "many tokens per call" below).
 // Threads: the calling thread plus `threads - 1` helper threads (a persistent team, see `Team`)
 // share each GEMV phase in ~128 KB chunks claimed one at a time. The caller can finish a phase on
 // its own, so a helper the OS has descheduled (a busy machine) never stalls a token the way a
@@ -45,6 +47,7 @@
 #include <cstring>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include <linux/futex.h>
@@ -138,6 +141,10 @@ struct SlModel {
   const uint16_t* lm_head_s;  // its q8/q4 block scales, else null
   int32_t weight_type;        // WeightType
   int32_t pad2_;
+  // Floats between two batch rows of a layer's cache (the cache tensor's stride(1)): row r's
+  // element [head, position, dim] lives at keys + r * cache_row_stride + (as above). Only
+  // sl_forward_tokens reads it; sl_decode_step writes row 0.
+  int64_t cache_row_stride;
 };
 
 }  // extern "C"
@@ -300,6 +307,9 @@ struct Input {
   int8_t* q;
   float* d;
   float* sums;
+  // sl_forward_tokens with fp32 weights: every input of the phase packed k-major in blocks of
+  // kPackTokens tokens (see prepare_inputs); set on the first input only, null elsewhere.
+  const float* packed = nullptr;
 };
 
 inline float fp16_to_fp32(uint16_t h) {
@@ -1067,11 +1077,650 @@ int decode_step(const SlModel* m, int64_t token, int64_t pos, float* logits, int
   return 0;
 }
 
+// --- many tokens per call: batched decode steps and prefill (sl_forward_tokens) ----------------
+//
+// n tokens, each with its own cache row and position, go through the model together: every GEMV
+// becomes a small GEMM, so each block of weight rows is read from memory once per call and then
+// multiplied (from L1) with every token's input. The register tile is kTileRows weight rows x
+// tile_tokens<Fmt>() inputs: each loaded weight vector feeds one FMA chain per input, each loaded
+// input vector one per row. Attention then runs per (token, KV head): every token's k and v are
+// written to its row's cache first (one phase), then each token attends over positions
+// 0..position of its own row (the next phase), so T consecutive positions of one row (a prefill, a
+// speculative verification) and N rows at one position each (a batch step) are the same call.
+// Phases split over the team as sl_decode_step's do (chunks claimed one at a time, no barriers).
+
+constexpr int kTileRows = 4;  // = kQRowGroup: q8/q4 tiles are whole row groups
+constexpr int64_t kPackTokens = 24;  // fp32: inputs per packed block (3 AVX2 vectors)
+
+// Inputs per register tile: as many as the accumulators (kTileRows x tokens), the inputs' vectors
+// and a weight vector leave registers for. AVX-512 builds have 32 vector registers: 4 (16
+// accumulators). AVX2 has 16: fp32/bf16 3 (12 accumulators, 3 inputs, 1 weight), q8/q4 2 (each
+// input's codes and magnitudes stay in registers too).
+template <typename Fmt>
+constexpr int tile_tokens() {
+#if defined(SL_TILE_TOKENS)  // for measurements
+  return SL_TILE_TOKENS;
+#elif defined(__AVX512F__)
+  return 4;
+#else
+  return Fmt::kIntInput ? 2 : 3;
+#endif
+}
+
+// out[i * T + t] = dot(row r + i of W, input t) for i < R, t < T; fp32 weights.
+template <int R, int T>
+inline void f32_tile(const Mat& W, int64_t r, int64_t K, const Input* in, float* out) {
+  const float* w = static_cast<const float*>(W.w) + r * K;
+  int64_t k = 0;
+#if defined(__AVX2__)
+  __m256 acc[R][T];
+  for (int i = 0; i < R; ++i) {
+    for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+  }
+  for (; k + 8 <= K; k += 8) {
+    __m256 xv[T];
+    for (int t = 0; t < T; ++t) xv[t] = _mm256_loadu_ps(in[t].x + k);
+    for (int i = 0; i < R; ++i) {
+      const __m256 wv = _mm256_loadu_ps(w + i * K + k);
+      for (int t = 0; t < T; ++t) acc[i][t] = _mm256_fmadd_ps(wv, xv[t], acc[i][t]);
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    for (int t = 0; t < T; ++t) out[i * T + t] = hsum256(acc[i][t]);
+  }
+#else
+  for (int i = 0; i < R * T; ++i) out[i] = 0.0f;
+#endif
+  for (int i = 0; i < R; ++i) {
+    for (int t = 0; t < T; ++t) {
+      for (int64_t j = k; j < K; ++j) out[i * T + t] += w[i * K + j] * in[t].x[j];
+    }
+  }
+}
+
+// The same for bf16 weights (widened in registers).
+template <int R, int T>
+inline void bf16_tile(const Mat& W, int64_t r, int64_t K, const Input* in, float* out) {
+  const uint16_t* w = static_cast<const uint16_t*>(W.w) + r * K;
+  int64_t k = 0;
+#if defined(__AVX2__)
+  __m256 acc[R][T];
+  for (int i = 0; i < R; ++i) {
+    for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
+  }
+  for (; k + 8 <= K; k += 8) {
+    __m256 xv[T];
+    for (int t = 0; t < T; ++t) xv[t] = _mm256_loadu_ps(in[t].x + k);
+    for (int i = 0; i < R; ++i) {
+      const __m256 wv = load_bf16(w + i * K + k);
+      for (int t = 0; t < T; ++t) acc[i][t] = _mm256_fmadd_ps(wv, xv[t], acc[i][t]);
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    for (int t = 0; t < T; ++t) out[i * T + t] = hsum256(acc[i][t]);
+  }
+#else
+  for (int i = 0; i < R * T; ++i) out[i] = 0.0f;
+#endif
+  for (int i = 0; i < R; ++i) {
+    for (int t = 0; t < T; ++t) {
+      for (int64_t j = k; j < K; ++j) out[i * T + t] += bf16_to_fp32(w[i * K + j]) * in[t].x[j];
+    }
+  }
+}
+
+// The same for q8/q4 weights (R = one row group) against T int8-quantized inputs: per block, each
+// row's weights are loaded (q4: unpacked) once and dotted with every input's block; the integer
+// dot of 32 products is scaled by d_w * d_x into an fp32 accumulator, as QFormat::rows.
+template <int32_t kType, int R, int T>
+inline void q_tile(const Mat& W, int64_t r, int64_t K, const Input* in, float* out) {
+  static_assert(R == kQRowGroup, "q8/q4 tiles are whole row groups");
+  constexpr int64_t kBlockBytes = kType == kQ8 ? kQBlock : kQBlock / 2;
+  const int64_t blocks = q_blocks(K);
+  const uint8_t* w = static_cast<const uint8_t*>(W.w) + r * blocks * kBlockBytes;
+  const uint16_t* s = W.s + r * blocks;
+  float offset[R][T];  // q4: sum over blocks of d_w d_x sum(x codes), times -8 at the end
+  for (int i = 0; i < R; ++i) {
+    for (int t = 0; t < T; ++t) offset[i][t] = 0.0f;
+  }
+#if SL_Q_SIMD
+  __m256 acc[R][T];
+  __m256 offsets[R][T];  // q4: the same offsets, 8 blocks per lane
+  for (int i = 0; i < R; ++i) {
+    for (int t = 0; t < T; ++t) acc[i][t] = offsets[i][t] = _mm256_setzero_ps();
+  }
+  // The 32-product dot of block b of row i with input t, scaled into acc[i][t].
+  auto block = [&](int64_t b, const __m256i* x, const __m256i* magnitude, int i, int t,
+                   float combined) {
+    const uint8_t* p = w + (b * R + i) * kBlockBytes;
+    __m256i dot;
+    if constexpr (kType == kQ8) {
+      dot = dot_u8_i8(magnitude[t], _mm256_sign_epi8(load_bytes(p), x[t]));
+    } else {
+      dot = dot_u8_i8(unpack_q4(p), x[t]);
+    }
+    acc[i][t] = _mm256_fmadd_ps(_mm256_set1_ps(combined), _mm256_cvtepi32_ps(dot), acc[i][t]);
+  };
+  int64_t b = 0;
+  // 8 blocks at a time: the 8 fp16 weight scales of each row converted at once and multiplied by
+  // each input's 8 scales (d_w d_x for every row, input and block of the 8).
+  alignas(32) float scale[R][T][8];
+  for (; b + 8 <= blocks; b += 8) {
+    const char* ahead = reinterpret_cast<const char*>(w + b * R * kBlockBytes) + 1024;
+    for (int64_t line = 0; line < 8 * R * kBlockBytes; line += 64) {
+      _mm_prefetch(ahead + line, _MM_HINT_T0);  // 1 KB ahead in the group's stream, as rows()
+    }
+    for (int i = 0; i < R; ++i) {
+      const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i * blocks + b));
+      const __m256 dw = _mm256_cvtph_ps(half);
+      for (int t = 0; t < T; ++t) {
+        const __m256 combined = _mm256_mul_ps(dw, _mm256_loadu_ps(in[t].d + b));
+        _mm256_store_ps(scale[i][t], combined);
+        if constexpr (kType == kQ4) {
+          offsets[i][t] = _mm256_fmadd_ps(combined, _mm256_loadu_ps(in[t].sums + b), offsets[i][t]);
+        }
+      }
+    }
+    for (int j = 0; j < 8; ++j) {
+      __m256i x[T];
+      __m256i magnitude[T];
+      for (int t = 0; t < T; ++t) {
+        x[t] = load_bytes(in[t].q + (b + j) * kQBlock);
+        if constexpr (kType == kQ8) magnitude[t] = _mm256_sign_epi8(x[t], x[t]);
+      }
+      for (int i = 0; i < R; ++i) {
+        if constexpr (kType == kQ8) {
+          for (int t = 0; t < T; ++t) block(b + j, x, magnitude, i, t, scale[i][t][j]);
+        } else {
+          // q4: unpack the row's block once for all inputs.
+          const __m256i codes = unpack_q4(w + ((b + j) * R + i) * kBlockBytes);
+          for (int t = 0; t < T; ++t) {
+            const __m256 dot = _mm256_cvtepi32_ps(dot_u8_i8(codes, x[t]));
+            acc[i][t] = _mm256_fmadd_ps(_mm256_broadcast_ss(&scale[i][t][j]), dot, acc[i][t]);
+          }
+        }
+      }
+    }
+  }
+  for (; b < blocks; ++b) {  // the last blocks (fewer than 8)
+    __m256i x[T];
+    __m256i magnitude[T];
+    for (int t = 0; t < T; ++t) {
+      x[t] = load_bytes(in[t].q + b * kQBlock);
+      if constexpr (kType == kQ8) magnitude[t] = _mm256_sign_epi8(x[t], x[t]);
+    }
+    for (int i = 0; i < R; ++i) {
+      const float dw = fp16_to_fp32(s[i * blocks + b]);
+      for (int t = 0; t < T; ++t) {
+        const float combined = dw * in[t].d[b];
+        block(b, x, magnitude, i, t, combined);
+        if constexpr (kType == kQ4) offset[i][t] += combined * in[t].sums[b];
+      }
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    for (int t = 0; t < T; ++t) {
+      out[i * T + t] = hsum256(acc[i][t]) - 8.0f * (hsum256(offsets[i][t]) + offset[i][t]);
+    }
+  }
+#else
+  for (int i = 0; i < R; ++i) {
+    for (int t = 0; t < T; ++t) {
+      float sum = 0.0f;
+      for (int64_t b = 0; b < blocks; ++b) {
+        const uint8_t* block = w + (b * R + i) * kBlockBytes;
+        int32_t total = 0;
+        for (int64_t j = 0; j < kQBlock; ++j) {
+          int32_t code;
+          if (kType == kQ8) {
+            code = static_cast<int8_t>(block[j]);
+          } else {
+            const uint8_t byte = block[j % 16];
+            code = (j < 16 ? byte & 0x0F : byte >> 4) - 8;
+          }
+          total += code * in[t].q[b * kQBlock + j];
+        }
+        sum += fp16_to_fp32(s[i * blocks + b]) * in[t].d[b] * static_cast<float>(total);
+      }
+      out[i * T + t] = sum + offset[i][t];
+    }
+  }
+#endif
+}
+
+// The tile of a format (Fmt: F32Format, Bf16Format, QFormat<kQ8>, QFormat<kQ4>).
+template <typename Fmt, int R, int T>
+inline void format_tile(const Mat& W, int64_t r, int64_t K, const Input* in, float* out) {
+  if constexpr (std::is_same_v<Fmt, F32Format>) {
+    f32_tile<R, T>(W, r, K, in, out);
+  } else if constexpr (std::is_same_v<Fmt, Bf16Format>) {
+    bf16_tile<R, T>(W, r, K, in, out);
+  } else if constexpr (std::is_same_v<Fmt, QFormat<kQ8>>) {
+    q_tile<kQ8, R, T>(W, r, K, in, out);
+  } else {
+    static_assert(std::is_same_v<Fmt, QFormat<kQ4>>, "unknown format");
+    q_tile<kQ4, R, T>(W, r, K, in, out);
+  }
+}
+
+// fp32 weights go another way (a dot per row and input ends in a horizontal sum per pair, and
+// held each weight and input vector in a register only when 19 fit in 16): the inputs are packed
+// k-major, kPackTokens tokens side by side, and each weight value is broadcast against 3 vectors
+// of 8 inputs (an outer product, as BLAS micro-kernels do): per k, 3 input loads and 4 broadcasts
+// feed 12 FMAs into 12 accumulators, no horizontal sums.
+template <int R>
+inline void f32_outer(const float* w, int64_t K, int64_t k0, int64_t k1, const float* packed,
+                      bool accumulate, float* out) {
+#if defined(__AVX2__)
+  __m256 acc[R][3];
+  for (int i = 0; i < R; ++i) {
+    for (int v = 0; v < 3; ++v) {
+      acc[i][v] = accumulate ? _mm256_loadu_ps(out + i * kPackTokens + 8 * v) : _mm256_setzero_ps();
+    }
+  }
+  for (int64_t k = k0; k < k1; ++k) {
+    const float* xk = packed + k * kPackTokens;
+    __m256 x0 = _mm256_loadu_ps(xk);
+    __m256 x1 = _mm256_loadu_ps(xk + 8);
+    __m256 x2 = _mm256_loadu_ps(xk + 16);
+    // Keep the three input vectors in registers: without this GCC reloads them as memory
+    // operands of each FMA (16 loads per 12 FMAs instead of 7), which made it load-bound.
+    __asm__("" : "+x"(x0), "+x"(x1), "+x"(x2));
+    for (int i = 0; i < R; ++i) {
+      const __m256 wv = _mm256_broadcast_ss(w + i * K + k);
+      acc[i][0] = _mm256_fmadd_ps(wv, x0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(wv, x1, acc[i][1]);
+      acc[i][2] = _mm256_fmadd_ps(wv, x2, acc[i][2]);
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    for (int v = 0; v < 3; ++v) _mm256_storeu_ps(out + i * kPackTokens + 8 * v, acc[i][v]);
+  }
+#else
+  for (int i = 0; i < R; ++i) {
+    for (int j = 0; j < kPackTokens; ++j) {
+      float sum = accumulate ? out[i * kPackTokens + j] : 0.0f;
+      for (int64_t k = k0; k < k1; ++k) sum += w[i * K + k] * packed[k * kPackTokens + j];
+      out[i * kPackTokens + j] = sum;
+    }
+  }
+#endif
+}
+
+// gemm_rows for fp32 weights on packed inputs: panels of rows (~16 KB of weights, read from
+// memory once), then per block of kPackTokens inputs, K in slices of 128 (the slice of the packed
+// block, 12 KB, stays in L1 while the panel's rows pass over it) accumulated in `tile`.
+template <typename Epilogue>
+inline void gemm_rows_packed(const Mat& W, const float* packed, int64_t n, int64_t K, int64_t r0,
+                             int64_t r1, Epilogue& epilogue) {
+  constexpr int64_t kPanel = 16;  // rows (a multiple of kTileRows)
+  constexpr int64_t kSlice = 128;
+  const float* w = static_cast<const float*>(W.w);
+  float tile[kPanel * kPackTokens];
+  for (int64_t p0 = r0; p0 < r1; p0 += kPanel) {
+    const int64_t p1 = p0 + kPanel < r1 ? p0 + kPanel : r1;
+    for (int64_t t0 = 0; t0 < n; t0 += kPackTokens) {
+      const float* block = packed + t0 * K;  // (K, kPackTokens)
+      for (int64_t k0 = 0; k0 < K; k0 += kSlice) {
+        const int64_t k1 = k0 + kSlice < K ? k0 + kSlice : K;
+        int64_t r = p0;
+        for (; r + kTileRows <= p1; r += kTileRows) {
+          f32_outer<kTileRows>(w + r * K, K, k0, k1, block, k0 > 0,
+                               tile + (r - p0) * kPackTokens);
+        }
+        for (; r < p1; ++r) {
+          f32_outer<1>(w + r * K, K, k0, k1, block, k0 > 0, tile + (r - p0) * kPackTokens);
+        }
+      }
+      const int64_t tokens = n - t0 < kPackTokens ? n - t0 : kPackTokens;
+      for (int64_t r = p0; r < p1; ++r) {
+        for (int64_t j = 0; j < tokens; ++j) epilogue(r, t0 + j, tile[(r - p0) * kPackTokens + j]);
+      }
+    }
+  }
+}
+
+// One register tile: R rows from r against the `tokens` (1..tile_tokens<Fmt>()) inputs from t;
+// epilogue(row, token, value) for the first valid_rows rows.
+template <typename Fmt, int R, typename Epilogue>
+inline void run_tile(const Mat& W, int64_t r, int64_t K, const Input* in, int64_t t, int tokens,
+                     int64_t valid_rows, Epilogue& epilogue) {
+  constexpr int kTokens = tile_tokens<Fmt>();
+  static_assert(kTokens >= 1 && kTokens <= 4, "tiles of 1 to 4 inputs");
+  float out[R * kTokens];
+  if (tokens == kTokens) {
+    format_tile<Fmt, R, kTokens>(W, r, K, in + t, out);
+  } else if (tokens == 1) {
+    format_tile<Fmt, R, 1>(W, r, K, in + t, out);
+  } else if (tokens == 2) {
+    if constexpr (kTokens > 2) format_tile<Fmt, R, 2>(W, r, K, in + t, out);
+  } else {
+    if constexpr (kTokens > 3) format_tile<Fmt, R, 3>(W, r, K, in + t, out);
+  }
+  for (int i = 0; i < R && i < valid_rows; ++i) {
+    for (int j = 0; j < tokens; ++j) epilogue(r + i, t + j, out[i * tokens + j]);
+  }
+}
+
+// epilogue(row, token, dot(W[row, :], input token)) for rows [r0, r1) of W (N, K) and the n
+// inputs. Rows go by panels of ~16 KB of weights (a multiple of kTileRows rows): a panel is read
+// from memory once and stays in L1 while every tile of inputs passes over it, so the inputs (n x
+// K, from L2) are re-read once per panel, not once per kTileRows rows. Within a panel, kTileRows
+// rows at a time, then single rows; row-padded formats go by whole groups (r0 a multiple of
+// kTileRows), their padding rows computed but not passed on.
+template <typename Fmt, typename Epilogue>
+inline void gemm_rows(const Mat& W, const Input* in, int64_t n, int64_t K, int64_t r0, int64_t r1,
+                      Epilogue epilogue) {
+  if constexpr (std::is_same_v<Fmt, F32Format>) {
+    if (in[0].packed != nullptr) {
+      gemm_rows_packed(W, in[0].packed, n, K, r0, r1, epilogue);
+      return;
+    }
+  }
+  constexpr int kTokens = tile_tokens<Fmt>();
+  const int64_t row_bytes = Fmt::row_bytes(K) > 0 ? Fmt::row_bytes(K) : 1;
+  int64_t panel = 16384 / row_bytes / kTileRows * kTileRows;
+  panel = panel < kTileRows ? kTileRows : (panel > 64 ? 64 : panel);
+  for (int64_t p0 = r0; p0 < r1; p0 += panel) {
+    const int64_t p1 = p0 + panel < r1 ? p0 + panel : r1;
+    for (int64_t t = 0; t < n; t += kTokens) {
+      const int tokens = static_cast<int>(n - t < kTokens ? n - t : kTokens);
+      int64_t r = p0;
+      if constexpr (Fmt::kPaddedRows) {
+        for (; r < p1; r += kTileRows) {
+          run_tile<Fmt, kTileRows>(W, r, K, in, t, tokens, p1 - r, epilogue);
+        }
+      } else {
+        for (; r + kTileRows <= p1; r += kTileRows) {
+          run_tile<Fmt, kTileRows>(W, r, K, in, t, tokens, kTileRows, epilogue);
+        }
+        for (; r < p1; ++r) run_tile<Fmt, 1>(W, r, K, in, t, tokens, 1, epilogue);
+      }
+    }
+  }
+}
+
+// Workspace of sl_forward_tokens for n tokens (floats): per token [x: d][h: d][q: n_q][k: n_kv]
+// [v: n_kv][attn: n_q][hidden: ffn][gate: ffn][input codes: widest / 4][input scales, sums:
+// 2 x widest / 32], then [packed inputs: n rounded up to kPackTokens, x widest], then per thread
+// [scores: max_positions]; each part padded to 16 floats.
+struct TokensWorkspace {
+  float* x;  // the residual streams, token t at x + t * d_stride
+  float* h;  // their normalized copies (GEMV inputs)
+  float* q;
+  float* k;
+  float* v;
+  float* attn;
+  float* hidden;
+  float* gate;
+  int8_t* codes;  // token t's int8 input blocks at codes + t * codes_stride
+  float* code_scales;
+  float* code_sums;
+  float* scores;
+  float* packed;  // fp32 weights: the phase's inputs packed for the outer-product tiles
+  int64_t d_stride, q_stride, kv_stride, ffn_stride, codes_stride, blocks_stride, scores_stride;
+};
+
+inline int64_t tokens_workspace_floats(int64_t d_model, int64_t n_q, int64_t n_kv, int64_t ffn,
+                                       int64_t max_positions, int64_t threads, int64_t n) {
+  const int64_t widest = widest_input(d_model, n_q, ffn);
+  const int64_t per_token = 2 * round16(d_model) + 2 * round16(n_q) + 2 * round16(n_kv) +
+                            2 * round16(ffn) + round16(widest / 4) + 2 * round16(widest / kQBlock);
+  const int64_t packed = (n + kPackTokens - 1) / kPackTokens * kPackTokens * widest;
+  return n * per_token + threads * round16(max_positions) + round16(packed);
+}
+
+TokensWorkspace carve_tokens(const SlModel* m, int64_t n, int64_t max_positions) {
+  const int64_t n_q = m->n_head * m->head_dim;
+  const int64_t n_kv = m->n_kv_head * m->head_dim;
+  const int64_t widest = widest_input(m->d_model, n_q, m->ffn_hidden);
+  TokensWorkspace w;
+  w.d_stride = round16(m->d_model);
+  w.q_stride = round16(n_q);
+  w.kv_stride = round16(n_kv);
+  w.ffn_stride = round16(m->ffn_hidden);
+  w.codes_stride = 4 * round16(widest / 4);  // bytes
+  w.blocks_stride = round16(widest / kQBlock);
+  w.scores_stride = round16(max_positions);
+  w.x = m->workspace;
+  w.h = w.x + n * w.d_stride;
+  w.q = w.h + n * w.d_stride;
+  w.k = w.q + n * w.q_stride;
+  w.v = w.k + n * w.kv_stride;
+  w.attn = w.v + n * w.kv_stride;
+  w.hidden = w.attn + n * w.q_stride;
+  w.gate = w.hidden + n * w.ffn_stride;
+  float* codes = w.gate + n * w.ffn_stride;
+  w.codes = reinterpret_cast<int8_t*>(codes);
+  w.code_scales = codes + n * (w.codes_stride / 4);
+  w.code_sums = w.code_scales + n * w.blocks_stride;
+  w.packed = w.code_sums + n * w.blocks_stride;
+  w.scores = w.packed + round16((n + kPackTokens - 1) / kPackTokens * kPackTokens * widest);
+  return w;
+}
+
+// The GEMM inputs: token t's vector at x + t * stride (K values), and for q8/q4 weights its int8
+// blocks (quantized here, one token per chunk of a phase).
+template <typename Fmt>
+void prepare_inputs(Runner& runner, const float* x, int64_t stride, int64_t K, int64_t n,
+                    const TokensWorkspace& ws, Input* in) {
+  for (int64_t t = 0; t < n; ++t) {
+    in[t] = Input{x + t * stride, ws.codes + t * ws.codes_stride,
+                  ws.code_scales + t * ws.blocks_stride, ws.code_sums + t * ws.blocks_stride};
+  }
+  if constexpr (Fmt::kIntInput) {
+    auto quantize = [&](int64_t t, int) {
+      quantize_input(in[t].x, K, in[t].q, in[t].d, in[t].sums);
+    };
+    runner.run(n, quantize);
+  }
+  if constexpr (std::is_same_v<Fmt, F32Format>) {
+    // Fewer inputs than a packed block keep the dot tiles (padding a block with zeros would
+    // multiply the work of a small batch step).
+    if (n < kPackTokens) return;
+    // Block b holds tokens b * kPackTokens.. as (K, kPackTokens): value k of each of its tokens
+    // side by side (zeros past n), the layout the outer-product tile reads one row of per k.
+    float* packed = ws.packed;
+    auto pack = [&](int64_t block, int) {
+      float* out = packed + block * K * kPackTokens;
+      for (int64_t j = 0; j < kPackTokens; ++j) {
+        const int64_t t = block * kPackTokens + j;
+        if (t < n) {
+          const float* source = in[t].x;
+          for (int64_t k = 0; k < K; ++k) out[k * kPackTokens + j] = source[k];
+        } else {
+          for (int64_t k = 0; k < K; ++k) out[k * kPackTokens + j] = 0.0f;
+        }
+      }
+    };
+    runner.run((n + kPackTokens - 1) / kPackTokens, pack);
+    in[0].packed = packed;
+  }
+}
+
+template <typename Fmt>
+int forward_tokens(const SlModel* m, int64_t n, const int64_t* tokens, const int64_t* rows,
+                   const int64_t* positions, float* logits, const int64_t* logit_rows, int threads,
+                   int64_t max_positions) {
+  const int64_t d = m->d_model;
+  const int64_t hd = m->head_dim;
+  const int64_t n_q = m->n_head * hd;
+  const int64_t n_kv = m->n_kv_head * hd;
+  const int64_t group = m->n_head / m->n_kv_head;  // query heads per KV head
+  const int64_t ffn = m->ffn_hidden;
+  const float eps = m->norm_eps;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const TokensWorkspace ws = carve_tokens(m, n, max_positions);
+  std::vector<Input> inputs(static_cast<size_t>(n));
+  Input* in = inputs.data();
+  Runner runner(threads);
+
+  for (int64_t t = 0; t < n; ++t) {
+    float* x = ws.x + t * ws.d_stride;
+    std::memcpy(x, m->token_embedding + tokens[t] * d, sizeof(float) * d);
+    if (m->embedding_norm_w) norm(x, m->embedding_norm_w, nullptr, d, eps, kRmsNorm, x);
+    if (m->position_embedding) {
+      for (int64_t i = 0; i < d; ++i) x[i] += m->position_embedding[positions[t] * d + i];
+    }
+  }
+
+  const int64_t qkv_rows[3] = {n_q, n_kv, n_kv};
+  const int64_t d_rows[1] = {d};
+  const int64_t ffn_rows[1] = {ffn};
+  const int64_t vocab_rows[1] = {m->vocab};
+  auto normalize_all = [&](const float* w, const float* b) {
+    for (int64_t t = 0; t < n; ++t) {
+      norm(ws.x + t * ws.d_stride, w, b, d, eps, m->norm_kind, ws.h + t * ws.d_stride);
+    }
+  };
+  for (int64_t layer = 0; layer < m->n_layer; ++layer) {
+    const SlLayer& L = m->layers[layer];
+    normalize_all(L.attn_norm_w, L.attn_norm_b);
+    prepare_inputs<Fmt>(runner, ws.h, ws.d_stride, d, n, ws, in);
+
+    // q, k, v (n tokens each) as one phase over the rows of Wq, Wk, Wv.
+    const Mat weights[3] = {{L.q_w, L.q_s}, {L.k_w, L.k_s}, {L.v_w, L.v_s}};
+    const float* biases[3] = {L.q_b, L.k_b, L.v_b};
+    float* outs[3] = {ws.q, ws.k, ws.v};
+    const int64_t strides[3] = {ws.q_stride, ws.kv_stride, ws.kv_stride};
+    for_rows(runner, qkv_rows, 3, Fmt::row_bytes(d), kTileRows,
+             [&](int part, int64_t r0, int64_t r1, int) {
+               float* out = outs[part];
+               const float* bias = biases[part];
+               const int64_t stride = strides[part];
+               gemm_rows<Fmt>(weights[part], in, n, d, r0, r1,
+                              [&](int64_t r, int64_t t, float value) {
+                                out[t * stride + r] = value + bias_at(bias, r);
+                              });
+             });
+
+    // Phase 1, per (token, KV head): QK-norm and RoPE at the token's position, then its k and v
+    // into its row's cache. Every write lands before any token of the call attends (phase 2).
+    auto place = [&](int64_t chunk, int) {
+      const int64_t t = chunk / m->n_kv_head;
+      const int64_t g = chunk % m->n_kv_head;
+      const int64_t pos = positions[t];
+      const float* cos = m->rope_cos ? m->rope_cos + pos * hd : nullptr;
+      const float* sin = m->rope_sin ? m->rope_sin + pos * hd : nullptr;
+      float* kg = ws.k + t * ws.kv_stride + g * hd;
+      if (L.k_norm_w) norm(kg, L.k_norm_w, nullptr, hd, eps, kRmsNorm, kg);
+      if (cos) rope(kg, cos, sin, hd);
+      const int64_t offset = rows[t] * m->cache_row_stride + g * m->cache_head_stride + pos * hd;
+      std::memcpy(L.keys + offset, kg, sizeof(float) * hd);
+      std::memcpy(L.values + offset, ws.v + t * ws.kv_stride + g * hd, sizeof(float) * hd);
+      for (int64_t head = g * group; head < (g + 1) * group; ++head) {
+        float* qh = ws.q + t * ws.q_stride + head * hd;
+        if (L.q_norm_w) norm(qh, L.q_norm_w, nullptr, hd, eps, kRmsNorm, qh);
+        if (cos) rope(qh, cos, sin, hd);
+      }
+    };
+    runner.run(n * m->n_kv_head, place);
+
+    // Phase 2, per (token, KV head): causal softmax attention of its query heads over positions
+    // 0..position of the token's row.
+    auto attend = [&](int64_t chunk, int thread) {
+      const int64_t t = chunk / m->n_kv_head;
+      const int64_t g = chunk % m->n_kv_head;
+      const int64_t pos = positions[t];
+      float* scores = ws.scores + thread * ws.scores_stride;
+      const int64_t base = rows[t] * m->cache_row_stride + g * m->cache_head_stride;
+      const float* key_rows = L.keys + base;  // (positions, hd)
+      const float* value_rows = L.values + base;
+      for (int64_t head = g * group; head < (g + 1) * group; ++head) {
+        const float* qh = ws.q + t * ws.q_stride + head * hd;
+        float top = -INFINITY;
+        for (int64_t j = 0; j <= pos; ++j) {
+          scores[j] = dot(key_rows + j * hd, qh, hd) * scale;
+          top = scores[j] > top ? scores[j] : top;
+        }
+        float total = 0.0f;
+        for (int64_t j = 0; j <= pos; ++j) {
+          scores[j] = std::exp(scores[j] - top);
+          total += scores[j];
+        }
+        float* out = ws.attn + t * ws.q_stride + head * hd;
+        std::memset(out, 0, sizeof(float) * hd);
+        for (int64_t j = 0; j <= pos; ++j) axpy(scores[j], value_rows + j * hd, out, hd);
+        const float inverse = 1.0f / total;
+        for (int64_t i = 0; i < hd; ++i) out[i] *= inverse;
+      }
+    };
+    runner.run(n * m->n_kv_head, attend);
+
+    // x += Wo attn (+ bias) for every token.
+    prepare_inputs<Fmt>(runner, ws.attn, ws.q_stride, n_q, n, ws, in);
+    const Mat o_w{L.o_w, L.o_s};
+    for_rows(runner, d_rows, 1, Fmt::row_bytes(n_q), kTileRows,
+             [&](int, int64_t r0, int64_t r1, int) {
+               gemm_rows<Fmt>(o_w, in, n, n_q, r0, r1, [&](int64_t r, int64_t t, float value) {
+                 ws.x[t * ws.d_stride + r] += value + bias_at(L.o_b, r);
+               });
+             });
+
+    normalize_all(L.mlp_norm_w, L.mlp_norm_b);
+    // hidden = act(Wup h), or silu(Wgate h) * Wup h with the gate rows of a chunk computed first.
+    const bool swiglu = m->mlp_kind == kSwiGlu;
+    prepare_inputs<Fmt>(runner, ws.h, ws.d_stride, d, n, ws, in);
+    const Mat gate_w{L.gate_w, L.gate_s};
+    const Mat up_w{L.up_w, L.up_s};
+    const int64_t up_bytes = (swiglu ? 2 : 1) * Fmt::row_bytes(d);
+    const int64_t fs = ws.ffn_stride;
+    for_rows(runner, ffn_rows, 1, up_bytes, kTileRows, [&](int, int64_t r0, int64_t r1, int) {
+      if (swiglu) {
+        gemm_rows<Fmt>(gate_w, in, n, d, r0, r1, [&](int64_t r, int64_t t, float value) {
+          ws.gate[t * fs + r] = value + bias_at(L.gate_b, r);
+        });
+        gemm_rows<Fmt>(up_w, in, n, d, r0, r1, [&](int64_t r, int64_t t, float value) {
+          ws.hidden[t * fs + r] =
+              activation(ws.gate[t * fs + r], kSwiGlu, 0.0f) * (value + bias_at(L.up_b, r));
+        });
+      } else {
+        gemm_rows<Fmt>(up_w, in, n, d, r0, r1, [&](int64_t r, int64_t t, float value) {
+          ws.hidden[t * fs + r] =
+              activation(value + bias_at(L.up_b, r), m->mlp_kind, m->leaky_relu_slope);
+        });
+      }
+    });
+    prepare_inputs<Fmt>(runner, ws.hidden, fs, ffn, n, ws, in);
+    const Mat down_w{L.down_w, L.down_s};
+    for_rows(runner, d_rows, 1, Fmt::row_bytes(ffn), kTileRows,
+             [&](int, int64_t r0, int64_t r1, int) {
+               gemm_rows<Fmt>(down_w, in, n, ffn, r0, r1, [&](int64_t r, int64_t t, float value) {
+                 ws.x[t * ws.d_stride + r] += value + bias_at(L.down_b, r);
+               });
+             });
+  }
+
+  // Final norm and lm_head for the tokens whose logits are asked for, gathered (in call order)
+  // into the first `wanted` slots of h; slot j's logits go to row logit_rows[token] of `logits`.
+  std::vector<int64_t> out_rows;
+  for (int64_t t = 0; t < n; ++t) {
+    if (logit_rows[t] < 0) continue;
+    const int64_t j = static_cast<int64_t>(out_rows.size());
+    norm(ws.x + t * ws.d_stride, m->final_norm_w, m->final_norm_b, d, eps, m->norm_kind,
+         ws.h + j * ws.d_stride);
+    out_rows.push_back(logit_rows[t]);
+  }
+  const int64_t wanted = static_cast<int64_t>(out_rows.size());
+  if (wanted == 0) return 0;
+  prepare_inputs<Fmt>(runner, ws.h, ws.d_stride, d, wanted, ws, in);
+  const float cap = m->logit_softcap;
+  const Mat head{m->lm_head_w, m->lm_head_s};
+  const int64_t vocab = m->vocab;
+  for_rows(runner, vocab_rows, 1, Fmt::row_bytes(d), kTileRows,
+           [&](int, int64_t r0, int64_t r1, int) {
+             gemm_rows<Fmt>(head, in, wanted, d, r0, r1, [&](int64_t r, int64_t j, float value) {
+               logits[out_rows[j] * vocab + r] = cap > 0.0f ? cap * std::tanh(value / cap) : value;
+             });
+           });
+  return 0;
+}
+
 }  // namespace
 
 extern "C" {
 
-int sl_abi_version() { return 3; }
+int sl_abi_version() { return 4; }
 
 // Rows per q8/q4 group of the packed layout (checked against the Python side's).
 int sl_q_row_group() { return kQRowGroup; }
@@ -1172,6 +1821,45 @@ int sl_decode_step(const SlModel* m, int64_t token, int64_t pos, float* logits, 
       return decode_step<QFormat<kQ4>>(m, token, pos, logits, threads, max_positions);
     case kBf16:
       return decode_step<Bf16Format>(m, token, pos, logits, threads, max_positions);
+    default:
+      return -1;
+  }
+}
+
+// Workspace floats sl_forward_tokens needs for n tokens (sl_decode_step needs at most this for
+// n = 1).
+int64_t sl_forward_workspace_floats(int64_t d_model, int64_t n_head, int64_t n_kv_head,
+                                    int64_t head_dim, int64_t ffn_hidden, int64_t max_positions,
+                                    int64_t threads, int64_t n) {
+  return tokens_workspace_floats(d_model, n_head * head_dim, n_kv_head * head_dim, ffn_hidden,
+                                 max_positions, threads, n);
+}
+
+// n tokens through the model in one call: token t goes to cache row rows[t] at position
+// positions[t] and attends over positions 0..positions[t] of that row (its earlier positions
+// already in the cache, or written by earlier tokens of this call). Batch decode steps (n rows,
+// one token each) and prefills (one row, consecutive positions) alike. logit_rows[t] >= 0: token
+// t's logits go to row logit_rows[t] of `logits` (rows of `vocab` floats); < 0: none (a prefill
+// asks for its last token's only). The caller checks tokens, rows and positions (< max_positions,
+// the cache's and the workspace's length), that no two tokens share a row and position, and that
+// the workspace holds sl_forward_workspace_floats(..., threads, n). Returns 0, or -1 for an
+// unknown weight type.
+int sl_forward_tokens(const SlModel* m, int64_t n, const int64_t* tokens, const int64_t* rows,
+                      const int64_t* positions, float* logits, const int64_t* logit_rows,
+                      int threads, int64_t max_positions) {
+  switch (m->weight_type) {
+    case kF32:
+      return forward_tokens<F32Format>(m, n, tokens, rows, positions, logits, logit_rows, threads,
+                                       max_positions);
+    case kQ8:
+      return forward_tokens<QFormat<kQ8>>(m, n, tokens, rows, positions, logits, logit_rows,
+                                          threads, max_positions);
+    case kQ4:
+      return forward_tokens<QFormat<kQ4>>(m, n, tokens, rows, positions, logits, logit_rows,
+                                          threads, max_positions);
+    case kBf16:
+      return forward_tokens<Bf16Format>(m, n, tokens, rows, positions, logits, logit_rows,
+                                        threads, max_positions);
     default:
       return -1;
   }

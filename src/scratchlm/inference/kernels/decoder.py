@@ -1,13 +1,15 @@
-"""The batch-1 decode step through the compiled kernels: which models and caches it applies to
+"""Decode steps and prefills through the compiled kernels: which models and caches they apply to
 (`unsupported_reason`), and `FastDecoder`, which points the library at a model's parameters (or at
 its packed q8/q4/bf16 copy, see `quant.attach`) and KV cache in place. `fast_decoder(model, cache)`
-gives one, or None when the fast path does not apply.
+gives one, or None when the fast path does not apply; `batch=True` accepts a cache of many rows
+(continuous batching, beam search) for `FastDecoder.forward`.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -35,8 +37,9 @@ def _plain_fp32(tensor: torch.Tensor | None) -> bool:
     )
 
 
-def unsupported_reason(model: nn.Module, cache: KVCache) -> str | None:
-    """Why the fast path cannot decode this model with this cache (None: it can)."""
+def unsupported_reason(model: nn.Module, cache: KVCache, *, batch: bool = False) -> str | None:
+    """Why the fast path cannot decode this model with this cache (None: it can). `batch`: the
+    cache may hold many rows (`FastDecoder.forward` only); else it must be a batch-1 cache."""
     if not isinstance(model, GPT) or type(model).forward is not GPT.forward:
         return "not a plain GPT"
     if "forward" in model.__dict__:
@@ -65,8 +68,10 @@ def unsupported_reason(model: nn.Module, cache: KVCache) -> str | None:
     ):
         return "RoPE tables are not contiguous fp32 CPU tensors"
     keys, values = cache.keys, cache.values
-    if keys.shape[1] != 1 or keys.dtype != torch.float32 or keys.device.type != "cpu":
-        return "the cache is not a batch-1 fp32 CPU cache"
+    if keys.dtype != torch.float32 or keys.device.type != "cpu":
+        return "the cache is not an fp32 CPU cache"
+    if keys.shape[1] != 1 and not batch:
+        return "the cache is not a batch-1 cache"
     for tensor in (keys, values):
         if tensor.stride(-1) != 1 or tensor.stride(-2) != tensor.shape[-1]:
             return "the cache rows are not contiguous"
@@ -86,8 +91,15 @@ def _norm_pointers(norm: nn.Module) -> tuple[int | None, int | None]:
     return weight.data_ptr(), _pointer(bias if isinstance(bias, torch.Tensor) else None)
 
 
+# Tokens per sl_forward_tokens call: longer prefills go in chunks (one after another, so each
+# chunk attends to the cache the earlier ones wrote), which bounds the workspace (~6K floats per
+# token at llama-42m's sizes) while every weight block is still read once per 64 tokens.
+FORWARD_CHUNK = 64
+
+
 class FastDecoder:
-    """Batch-1 decode steps of one model against one KV cache through decode.cpp.
+    """Decode steps (batch 1) and many-token forwards (prefills, batch steps) of one model against
+    one KV cache through decode.cpp.
 
     Holds raw pointers into the model's parameters and the cache (and references to both, so
     they stay alive); build a new one whenever either may have been replaced (once per
@@ -146,6 +158,7 @@ class FastDecoder:
         spec.ffn_hidden = config.ffn_hidden
         spec.vocab = config.padded_vocab_size
         spec.cache_head_stride = cache.keys.stride(2)
+        spec.cache_row_stride = cache.keys.stride(1)
         spec.norm_kind = NORM_KINDS[config.norm]
         spec.mlp_kind = MLP_KINDS[config.mlp]
         spec.norm_eps = config.norm_eps
@@ -164,9 +177,9 @@ class FastDecoder:
         spec.weight_type = WEIGHT_TYPES["f32" if packed is None else packed.format]
         spec.layers = layers
         self._spec = spec
-        self._threads = 0
+        self._capacity = (0, 0)  # (threads, tokens) the workspace holds
         self._workspace = torch.empty(0)
-        self._ensure_workspace(torch.get_num_threads())
+        self._ensure_workspace(torch.get_num_threads(), 1)
 
     def _matrix(self, weight: torch.Tensor, name: str) -> tuple[int, int | None]:
         """Pointers to a linear layer's weights as the kernel reads them: the fp32 parameter, or
@@ -176,11 +189,15 @@ class FastDecoder:
         matrix = self.packed.matrices[name]
         return matrix.data.data_ptr(), _pointer(matrix.scales)
 
-    def _ensure_workspace(self, threads: int) -> None:
-        if threads <= self._threads:
+    def _ensure_workspace(self, threads: int, tokens: int) -> None:
+        """Room for `threads` threads and `tokens` tokens per call (a decode step needs no more
+        than a one-token forward)."""
+        held_threads, held_tokens = self._capacity
+        if threads <= held_threads and tokens <= held_tokens:
             return
+        threads, tokens = max(threads, held_threads), max(tokens, held_tokens)
         config = self.model.config
-        floats = self.library.sl_workspace_floats(
+        floats = self.library.sl_forward_workspace_floats(
             config.d_model,
             config.n_head,
             config.n_kv_head,
@@ -188,10 +205,11 @@ class FastDecoder:
             config.ffn_hidden,
             self.max_positions,
             threads,
+            tokens,
         )
         self._workspace = torch.empty(floats, dtype=torch.float32)
         self._spec.workspace = self._workspace.data_ptr()
-        self._threads = threads
+        self._capacity = (threads, tokens)
 
     def step(self, token: int) -> torch.Tensor:
         """Logits (1, 1, padded_vocab) of the token after `token`, which goes at the cache's
@@ -201,8 +219,9 @@ class FastDecoder:
             raise IndexError(f"the KV cache is full ({self.max_positions} positions)")
         if not 0 <= token < self.vocab:
             raise IndexError(f"token id {token} is outside the vocabulary ({self.vocab})")
+        assert self.cache.batch_size == 1, "step() decodes a batch-1 cache; use forward()"
         threads = torch.get_num_threads()
-        self._ensure_workspace(threads)
+        self._ensure_workspace(threads, 1)
         logits = torch.empty((1, 1, self.vocab), dtype=torch.float32)
         status = self.library.sl_decode_step(
             ctypes.byref(self._spec),
@@ -216,12 +235,73 @@ class FastDecoder:
         self.cache.advance(None, 1, 1)
         return logits
 
+    def forward(
+        self,
+        tokens: Sequence[int],
+        rows: Sequence[int],
+        positions: Sequence[int],
+        *,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Token i into cache row rows[i] at positions[i], attending over positions
+        0..positions[i] of its row; logits (n, padded_vocab), or (1, padded_vocab) of the last
+        token with `last_only` (a prefill).
 
-def fast_decoder(model: nn.Module, cache: KVCache) -> FastDecoder | None:
-    """A FastDecoder for this model and cache, or None when the fast path does not apply."""
+        N rows at one position each (a batch step) and consecutive positions of one row (a
+        prefill, a speculative verification) are the same call; the model's
+        `model(tokens, positions=..., kv_cache=cache)` up to fp32 rounding (and, for q8/q4, the
+        rounding of each GEMV's input to int8 blocks). The cache's `length` and `lengths` are the
+        caller's to update (as the model's forward would: `cache.advance`).
+        """
+        count = len(tokens)
+        if count == 0 or len(rows) != count or len(positions) != count:
+            raise ValueError("forward takes one row and one position per token (at least one)")
+        if not all(0 <= token < self.vocab for token in tokens):
+            raise IndexError(f"a token id is outside the vocabulary ({self.vocab})")
+        if not all(0 <= position < self.max_positions for position in positions):
+            raise IndexError(f"a position is past the KV cache ({self.max_positions} positions)")
+        if not all(0 <= row < self.cache.batch_size for row in rows):
+            raise IndexError(f"a row is outside the cache ({self.cache.batch_size} rows)")
+        if len(set(zip(rows, positions, strict=True))) != count:
+            raise ValueError("two tokens go to the same row and position")
+        threads = torch.get_num_threads()
+        self._ensure_workspace(threads, min(count, FORWARD_CHUNK))
+        # int64 arrays the library reads: tokens, rows, positions and, per token, the logits row
+        # it writes (-1: none).
+        wanted = [count - 1] if last_only else range(count)
+        logit_rows = [-1] * count
+        for index, token_index in enumerate(wanted):
+            logit_rows[token_index] = index
+        table = torch.tensor([list(tokens), list(rows), list(positions), logit_rows])  # (4, n)
+        logits = torch.empty((len(wanted), self.vocab), dtype=torch.float32)
+        for start in range(0, count, FORWARD_CHUNK):
+            stop = min(start + FORWARD_CHUNK, count)
+            chunk = table[:, start:stop].contiguous()  # (4, chunk)
+            # Logits rows are numbered over the whole call; point the library at this chunk's
+            # first one (rows of chunks that want none are never written).
+            first = next((row for row in logit_rows[start:stop] if row >= 0), 0)
+            chunk[3] -= torch.where(chunk[3] >= 0, first, 0)
+            status = self.library.sl_forward_tokens(
+                ctypes.byref(self._spec),
+                stop - start,
+                chunk[0].data_ptr(),
+                chunk[1].data_ptr(),
+                chunk[2].data_ptr(),
+                logits[first:].data_ptr(),
+                chunk[3].data_ptr(),
+                threads,
+                self.max_positions,
+            )
+            assert status == 0, f"forward failed ({status})"
+        return logits
+
+
+def fast_decoder(model: nn.Module, cache: KVCache, *, batch: bool = False) -> FastDecoder | None:
+    """A FastDecoder for this model and cache, or None when the fast path does not apply.
+    `batch`: the cache may hold many rows (then use `forward` only)."""
     if not kernels_enabled():
         return None
-    reason = unsupported_reason(model, cache)
+    reason = unsupported_reason(model, cache, batch=batch)
     if reason is not None:
         logger.debug("decode kernels not used: %s", reason)
         return None

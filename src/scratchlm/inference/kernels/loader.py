@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("decode.cpp")
 ENV_SWITCH = "SCRATCHLM_KERNELS"  # "0" turns the fast path off
 ENV_ISA = "SCRATCHLM_KERNEL_ISA"  # "native" (default) or "avx2"
-ABI_VERSION = 3
+ABI_VERSION = 4
 COMMON_FLAGS = ("-O3", "-pthread", "-fPIC", "-shared", "-std=c++17")
 ISA_FLAGS = {"native": ("-march=native",), "avx2": ("-mavx2", "-mfma", "-mf16c")}
 # sl_isa_mask() bits and the /proc/cpuinfo flag each needs.
@@ -125,6 +125,7 @@ class SlModel(ctypes.Structure):
         ("lm_head_s", _POINTER),
         ("weight_type", ctypes.c_int32),
         ("pad2_", ctypes.c_int32),
+        ("cache_row_stride", ctypes.c_int64),
     ]
 
 
@@ -279,6 +280,16 @@ def _configure(library: ctypes.CDLL) -> None:
         ctypes.c_int64,
         ctypes.c_int64,
         _POINTER,
+        ctypes.c_int,
+        ctypes.c_int64,
+    ]
+    library.sl_forward_workspace_floats.restype = ctypes.c_int64
+    library.sl_forward_workspace_floats.argtypes = [ctypes.c_int64] * 8
+    library.sl_forward_tokens.restype = ctypes.c_int
+    library.sl_forward_tokens.argtypes = [
+        ctypes.POINTER(SlModel),
+        ctypes.c_int64,
+        *(_POINTER,) * 5,
         ctypes.c_int,
         ctypes.c_int64,
     ]

@@ -1,0 +1,382 @@
+"""Many tokens per kernel call (decode.cpp's sl_forward_tokens, `FastDecoder.forward`): batched
+decode steps of N rows at their own positions and prefills of T consecutive positions, against N
+single-row kernel steps and against the model's forward; and the callers that route through them
+(Decoder.prefill/score, BatchDecoder, beam search, speculative decoding), which must give the same
+tokens with the kernels on, off (SCRATCHLM_KERNELS=0) and built for AVX2 only.
+
+The kernel tests need a C++ compiler (the library is built on first use, then cached) and skip
+without one.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from scratchlm.inference import decode as decode_module
+from scratchlm.inference.batch import BatchDecoder, GenerationRequest
+from scratchlm.inference.beam import beam_search
+from scratchlm.inference.decode import Decoder
+from scratchlm.inference.kernels import decoder as kernel_decoder
+from scratchlm.inference.kernels import loader
+from scratchlm.inference.kernels.decoder import FastDecoder
+from scratchlm.inference.kernels.quant import BLOCK, model_linears
+from scratchlm.inference.quantize import quantize_for_cpu
+from scratchlm.inference.settings import GREEDY
+from scratchlm.inference.speculative import SpeculativeStats, speculative_generate
+from scratchlm.kv_cache import KVCache
+from scratchlm.model import GPT, build_model
+from tests.conftest import tiny_config
+
+
+def _library_or_skip() -> None:
+    if not loader.kernels_enabled():
+        pytest.skip("SCRATCHLM_KERNELS=0")
+    if loader.load_library() is None:
+        pytest.skip(f"decode kernels unavailable: {loader.unavailable_reason()}")
+
+
+def _random_model(preset: str, **overrides: object) -> GPT:
+    torch.manual_seed(0)
+    # init_std 0.2: logits far from uniform, so an error shows (and argmax ties are rare)
+    return build_model(tiny_config(preset, init_std=0.2, **overrides)).eval()
+
+
+def _round_inputs_like_the_kernel(model: GPT) -> None:
+    """Forward pre-hooks that round every linear layer's input as the kernel does for q8/q4 (per
+    32-value block, d = amax / 127, x -> round(x / d) * d), so the model's forward computes what
+    the kernel computes up to fp32 summation order."""
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
+        x = inputs[0]
+        columns = x.shape[-1]
+        blocks = nn.functional.pad(x, (0, -columns % BLOCK)).unflatten(-1, (-1, BLOCK))
+        d = blocks.abs().amax(dim=-1, keepdim=True) / 127
+        inverse = torch.where(d > 0, 1 / d, torch.zeros_like(d))
+        return ((torch.round(blocks * inverse) * d).flatten(-2)[..., :columns],)
+
+    for _, linear in model_linears(model):
+        linear.register_forward_pre_hook(hook)
+
+
+def _models(preset: str, overrides: dict[str, object], method: str) -> tuple[GPT, GPT]:
+    """The model the kernels run (its weights in `method`) and a reference that computes the same
+    numbers with PyTorch (the same dequantized weights; q8/q4 inputs rounded as the kernel's)."""
+    if method == "fp32":
+        model = _random_model(preset, **overrides)
+        return model, model
+    model = quantize_for_cpu(_random_model(preset, **overrides), method)
+    reference = quantize_for_cpu(_random_model(preset, **overrides), method)
+    if method in ("q8", "q4"):
+        _round_inputs_like_the_kernel(reference)
+    return model, reference
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, method: str) -> None:
+    """fp32 and bf16 differ from PyTorch by summation order (~1e-6 of the largest value measured);
+    q8/q4 also by an input code that rounds the other way at a .5 boundary now and then (one
+    step d_x on one value), ~1e-4 measured: 1e-3 of the largest value leaves margin for both."""
+    scale = float(expected.abs().max())
+    tolerance = (1e-4 if method in ("fp32", "bf16") else 1e-3) * scale
+    torch.testing.assert_close(actual, expected, rtol=0, atol=tolerance)
+
+
+def _close_rows(actual: torch.Tensor, expected: torch.Tensor, method: str) -> None:
+    """Rows (dim 0) of kernel results against the model's. For q8/q4 a row may also differ by an
+    input code that rounds the other way at a .5 boundary (the kernel's fp32 sums and PyTorch's
+    differ in the last bit): one code moves that input by d_x = amax / 127, ~1e-2 of the largest
+    logit at most through the tiny models' 0.2-std weights (1.4e-2 / 4.1 measured once in 32 rows
+    of two steps). The other rows must be as close as fp32 and bf16 are."""
+    if method in ("fp32", "bf16"):
+        _close(actual, expected, method)
+        return
+    scale = float(expected.abs().max())
+    errors = (actual - expected).abs().flatten(1).amax(dim=1)  # (rows,)
+    assert float(errors.max()) <= 2e-2 * scale, errors
+    assert int((errors > 1e-3 * scale).sum()) <= max(1, len(errors) // 8), errors
+
+
+# GQA + QK-norm + embedding norm + SwiGLU (akane); GPT-2 math: learned positions, LayerNorm,
+# biases, tanh GELU (kia); soft-capped logits with a squared-ReLU MLP and an untied head; odd sizes
+# (d_model 36, 6 heads over 2 KV heads, ffn 52: SIMD tails and padded q8/q4 row groups).
+ARCHITECTURES = [
+    ("akane-124m", {}),
+    ("kia-1.6b", {}),
+    ("ai4india", {"logit_softcap": 10.0, "mlp": "relu2", "tie_embeddings": False}),
+    ("llama-42m", {"d_model": 36, "ffn_hidden": 52, "n_head": 6, "n_kv_head": 2}),
+]
+METHODS = ["fp32", "bf16", "q8", "q4"]
+
+
+# Every architecture and format at 2 and 5 rows; 32 rows (the server's largest batches: every
+# tile size and remainder) on the odd sizes in each format and on the GQA model in fp32 and q4.
+CASES = [
+    (*architecture, method, rows)
+    for architecture in ARCHITECTURES
+    for method in METHODS
+    for rows in (2, 5, 32)
+    if rows < 32
+    or architecture is ARCHITECTURES[3]
+    or (architecture is ARCHITECTURES[0] and method in ("fp32", "q4"))
+]
+
+
+@pytest.mark.parametrize(("preset", "overrides", "method", "rows"), CASES)
+@torch.inference_mode()
+def test_batched_steps_equal_single_row_steps_and_the_model(
+    preset: str, overrides: dict[str, object], method: str, rows: int
+) -> None:
+    """N rows of different lengths, two batched steps each: the logits and the cache rows match
+    N separate single-row kernel steps and the model's forward with per-row positions."""
+    _library_or_skip()
+    model, reference_model = _models(preset, overrides, method)
+    config = model.config
+    generator = torch.Generator().manual_seed(rows)
+    lengths = torch.randint(1, 20, (rows,), generator=generator).tolist()
+    reference = KVCache.for_model(config, rows, 24)
+    for row, length in enumerate(lengths):  # each row its own prompt and length
+        prompt = torch.randint(0, config.vocab_size, (1, length), generator=generator)
+        model(prompt, kv_cache=reference.rows(row, row + 1))
+    batched = KVCache.for_model(config, rows, 24)
+    batched.keys.copy_(reference.keys)
+    batched.values.copy_(reference.values)
+    singles = []
+    for row, length in enumerate(lengths):
+        single = KVCache.for_model(config, 1, 24)
+        single.keys.copy_(reference.keys[:, row : row + 1])
+        single.values.copy_(reference.values[:, row : row + 1])
+        single.length = length
+        singles.append(single)
+    fast = kernel_decoder.fast_decoder(model, batched, batch=True)
+    assert fast is not None
+    assert (fast.packed is None) == (method == "fp32")
+    decoders = [kernel_decoder.fast_decoder(model, single) for single in singles]
+    positions = list(lengths)
+    tokens = torch.randint(0, config.vocab_size, (rows,), generator=generator).tolist()
+    for _ in range(2):
+        logits = fast.forward(tokens, range(rows), positions)  # (rows, padded_vocab)
+        assert logits.shape == (rows, config.padded_vocab_size)
+        expected = reference_model(
+            torch.tensor(tokens).view(rows, 1),
+            positions=torch.tensor(positions).view(rows, 1),
+            kv_cache=reference,
+        )[:, -1]
+        _close_rows(logits, expected, method)
+        for row, decoder in enumerate(decoders):
+            assert decoder is not None
+            one_row = decoder.step(tokens[row])[0, -1]
+            # The same kernel math (the same int8 inputs), summed in another order at most.
+            _close(logits[row], one_row, method)
+        tokens = [int(token) for token in expected[:, : config.vocab_size].argmax(-1)]
+        positions = [position + 1 for position in positions]
+    for row, single in enumerate(singles):
+        filled = positions[row]
+        _close(batched.keys[:, row, :, :filled], single.keys[:, 0, :, :filled], method)
+        _close(batched.values[:, row, :, :filled], single.values[:, 0, :, :filled], method)
+    for tensor, expected_tensor in (
+        (batched.keys, reference.keys),
+        (batched.values, reference.values),
+    ):
+        _close_rows(tensor.transpose(0, 1), expected_tensor.transpose(0, 1), method)
+
+
+@pytest.mark.parametrize("tokens", [1, 7, 64, 150])
+@pytest.mark.parametrize("method", METHODS)
+@torch.inference_mode()
+def test_prefill_equals_the_model(
+    method: str, tokens: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decoder.prefill through the kernels (150 tokens: three calls of at most 64) gives the
+    model's last-token logits and cache; a continuation at an explicit position (a chunked
+    prefill of a BatchDecoder row) and `score` (every position's logits) too. (Prompts longer
+    than KERNEL_PREFILL_MAX_TOKENS run the model's forward by default: lifted here so that the
+    kernel's long prefills stay tested.)"""
+    _library_or_skip()
+    monkeypatch.setattr(decode_module, "KERNEL_PREFILL_MAX_TOKENS", defaultdict(lambda: 10**6))
+    model, reference_model = _models("akane-124m", {"context_length": 192}, method)
+    config = model.config
+    prompt = torch.randint(
+        0, config.vocab_size, (tokens + 9,), generator=torch.Generator()
+    ).tolist()
+    cache = KVCache.for_model(config, 1, 192)
+    reference = KVCache.for_model(config, 1, 192)
+    decoder = Decoder(model, cache)
+    logits = decoder.prefill(prompt[:tokens])
+    assert decoder._kernel is not None  # the kernels ran it
+    expected = reference_model(
+        torch.tensor([prompt[:tokens]]), kv_cache=reference, last_token_only=True
+    )[:, -1, : config.vocab_size]
+    _close(logits, expected, method)
+    assert cache.length == reference.length == tokens
+    assert cache.lengths.tolist() == reference.lengths.tolist() == [tokens]
+    _close(cache.keys[..., :tokens, :], reference.keys[..., :tokens, :], method)
+    _close(cache.values[..., :tokens, :], reference.values[..., :tokens, :], method)
+    # The next 4 tokens at an explicit position (the length is not the row's), then 5 more with
+    # every position's logits.
+    logits = decoder.prefill(prompt[tokens : tokens + 4], position=tokens)
+    expected = reference_model(
+        torch.tensor([prompt[tokens : tokens + 4]]),
+        positions=torch.arange(tokens, tokens + 4).view(1, 4),
+        kv_cache=reference,
+        last_token_only=True,
+    )[:, -1, : config.vocab_size]
+    _close(logits, expected, method)
+    assert cache.lengths.tolist() == reference.lengths.tolist() == [tokens + 4]
+    cache.length = reference.length = tokens + 4
+    scored = decoder.score(prompt[tokens + 4 :])
+    expected = reference_model(torch.tensor([prompt[tokens + 4 :]]), kv_cache=reference)[0]
+    _close(scored, expected[:, : config.vocab_size], method)
+    assert cache.length == reference.length == tokens + 9
+    _close(cache.keys[..., : tokens + 9, :], reference.keys[..., : tokens + 9, :], method)
+
+
+@torch.inference_mode()
+def test_forward_refuses_bad_arguments() -> None:
+    _library_or_skip()
+    model = _random_model("llama-42m")
+    cache = KVCache.for_model(model.config, 2, 8)
+    assert kernel_decoder.unsupported_reason(model, cache) is not None  # step() is batch-1
+    assert kernel_decoder.unsupported_reason(model, cache, batch=True) is None
+    fast = kernel_decoder.fast_decoder(model, cache, batch=True)
+    assert fast is not None
+    with pytest.raises(IndexError, match="past the KV cache"):
+        fast.forward([1, 2], [0, 1], [3, 8])
+    with pytest.raises(IndexError, match="outside the cache"):
+        fast.forward([1, 2], [0, 2], [3, 3])
+    with pytest.raises(IndexError, match="vocabulary"):
+        fast.forward([fast.vocab], [0], [0])
+    with pytest.raises(ValueError, match="same row and position"):
+        fast.forward([1, 2], [0, 0], [3, 3])
+
+
+# --- the callers: identical tokens with the kernels on, off and built for AVX2 ------------------
+
+
+def _count_forwards(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the token count of every FastDecoder.forward call."""
+    calls: list[int] = []
+    original = kernel_decoder.FastDecoder.forward
+
+    def counted(
+        self: kernel_decoder.FastDecoder, tokens: list[int], *args: object, **kwargs: object
+    ) -> torch.Tensor:
+        calls.append(len(tokens))
+        return original(self, tokens, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kernel_decoder.FastDecoder, "forward", counted)
+    return calls
+
+
+def _serve(model: GPT) -> list[list[int]]:
+    """Five greedy rows through a BatchDecoder: joins mid-way, chunked prefills, rows leaving."""
+    decoder = BatchDecoder(model, max_batch=4, prefill_chunk=6)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11], [12, 13], [14] * 9, [15, 16, 17, 18]]
+    budgets = [12, 6, 9, 5, 7]
+    handles: list[int] = []
+    finished: dict[int, list[int]] = {}
+    waiting = list(zip(prompts, budgets, strict=True))
+    while waiting or decoder.active:
+        if waiting and decoder.has_room:
+            prompt, budget = waiting.pop(0)
+            request = GenerationRequest(prompt, max_new_tokens=budget, sampling=GREEDY)
+            handles.append(decoder.add(request))
+        for row in decoder.step():
+            finished[handles.index(row.handle)] = row.generated
+    return [finished[index] for index in range(len(prompts))]
+
+
+def _beams(model: GPT) -> list[tuple[list[int], float]]:
+    results = beam_search(model, [3, 1, 4, 1, 5], beam_width=3, max_new_tokens=10)
+    return [(result.token_ids, result.score) for result in results]
+
+
+def _speculate(target: GPT, draft: GPT) -> tuple[list[int], int]:
+    stats = SpeculativeStats()
+    tokens = list(
+        speculative_generate(
+            target, draft, [2, 7, 1, 8], max_new_tokens=16, sampling=GREEDY, stats=stats
+        )
+    )
+    return tokens, stats.accepted
+
+
+@pytest.mark.parametrize("method", ["fp32", "q8"])
+def test_batch_beam_and_speculative_tokens_match_without_kernels(
+    monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """Greedy tokens of the BatchDecoder, beam search and speculative decoding are the same
+    through the kernels' batched steps and prefills (which they do use) as through PyTorch."""
+    _library_or_skip()
+    model = _random_model("small")
+    draft = _random_model("small", n_layer=1)
+    if method != "fp32":
+        model, draft = quantize_for_cpu(model, method), quantize_for_cpu(draft, method)
+    calls = _count_forwards(monkeypatch)
+    served = _serve(model)
+    assert any(count >= 2 for count in calls)  # batch steps of several rows ran in the kernel
+    calls.clear()
+    beams = _beams(model)
+    assert 3 in calls  # the three beams' steps
+    calls.clear()
+    speculated = _speculate(model, draft)
+    assert calls and max(calls) >= 2  # the target verified drafts in one kernel call
+    monkeypatch.setenv(loader.ENV_SWITCH, "0")
+    calls.clear()
+    assert _serve(model) == served
+    fallback_beams = _beams(model)
+    # fp32: the same function, so every beam agrees. q8: the kernel rounds each GEMV input to
+    # int8 blocks and PyTorch does not (~1e-3 of a logit), so lower beams whose scores nearly tie
+    # may swap places; the best one must not.
+    compared = len(beams) if method == "fp32" else 1
+    for (tokens, score), (expected_tokens, expected) in list(
+        zip(beams, fallback_beams, strict=True)
+    )[:compared]:
+        assert tokens == expected_tokens
+        assert score == pytest.approx(expected, rel=1e-4 if method == "fp32" else 1e-2)
+    assert _speculate(model, draft) == speculated
+    assert calls == []  # PyTorch throughout
+    assert len(served[0]) == 12 and speculated[1] > 0
+
+
+def test_forced_avx2_batch_and_prefill_give_the_same_tokens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _library_or_skip()
+    model = quantize_for_cpu(_random_model("small"), "q4")
+    served, beams = _serve(model), _beams(model)
+    monkeypatch.setattr(loader, "_library", None)
+    monkeypatch.setattr(loader, "_load_attempted", False)
+    monkeypatch.setattr(loader, "_failure", None)
+    monkeypatch.setenv(loader.ENV_ISA, "avx2")
+    library = loader.load_library()
+    assert library is not None, loader.unavailable_reason()
+    assert library.sl_isa_mask() == 1 | 2 | 4  # AVX2, FMA, F16C; no AVX-512 instructions
+    calls = _count_forwards(monkeypatch)
+    assert _serve(model) == served
+    assert [tokens for tokens, _ in _beams(model)] == [tokens for tokens, _ in beams]
+    assert calls
+
+
+@torch.inference_mode()
+def test_long_prompts_prefill_through_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past KERNEL_PREFILL_MAX_TOKENS the prefill is the model's forward (PyTorch's GEMM is faster
+    per core there); up to it, the kernel's."""
+    _library_or_skip()
+    model, _ = _models("akane-124m", {"context_length": 192}, "fp32")
+    calls: list[int] = []
+    original = FastDecoder.forward
+
+    def counting(self: FastDecoder, tokens: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(len(tokens))
+        return original(self, tokens, *args, **kwargs)
+
+    monkeypatch.setattr(FastDecoder, "forward", counting)
+    limit = decode_module.KERNEL_PREFILL_MAX_TOKENS["f32"]
+    Decoder(model, KVCache.for_model(model.config, 1, 192)).prefill(list(range(limit)))
+    assert calls == [limit]
+    Decoder(model, KVCache.for_model(model.config, 1, 192)).prefill(list(range(limit + 1)))
+    assert calls == [limit]
