@@ -20,7 +20,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
@@ -36,6 +38,14 @@ class LevelResult:
     errors: int = 0
     first_token: list[float] = field(default_factory=list)
     inter_token: list[float] = field(default_factory=list)
+    # completion_tokens of each finished request, as the server's usage reports them
+    token_counts: list[int] = field(default_factory=list)
+    error_messages: list[str] = field(default_factory=list)  # the first few, to say what failed
+
+    def fail(self, message: str) -> None:
+        self.errors += 1
+        if len(self.error_messages) < 5:
+            self.error_messages.append(message[:300])
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -45,67 +55,92 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+async def sse_lines(response: httpx.Response) -> AsyncIterator[str]:
+    """The response's lines, split only where server-sent events end a line (\\n, \\r\\n). Not
+    httpx's aiter_lines: it splits like str.splitlines, also at U+0085 or U+2028, which a
+    server may send unescaped inside a JSON string (llama-server does; sampled text has them)."""
+    buffer = b""
+    async for chunk in response.aiter_bytes():
+        *lines, buffer = (buffer + chunk).split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r").decode("utf-8", errors="replace")
+    if buffer:
+        yield buffer.rstrip(b"\r").decode("utf-8", errors="replace")
+
+
 async def one_request(
     client: httpx.AsyncClient, url: str, body: dict[str, object], result: LevelResult
 ) -> None:
-    started = time.perf_counter()
-    last: float | None = None
-    gaps: list[float] = []
-    first: float | None = None
-    tokens = 0
-    try:
-        async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
-            if response.status_code != 200:
-                await response.aread()
-                result.errors += 1
-                return
-            async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                payload = json.loads(line[len("data: ") :])
-                if "error" in payload:
-                    result.errors += 1
+    """Send one streaming request and read it to the end into `result`. A request whose kept-alive
+    connection the server had already closed (no response began: llama-server's HTTP library
+    closes a connection after 100 requests) is sent once more on a new one, as the openai client
+    does; the time counts from that second try."""
+    for attempt in range(2):
+        started = time.perf_counter()
+        last: float | None = None
+        gaps: list[float] = []
+        first: float | None = None
+        tokens = 0
+        responded = False
+        try:
+            async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
+                responded = True
+                if response.status_code != 200:
+                    await response.aread()
+                    result.fail(f"HTTP {response.status_code}: {response.text}")
                     return
-                now = time.perf_counter()
-                if payload.get("choices") and payload["choices"][0].get("text"):
-                    if first is None:
-                        first = now - started
-                    elif last is not None:
-                        gaps.append(now - last)
-                    last = now
-                if payload.get("usage"):
-                    tokens = int(payload["usage"]["completion_tokens"])
-    except httpx.HTTPError:
-        result.errors += 1
-        return
+                async for line in sse_lines(response):
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    payload = json.loads(line[len("data: ") :])
+                    if "error" in payload:
+                        result.fail(f"error event: {payload['error']}")
+                        return
+                    now = time.perf_counter()
+                    if payload.get("choices") and payload["choices"][0].get("text"):
+                        if first is None:
+                            first = now - started
+                        elif last is not None:
+                            gaps.append(now - last)
+                        last = now
+                    if payload.get("usage"):
+                        tokens = int(payload["usage"]["completion_tokens"])
+        except httpx.HTTPError as error:
+            stale = isinstance(error, (httpx.RemoteProtocolError, httpx.ConnectError))
+            if stale and not responded and attempt == 0:
+                continue
+            result.fail(f"{type(error).__name__}: {error}")
+            return
+        break
     result.requests += 1
     result.tokens += tokens
+    result.token_counts.append(tokens)
     if first is not None:
         result.first_token.append(first)
     result.inter_token.extend(gaps)
 
 
-async def run_level(
-    url: str, clients: int, seconds: float, args: argparse.Namespace
+async def run_clients(
+    url: str,
+    clients: int,
+    seconds: float,
+    make_body: Callable[[], dict[str, object]],
+    *,
+    api_key: str | None = None,
+    request_timeout: float = 120.0,
 ) -> LevelResult:
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    body: dict[str, object] = {
-        "prompt": args.prompt,
-        "max_tokens": args.max_tokens,
-        "temperature": 1.0,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
+    """`clients` workers, each sending `make_body()` (a new body per request) to
+    `url`/v1/completions back to back until `seconds` are up; requests in flight then finish and
+    count, so `result.seconds` is the wall time until the last one ended."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     result = LevelResult(clients, seconds)
     limits = httpx.Limits(max_connections=clients + 4)
-    async with httpx.AsyncClient(
-        timeout=args.request_timeout, headers=headers, limits=limits
-    ) as client:
+    async with httpx.AsyncClient(timeout=request_timeout, headers=headers, limits=limits) as client:
         deadline = time.perf_counter() + seconds
 
         async def worker() -> None:
             while time.perf_counter() < deadline:
-                await one_request(client, url, body, result)
+                await one_request(client, url, make_body(), result)
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
@@ -113,12 +148,106 @@ async def run_level(
     return result
 
 
-def start_server(
-    checkpoint: str, max_batch: int, device: str
-) -> tuple[subprocess.Popen[bytes], str]:
+async def run_level(
+    url: str, clients: int, seconds: float, args: argparse.Namespace
+) -> LevelResult:
+    """One level with this script's request: args.prompt, args.max_tokens, temperature 1."""
+    body: dict[str, object] = {
+        "prompt": args.prompt,
+        "max_tokens": args.max_tokens,
+        "temperature": 1.0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    return await run_clients(
+        url,
+        clients,
+        seconds,
+        lambda: body,
+        api_key=args.api_key,
+        request_timeout=args.request_timeout,
+    )
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on now (the server binds it a moment later)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return int(probe.getsockname()[1])
+
+
+def last_lines(log: Path | None, count: int = 5) -> str:
+    if log is None or not log.exists():
+        return ""
+    lines = log.read_text(errors="replace").strip().splitlines()
+    return " | ".join(lines[-count:])
+
+
+def wait_until_healthy(
+    process: subprocess.Popen[bytes], url: str, timeout: float, log: Path | None = None
+) -> None:
+    """Poll `url`/health until it answers 200 (both scratchlm and llama-server answer 503 or
+    refuse while loading); stop the process and exit with its log's tail if it does not."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with code {process.returncode}: {last_lines(log)}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    stop_server(process)
+    raise SystemExit(f"the server did not come up within {timeout:.0f} s: {last_lines(log)}")
+
+
+def launch(
+    command: Sequence[str],
+    port: int,
+    *,
+    environment: dict[str, str] | None = None,
+    log: Path | None = None,
+    timeout: float = 120.0,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a server process listening on 127.0.0.1:`port` and wait until it is healthy; its
+    output goes to `log` (or nowhere)."""
+    if log is None:
+        process = subprocess.Popen(
+            list(command), env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    else:
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                list(command), env=environment, stdout=out, stderr=subprocess.STDOUT
+            )
+    url = f"http://127.0.0.1:{port}"
+    wait_until_healthy(process, url, timeout, log)
+    return process, url
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def start_server(
+    checkpoint: str,
+    max_batch: int,
+    device: str,
+    extra: Sequence[str] = (),
+    *,
+    environment: dict[str, str] | None = None,
+    log: Path | None = None,
+    timeout: float = 120.0,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`scratchlm serve` on `checkpoint` (plus `extra` flags) on a free loopback port, without
+    an API key; returns the process and its URL once /health answers."""
+    port = free_port()
     command = [
         sys.executable,
         "-c",
@@ -133,24 +262,11 @@ def start_server(
         "1024",
         "--device",
         device,
+        *extra,
     ]
-    environment = {key: value for key, value in os.environ.items() if key != "SCRATCHLM_API_KEY"}
-    process = subprocess.Popen(
-        command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited with code {process.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    process.terminate()
-    raise SystemExit("the server did not come up within 120 s")
+    base = os.environ if environment is None else environment
+    without_key = {key: value for key, value in base.items() if key != "SCRATCHLM_API_KEY"}
+    return launch(command, port, environment=without_key, log=log, timeout=timeout)
 
 
 def report(result: LevelResult) -> str:
@@ -200,8 +316,7 @@ def main() -> None:
             print(report(result), flush=True)
     finally:
         if process is not None:
-            process.terminate()
-            process.wait(timeout=30)
+            stop_server(process)
 
 
 if __name__ == "__main__":

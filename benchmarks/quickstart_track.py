@@ -1,0 +1,194 @@
+"""The quickstart track (issue 21, docs/speedrun.md): one quickstart recipe at fixed step budgets,
+then the story measures: character coherence of the base model, story question answering of the
+chat model, and the base model's held-out bits per byte.
+
+Step budgets rather than a clock, so that a change is measured the same on a busy machine; the
+step counts of the five-minute quickstart on an idle 2-core machine are the defaults (pretraining
+~500 steps of 16 x 256 tokens, chat 80 steps). A change that costs time per step is compared at
+the steps the same minutes buy (`benchmarks/train_throughput.py` measures the ratio).
+
+    .venv/bin/python benchmarks/quickstart_track.py --out /tmp/track/base
+    .venv/bin/python benchmarks/quickstart_track.py --out /tmp/track/doc512 \\
+        --set context_length=512 --batch-size 8 --windows document
+    .venv/bin/python benchmarks/quickstart_track.py --out /tmp/track/qa --base /tmp/track/doc512 \\
+        --qa-examples 3000
+
+`--base DIR` reuses a pretraining run (only the chat stage and the measures run). Results go to
+OUT/track.json and one summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scratchlm.checkpoint import load_checkpoint
+from scratchlm.data.stories.corpus import generate_stories
+from scratchlm.data.stories.instructions import generate_instruction_examples
+from scratchlm.evaluation.perplexity import evaluate_text
+from scratchlm.evaluation.stories import character_coherence, story_question_answering
+from scratchlm.finetune.tasks import story_qa_examples
+from scratchlm.finetune.trainer import FinetuneTrainer
+from scratchlm.io_utils import atomic_write_text
+from scratchlm.training.run_config import TrainConfig
+from scratchlm.training.trainer import Trainer
+
+# Held-out text for bits per byte: stories from a seed no quickstart corpus uses (the corpus is
+# seed 0), the same for every recipe (the tokenizers differ, bytes do not).
+HELDOUT_TEXT_SEED = 9_001
+HELDOUT_STORIES = 300
+
+
+def qa_records(count: int, seed: int) -> list[dict[str, str]]:
+    """Story questions on train-split plans (never a held-out one), answered in one short line."""
+    records: list[dict[str, str]] = []
+    if count == 0:
+        return records
+    for example in story_qa_examples("train", count, seed):
+        answer = example.question.answer
+        records.append(
+            {"instruction": example.problem.prompt, "output": answer[0].upper() + answer[1:] + "."}
+        )
+    return records
+
+
+def pretrain(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    config = TrainConfig(
+        preset=args.preset,
+        set=list(args.set),
+        data=f"synthetic:{args.corpus_mb}",
+        tokenizer="bpe",
+        vocab_size=args.vocab_size,
+        tokenizer_sample_chars=5_000_000,
+        val_fraction=0.02,
+        out=str(out),
+        seed=args.seed,
+        batch_size=args.batch_size,
+        windows=args.windows,
+        lr=args.lr,
+        eval_every=10_000,
+        eval_tokens=32768,
+        save_every=10_000,
+        sample_tokens=0,
+        warmup_steps=50,
+        max_steps=args.pretrain_steps,
+        threads=args.threads,
+        quiet=True,
+    )
+    started = time.perf_counter()
+    result = Trainer(config).run()
+    return {
+        "pretrain_steps": result.steps,
+        "pretrain_tokens": result.tokens,
+        "pretrain_s": round(time.perf_counter() - started, 1),
+        "val_loss": result.best_val_loss,
+    }
+
+
+def chat_stage(args: argparse.Namespace, base: Path, out: Path) -> dict[str, Any]:
+    records = list(generate_instruction_examples(args.instructions, seed=args.seed))
+    records += qa_records(args.qa_examples, args.seed)
+    random.Random(args.seed).shuffle(records)
+    data = out / "chat_data.jsonl"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(data, "".join(json.dumps(record) + "\n" for record in records))
+    started = time.perf_counter()
+    result = FinetuneTrainer(
+        TrainConfig(
+            data=str(data),
+            out=str(out / "chat"),
+            seed=args.seed,
+            lr=args.chat_lr,
+            warmup_steps=10,
+            eval_every=10_000,
+            save_every=10_000,
+            sample_tokens=0,
+            val_fraction=0.05,
+            max_steps=args.chat_steps,
+            threads=args.threads,
+            quiet=True,
+        ),
+        base=str(base),
+    ).run()
+    return {
+        "chat_steps": result.steps,
+        "chat_s": round(time.perf_counter() - started, 1),
+        "chat_val_loss": result.best_val_loss,
+    }
+
+
+def measure(args: argparse.Namespace, base: Path, chat: Path) -> dict[str, Any]:
+    device = torch.device("cpu")
+    loaded = load_checkpoint(base, device)
+    base_model, tokenizer = loaded.model, loaded.tokenizer
+    heldout = list(generate_stories(HELDOUT_STORIES, seed=HELDOUT_TEXT_SEED))
+    bits = evaluate_text(base_model, tokenizer, heldout, device=device)
+    coherence = character_coherence(base_model, tokenizer, samples=args.samples, seed=0)
+    chat_loaded = load_checkpoint(chat, device)
+    chat_model, chat_tokenizer = chat_loaded.model, chat_loaded.tokenizer
+    qa = story_question_answering(chat_model, chat_tokenizer, count=args.questions)
+    coherence_row = coherence.as_dict()
+    return {
+        "bits_per_byte": bits.bits_per_byte,
+        "coherence": coherence_row["value"],
+        "distinct_names": coherence.mean_distinct_names,
+        "corpus_distinct_names": coherence.corpus_mean_distinct_names,
+        "pronoun_agreement": coherence_row.get("pronoun_agreement"),
+        "story_qa": qa.accuracy,
+        "story_qa_did_not_fit": qa.did_not_fit,
+        "story_qa_by_kind": qa.by_kind(),
+        "story_qa_replies": qa.as_dict()["replies"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--base", type=Path, help="reuse this pretraining run (skip pretraining)")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--set", action="append", default=[], help="model override FIELD=VALUE")
+    parser.add_argument("--vocab-size", type=int, default=2048)
+    parser.add_argument("--corpus-mb", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--windows", default="any", choices=("any", "document"))
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--pretrain-steps", type=int, default=500)
+    parser.add_argument("--chat-steps", type=int, default=80)
+    parser.add_argument("--chat-lr", type=float, default=1e-3)
+    parser.add_argument("--instructions", type=int, default=3000)
+    parser.add_argument("--qa-examples", type=int, default=0, help="story questions in chat data")
+    parser.add_argument("--samples", type=int, default=32, help="stories for coherence")
+    parser.add_argument("--questions", type=int, default=200, help="held-out story questions")
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    row: dict[str, Any] = {"recipe": {k: str(v) for k, v in vars(args).items()}}
+    base = args.base
+    if base is None:
+        base = args.out / "base"
+        row.update(pretrain(args, base))
+    if not (args.out / "chat" / "latest").exists():  # a finished chat stage is measured again
+        row.update(chat_stage(args, base, args.out))
+    row.update(measure(args, base, args.out / "chat"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "track.json", json.dumps(row, indent=2) + "\n")
+    print(
+        f"{args.out.name}: bits/byte {row['bits_per_byte']:.4f}, coherence "
+        f"{row['coherence']:.2f} ({row['distinct_names']:.2f} vs {row['corpus_distinct_names']:.2f} "
+        f"names), pronouns {row['pronoun_agreement']}, story QA {row['story_qa']:.3f} "
+        f"({row['story_qa_did_not_fit']} did not fit)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
