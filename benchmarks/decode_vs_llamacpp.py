@@ -71,6 +71,22 @@ def linear_weights(model: GPT) -> int:
     return total
 
 
+def benchmark_checkpoint(work: Path, given: str | None, preset: str) -> tuple[Path, str]:
+    """A copy of the checkpoint `given` (a run or checkpoint directory) in `work`, or a `preset`
+    with random weights (speed does not depend on the weights), and its name for the report."""
+    if given:
+        source = resolve_checkpoint(given)
+        checkpoint = work / "ckpt"
+        shutil.copytree(source, checkpoint)
+        return checkpoint, f"{source} (trained)"
+    tokenizer = train_bpe(["Once upon a time there was a little cat. " * 200], 4000)
+    torch.manual_seed(0)
+    config = preset_config(preset, vocab_size=tokenizer.vocab_size)
+    return save_checkpoint(work / "ckpt", build_model(config).eval(), tokenizer), (
+        f"{preset} (random weights)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -93,17 +109,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="scratchlm-bench-"))
-    if args.checkpoint:
-        source = resolve_checkpoint(args.checkpoint)
-        checkpoint = work / "ckpt"
-        shutil.copytree(source, checkpoint)
-        name = f"{source} (trained)"
-    else:
-        tokenizer = train_bpe(["Once upon a time there was a little cat. " * 200], 4000)
-        torch.manual_seed(0)
-        config = preset_config(args.preset, vocab_size=tokenizer.vocab_size)
-        checkpoint = save_checkpoint(work / "ckpt", build_model(config).eval(), tokenizer)
-        name = f"{args.preset} (random weights)"
+    checkpoint, name = benchmark_checkpoint(work, args.checkpoint, args.preset)
     precisions = args.precisions.split(",")
     ours = {
         method: load_for_inference(str(checkpoint), "cpu", method, verify=False)[0].model.eval()

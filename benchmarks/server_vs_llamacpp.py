@@ -44,7 +44,7 @@ from typing import Any
 
 import httpx
 
-from decode_vs_llamacpp import PAIRS
+from decode_vs_llamacpp import PAIRS, benchmark_checkpoint
 from scratchlm.errors import ScratchLMError
 from server_load import (
     LevelResult,
@@ -294,27 +294,10 @@ def prepare_checkpoint(args: argparse.Namespace, work: Path) -> Prepared:
     """The checkpoint both servers read (and what the requests need to know of it), our packed
     weights for each --quantize written beside it (so no start-up of ours packs them while a
     level runs), and one GGUF per precision from our exporter."""
-    import torch
-
-    from scratchlm.checkpoint import resolve_checkpoint, save_checkpoint
-    from scratchlm.config import preset_config
     from scratchlm.export.gguf import export_gguf
     from scratchlm.inference.load import load_for_inference
-    from scratchlm.model import build_model
-    from scratchlm.tokenizer import train_bpe
 
-    if args.checkpoint:
-        source = resolve_checkpoint(args.checkpoint)
-        checkpoint = work / "ckpt"
-        shutil.copytree(source, checkpoint)
-        name = f"{source} (trained)"
-    else:
-        # as benchmarks/decode_vs_llamacpp.py: speed does not depend on the weights
-        tokenizer = train_bpe(["Once upon a time there was a little cat. " * 200], 4000)
-        torch.manual_seed(0)
-        config = preset_config(args.preset, vocab_size=tokenizer.vocab_size)
-        checkpoint = save_checkpoint(work / "ckpt", build_model(config).eval(), tokenizer)
-        name = f"{args.preset} (random weights)"
+    checkpoint, name = benchmark_checkpoint(work, args.checkpoint, args.preset)
     prepared = None
     for quantize in args.quantize:
         loaded, _ = load_for_inference(str(checkpoint), "cpu", quantize, verify=False)

@@ -1107,41 +1107,26 @@ constexpr int tile_tokens() {
 #endif
 }
 
-// out[i * T + t] = dot(row r + i of W, input t) for i < R, t < T; fp32 weights.
-template <int R, int T>
-inline void f32_tile(const Mat& W, int64_t r, int64_t K, const Input* in, float* out) {
-  const float* w = static_cast<const float*>(W.w) + r * K;
-  int64_t k = 0;
+// How a float-format tile reads its weights: 8 values widened to fp32 (AVX2) and one value.
+struct F32Weights {
+  using Value = float;
 #if defined(__AVX2__)
-  __m256 acc[R][T];
-  for (int i = 0; i < R; ++i) {
-    for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
-  }
-  for (; k + 8 <= K; k += 8) {
-    __m256 xv[T];
-    for (int t = 0; t < T; ++t) xv[t] = _mm256_loadu_ps(in[t].x + k);
-    for (int i = 0; i < R; ++i) {
-      const __m256 wv = _mm256_loadu_ps(w + i * K + k);
-      for (int t = 0; t < T; ++t) acc[i][t] = _mm256_fmadd_ps(wv, xv[t], acc[i][t]);
-    }
-  }
-  for (int i = 0; i < R; ++i) {
-    for (int t = 0; t < T; ++t) out[i * T + t] = hsum256(acc[i][t]);
-  }
-#else
-  for (int i = 0; i < R * T; ++i) out[i] = 0.0f;
+  static __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 #endif
-  for (int i = 0; i < R; ++i) {
-    for (int t = 0; t < T; ++t) {
-      for (int64_t j = k; j < K; ++j) out[i * T + t] += w[i * K + j] * in[t].x[j];
-    }
-  }
-}
+  static float scalar(float v) { return v; }
+};
+struct BF16Weights {
+  using Value = uint16_t;
+#if defined(__AVX2__)
+  static __m256 load8(const uint16_t* p) { return load_bf16(p); }
+#endif
+  static float scalar(uint16_t v) { return bf16_to_fp32(v); }
+};
 
-// The same for bf16 weights (widened in registers).
-template <int R, int T>
-inline void bf16_tile(const Mat& W, int64_t r, int64_t K, const Input* in, float* out) {
-  const uint16_t* w = static_cast<const uint16_t*>(W.w) + r * K;
+// out[i * T + t] = dot(row r + i of W, input t) for i < R, t < T; fp32 or bf16 weights (`Load`).
+template <int R, int T, typename Load>
+inline void float_tile(const Mat& W, int64_t r, int64_t K, const Input* in, float* out) {
+  const typename Load::Value* w = static_cast<const typename Load::Value*>(W.w) + r * K;
   int64_t k = 0;
 #if defined(__AVX2__)
   __m256 acc[R][T];
@@ -1152,7 +1137,7 @@ inline void bf16_tile(const Mat& W, int64_t r, int64_t K, const Input* in, float
     __m256 xv[T];
     for (int t = 0; t < T; ++t) xv[t] = _mm256_loadu_ps(in[t].x + k);
     for (int i = 0; i < R; ++i) {
-      const __m256 wv = load_bf16(w + i * K + k);
+      const __m256 wv = Load::load8(w + i * K + k);
       for (int t = 0; t < T; ++t) acc[i][t] = _mm256_fmadd_ps(wv, xv[t], acc[i][t]);
     }
   }
@@ -1164,7 +1149,7 @@ inline void bf16_tile(const Mat& W, int64_t r, int64_t K, const Input* in, float
 #endif
   for (int i = 0; i < R; ++i) {
     for (int t = 0; t < T; ++t) {
-      for (int64_t j = k; j < K; ++j) out[i * T + t] += bf16_to_fp32(w[i * K + j]) * in[t].x[j];
+      for (int64_t j = k; j < K; ++j) out[i * T + t] += Load::scalar(w[i * K + j]) * in[t].x[j];
     }
   }
 }
@@ -1292,9 +1277,9 @@ inline void q_tile(const Mat& W, int64_t r, int64_t K, const Input* in, float* o
 template <typename Fmt, int R, int T>
 inline void format_tile(const Mat& W, int64_t r, int64_t K, const Input* in, float* out) {
   if constexpr (std::is_same_v<Fmt, F32Format>) {
-    f32_tile<R, T>(W, r, K, in, out);
+    float_tile<R, T, F32Weights>(W, r, K, in, out);
   } else if constexpr (std::is_same_v<Fmt, Bf16Format>) {
-    bf16_tile<R, T>(W, r, K, in, out);
+    float_tile<R, T, BF16Weights>(W, r, K, in, out);
   } else if constexpr (std::is_same_v<Fmt, QFormat<kQ8>>) {
     q_tile<kQ8, R, T>(W, r, K, in, out);
   } else {
