@@ -248,7 +248,7 @@ def _quantize_inputs_like_the_kernel(model: GPT) -> None:
 ARCHITECTURES = [
     ("llama-42m", {}),
     ("akane-124m", {}),
-    ("small", {"mlp": "relu2", "tie_embeddings": False}),
+    ("small", {"mlp": "relu2", "tie_embeddings": False, "qk_norm": False}),
     ("llama-42m", {"d_model": 36, "ffn_hidden": 52, "n_head": 6, "n_kv_head": 2}),  # padded rows
 ]
 
