@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import torch
-from torch import nn
 
 from scratchlm.inference import decode as decode_module
 from scratchlm.inference.batch import BatchDecoder, GenerationRequest
@@ -24,13 +23,13 @@ from scratchlm.inference.decode import Decoder
 from scratchlm.inference.kernels import decoder as kernel_decoder
 from scratchlm.inference.kernels import loader
 from scratchlm.inference.kernels.decoder import FastDecoder
-from scratchlm.inference.kernels.quant import BLOCK, model_linears
 from scratchlm.inference.quantize import quantize_for_cpu
 from scratchlm.inference.settings import GREEDY
 from scratchlm.inference.speculative import SpeculativeStats, speculative_generate
 from scratchlm.kv_cache import KVCache
 from scratchlm.model import GPT, build_model
 from tests.conftest import tiny_config
+from tests.inference.test_quantized_decode import _quantize_inputs_like_the_kernel
 
 
 def _library_or_skip() -> None:
@@ -46,23 +45,6 @@ def _random_model(preset: str, **overrides: object) -> GPT:
     return build_model(tiny_config(preset, init_std=0.2, **overrides)).eval()
 
 
-def _round_inputs_like_the_kernel(model: GPT) -> None:
-    """Forward pre-hooks that round every linear layer's input as the kernel does for q8/q4 (per
-    32-value block, d = amax / 127, x -> round(x / d) * d), so the model's forward computes what
-    the kernel computes up to fp32 summation order."""
-
-    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
-        x = inputs[0]
-        columns = x.shape[-1]
-        blocks = nn.functional.pad(x, (0, -columns % BLOCK)).unflatten(-1, (-1, BLOCK))
-        d = blocks.abs().amax(dim=-1, keepdim=True) / 127
-        inverse = torch.where(d > 0, 1 / d, torch.zeros_like(d))
-        return ((torch.round(blocks * inverse) * d).flatten(-2)[..., :columns],)
-
-    for _, linear in model_linears(model):
-        linear.register_forward_pre_hook(hook)
-
-
 def _models(preset: str, overrides: dict[str, object], method: str) -> tuple[GPT, GPT]:
     """The model the kernels run (its weights in `method`) and a reference that computes the same
     numbers with PyTorch (the same dequantized weights; q8/q4 inputs rounded as the kernel's)."""
@@ -72,7 +54,7 @@ def _models(preset: str, overrides: dict[str, object], method: str) -> tuple[GPT
     model = quantize_for_cpu(_random_model(preset, **overrides), method)
     reference = quantize_for_cpu(_random_model(preset, **overrides), method)
     if method in ("q8", "q4"):
-        _round_inputs_like_the_kernel(reference)
+        _quantize_inputs_like_the_kernel(reference)
     return model, reference
 
 

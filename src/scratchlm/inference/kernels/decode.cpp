@@ -335,6 +335,24 @@ inline float fp16_to_fp32(uint16_t h) {
 #endif
 }
 
+// The integer dot of one q8/q4 weight block with 32 int8 input codes (the portable fallback).
+template <int kType>
+inline int32_t q_block_dot(const uint8_t* block, const int8_t* q) {
+  int32_t total = 0;
+  for (int64_t j = 0; j < kQBlock; ++j) {
+    int32_t code;
+    if (kType == kQ8) {
+      code = static_cast<int8_t>(block[j]);
+    } else {
+      const uint8_t byte = block[j % 16];
+      code = (j < 16 ? byte & 0x0F : byte >> 4) - 8;
+    }
+    total += code * q[j];
+  }
+  return total;
+}
+
+
 inline float bf16_to_fp32(uint16_t h) {
   const uint32_t bits = static_cast<uint32_t>(h) << 16;
   float value;
@@ -511,17 +529,7 @@ struct QFormat {
       float sum = 0.0f;
       for (b = 0; b < blocks; ++b) {
         const uint8_t* block = w + (b * R + i) * kBlockBytes;
-        int32_t total = 0;
-        for (int64_t j = 0; j < kQBlock; ++j) {
-          int32_t code;
-          if (kType == kQ8) {
-            code = static_cast<int8_t>(block[j]);
-          } else {
-            const uint8_t byte = block[j % 16];
-            code = (j < 16 ? byte & 0x0F : byte >> 4) - 8;
-          }
-          total += code * in.q[b * kQBlock + j];
-        }
+        const int32_t total = q_block_dot<kType>(block, in.q + b * kQBlock);
         sum += fp16_to_fp32(s[i * blocks + b]) * in.d[b] * static_cast<float>(total);
       }
       out[i] = sum + offset[i];
@@ -1254,17 +1262,7 @@ inline void q_tile(const Mat& W, int64_t r, int64_t K, const Input* in, float* o
       float sum = 0.0f;
       for (int64_t b = 0; b < blocks; ++b) {
         const uint8_t* block = w + (b * R + i) * kBlockBytes;
-        int32_t total = 0;
-        for (int64_t j = 0; j < kQBlock; ++j) {
-          int32_t code;
-          if (kType == kQ8) {
-            code = static_cast<int8_t>(block[j]);
-          } else {
-            const uint8_t byte = block[j % 16];
-            code = (j < 16 ? byte & 0x0F : byte >> 4) - 8;
-          }
-          total += code * in[t].q[b * kQBlock + j];
-        }
+        const int32_t total = q_block_dot<kType>(block, in[t].q + b * kQBlock);
         sum += fp16_to_fp32(s[i * blocks + b]) * in[t].d[b] * static_cast<float>(total);
       }
       out[i * T + t] = sum + offset[i][t];
