@@ -321,19 +321,9 @@ def start(
     slots = max(args.clients)
     log = work / f"{server}-{quantize}.log"
     if server == "ours":
-        # `scratchlm serve` has no --threads: PyTorch and our kernels take OMP_NUM_THREADS (in
-        # every thread, the scheduler's included).
-        environment = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        environment["MKL_NUM_THREADS"] = str(args.threads)
-        extra = ["--quantize", quantize, "--skip-checksums"]
+        extra = ["--quantize", quantize, "--skip-checksums", "--threads", str(args.threads)]
         return start_server(
-            str(checkpoint),
-            slots,
-            "cpu",
-            extra,
-            environment=environment,
-            log=log,
-            timeout=STARTUP_TIMEOUT_S,
+            str(checkpoint), slots, "cpu", extra, log=log, timeout=STARTUP_TIMEOUT_S
         )
     port = free_port()
     command = [

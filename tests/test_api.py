@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import subprocess
 import sys
@@ -150,3 +151,21 @@ def test_the_model_object_is_the_engine_the_template_and_the_evaluation(checkpoi
     assert lm.score(text) == (result.loss, result.bits_per_byte)
     with pytest.raises(ScratchLMError, match="non-empty"):
         lm.score("")
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "1000"), ("5", "5")])
+def test_import_sets_a_short_openmp_spin_unless_the_user_set_one(
+    given: str | None, expected: str
+) -> None:
+    """Importing scratchlm (before torch) shortens libgomp's spin-wait; a user's value wins."""
+    environment = {key: value for key, value in os.environ.items() if key != "GOMP_SPINCOUNT"}
+    if given is not None:
+        environment["GOMP_SPINCOUNT"] = given
+    shown = subprocess.run(
+        [sys.executable, "-c", "import os, scratchlm; print(os.environ['GOMP_SPINCOUNT'])"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert shown == expected

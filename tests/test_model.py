@@ -157,6 +157,27 @@ def test_explicit_per_row_positions_match_separate_runs() -> None:
     torch.testing.assert_close(together[1, :6], alone_second[0], atol=1e-5, rtol=1e-4)
 
 
+def test_cache_row_copy_and_swap_move_the_filled_prefix() -> None:
+    cache = KVCache(2, 3, 2, 8, 4)
+    cache.keys.normal_()
+    cache.values.normal_()
+    cache.lengths[:] = torch.tensor([5, 3, 7])
+    keys, values = cache.keys.clone(), cache.values.clone()
+    cache.copy_row(2, 0, filled=5)
+    torch.testing.assert_close(cache.keys[:, 0, :, :5], keys[:, 2, :, :5])
+    torch.testing.assert_close(cache.values[:, 0, :, :5], values[:, 2, :, :5])
+    torch.testing.assert_close(cache.keys[:, 0, :, 5:], keys[:, 0, :, 5:])  # untouched past it
+    assert cache.lengths.tolist() == [7, 3, 7]
+    keys, values = cache.keys.clone(), cache.values.clone()
+    cache.swap_rows(0, 1, filled=6)
+    torch.testing.assert_close(cache.keys[:, 0, :, :6], keys[:, 1, :, :6])
+    torch.testing.assert_close(cache.keys[:, 1, :, :6], keys[:, 0, :, :6])
+    torch.testing.assert_close(cache.values[:, 1, :, :6], values[:, 0, :, :6])
+    assert cache.lengths.tolist() == [3, 7, 7]
+    cache.copy_row(1, 2)  # no `filled`: the whole row
+    torch.testing.assert_close(cache.keys[:, 2], cache.keys[:, 1])
+
+
 def test_meta_build_then_init_is_deterministic_and_ties_weights() -> None:
     config = tiny_config("tiny")
     torch.manual_seed(3)

@@ -118,10 +118,23 @@ class KVCache:
         view.length = 0
         return view
 
-    def copy_row(self, source: int, target: int) -> None:
-        self.keys[:, target] = self.keys[:, source]
-        self.values[:, target] = self.values[:, source]
+    def copy_row(self, source: int, target: int, filled: int | None = None) -> None:
+        """Row `target` becomes a copy of row `source`; `filled`: only its first positions are
+        copied (the rest is never read: attention stops at a row's own position), so compacting
+        a batch costs the rows' lengths, not the context length."""
+        stop = self.max_len if filled is None else filled
+        self.keys[:, target, :, :stop] = self.keys[:, source, :, :stop]
+        self.values[:, target, :, :stop] = self.values[:, source, :, :stop]
         self.lengths[target] = self.lengths[source]
+
+    def swap_rows(self, first: int, second: int, filled: int | None = None) -> None:
+        """Exchange two rows (their first `filled` positions, as copy_row)."""
+        stop = self.max_len if filled is None else filled
+        for tensor in (self.keys, self.values):
+            saved = tensor[:, first, :, :stop].clone()
+            tensor[:, first, :, :stop] = tensor[:, second, :, :stop]
+            tensor[:, second, :, :stop] = saved
+        self.lengths[[first, second]] = self.lengths[[second, first]]
 
     def reorder_rows(self, order: torch.Tensor) -> None:
         """Row i becomes old row order[i] (beam search keeps the surviving beams' histories)."""

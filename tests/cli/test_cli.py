@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from scratchlm.checkpoint import save_checkpoint
 from scratchlm.cli import main
 from scratchlm.data.stories.corpus import generate_stories
 from scratchlm.model import build_model
 from scratchlm.tokenizer import Tokenizer
+from tests.cli.test_conventions import PARSERS
 from tests.conftest import tiny_config
 
 COMMANDS = [
@@ -225,6 +227,15 @@ BAD_INPUTS = {
         "--out",
         str(tmp / "d"),
     ],
+    "zero threads": lambda tmp, ckpt: [
+        "generate",
+        "--checkpoint",
+        str(ckpt),
+        "--prompt",
+        "x",
+        "--threads",
+        "0",
+    ],
     "bad config file": lambda tmp, ckpt: [
         "train",
         "--config",
@@ -253,6 +264,24 @@ def test_bad_input_is_one_line_exit_2(
     assert "Traceback" not in captured.err
     # nothing half-written: no run or data directory with partial contents
     assert not (bad / "run" / "checkpoints").exists() and not (bad / "d").exists()
+
+
+def test_threads_flag_sets_torch_threads(
+    checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--threads on the inference commands sets PyTorch's process-wide thread count (which the
+    kernels and the server's scheduler thread read) before the command's work."""
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    command = ["generate", "--checkpoint", str(checkpoint), "--prompt", "a", "--max-new-tokens"]
+    try:
+        assert main([*command, "2", "--threads", str(wanted)]) == 0
+        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)
+    capsys.readouterr()
+    for name in ("generate", "chat", "serve", "bench", "eval"):
+        assert "--threads" in PARSERS[name].format_help(), name
 
 
 def test_bad_input_through_a_real_process(tmp_path: Path) -> None:

@@ -580,3 +580,16 @@ def test_fuzzed_bodies_never_give_500(
         several = isinstance(prompt, list) and prompt and not isinstance(prompt[0], int)
         prompts = len(prompt) if several else 1
         assert len(response.json()["choices"]) == body.get("n", 1) * prompts
+
+
+def test_connections_send_without_nagle_delay(server: RunningServer) -> None:
+    """Every accepted connection has TCP_NODELAY: streamed chunks are small writes, and with
+    Nagle's algorithm each waited for the client's (delayed, up to 40 ms) ACK of the one before
+    on a kept-alive connection."""
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        assert client.get("/health").status_code == 200  # the connection stays open (keep-alive)
+        connections = list(server.server.server_state.connections)
+        assert connections
+        for protocol in connections:
+            sock = protocol.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from scratchlm.cli import chat, dpo, evaluate, export, generate, info, report, rl, serve, train
-from scratchlm.cli.options import HelpFormatter
+from scratchlm.cli.options import HelpFormatter, apply_threads
 from scratchlm.errors import ScratchLMError
 
 
@@ -201,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdin.reconfigure(errors="surrogateescape")
     try:
         check_text_arguments(args)
+        apply_threads(args)
         args.handler(args)
     except ScratchLMError as error:
         print(f"error: {error}", file=sys.stderr)

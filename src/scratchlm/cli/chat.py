@@ -12,6 +12,7 @@ from scratchlm.cli.options import (
     add_quantize_argument,
     add_sampling_arguments,
     add_skip_checksums_argument,
+    add_threads_argument,
     sampling_from_args,
 )
 from scratchlm.errors import ScratchLMError
@@ -28,6 +29,7 @@ def add_chat(parser: argparse.ArgumentParser) -> None:
     # continuation.
     add_sampling_arguments(parser, temperature=0.7, repetition_penalty=1.1, max_new_tokens=256)
     add_quantize_argument(parser)
+    add_threads_argument(parser)
     add_skip_checksums_argument(parser)
     add_device_argument(parser)
     parser.add_argument(

@@ -12,6 +12,7 @@ from scratchlm.cli.options import (
     add_quantize_argument,
     add_sampling_arguments,
     add_skip_checksums_argument,
+    add_threads_argument,
     print_json,
     sampling_from_args,
 )
@@ -82,6 +83,7 @@ def add_eval(parser: argparse.ArgumentParser) -> None:
     # A prompt suite's replies: a little cooler and shorter than a free continuation.
     add_sampling_arguments(parser, temperature=0.7, max_new_tokens=128)
     add_quantize_argument(parser)
+    add_threads_argument(parser)
     add_skip_checksums_argument(parser)
     add_device_argument(parser)
     parser.add_argument(

@@ -11,6 +11,7 @@ from scratchlm.cli.options import (
     add_quantize_argument,
     add_sampling_arguments,
     add_skip_checksums_argument,
+    add_threads_argument,
     print_json,
     sampling_from_args,
 )
@@ -50,6 +51,7 @@ def add_generate(parser: argparse.ArgumentParser) -> None:
         help="drop the oldest prompt tokens if the prompt is too long",
     )
     add_quantize_argument(parser)
+    add_threads_argument(parser)
     add_skip_checksums_argument(parser)
     add_device_argument(parser)
 
@@ -180,7 +182,7 @@ def add_bench(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="weights dtype (auto: bf16/fp16 on GPU, fp32 on CPU)",
     )
-    parser.add_argument("--threads", type=int, help="CPU threads")
+    add_threads_argument(parser)
     add_quantize_argument(parser)
     add_skip_checksums_argument(parser)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -213,8 +215,6 @@ def command_bench(args: argparse.Namespace) -> None:
     elif device.type == "cuda":
         model.to(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
     model.eval()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from scratchlm.inference.quantize import quantize_for_cpu
 
     model = quantize_for_cpu(model, args.quantize)

@@ -103,6 +103,29 @@ def add_quantize_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for PyTorch and the decode kernels (default: $OMP_NUM_THREADS, else "
+        "PyTorch's choice: the physical cores)",
+    )
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """Set --threads (when the command has it and it was given) before any model work. PyTorch's
+    thread count is process-wide: the server's scheduler thread and the kernels read it too."""
+    threads: int | None = getattr(args, "threads", None)
+    if threads is None:
+        return
+    if threads < 1:
+        raise ScratchLMError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def add_sampling_arguments(parser: argparse.ArgumentParser, **differences: Any) -> None:
     """The sampling flags with SAMPLING_DEFAULTS, except the `differences` this command makes."""
     unknown = set(differences) - set(SAMPLING_DEFAULTS)

@@ -16,6 +16,7 @@ from scratchlm.cli.options import (
     add_device_argument,
     add_quantize_argument,
     add_skip_checksums_argument,
+    add_threads_argument,
 )
 from scratchlm.errors import ScratchLMError
 
@@ -107,6 +108,7 @@ def add_serve(parser: argparse.ArgumentParser) -> None:
     )
     add_device_argument(parser)
     add_quantize_argument(parser)
+    add_threads_argument(parser)
     add_skip_checksums_argument(parser)
 
 

@@ -400,20 +400,15 @@ class BatchDecoder:
         return None
 
     def _move(self, source: int, target: int) -> None:
-        self.cache.copy_row(source, target)
+        # A row's cache holds positions 0..position-1 (position: where its next token goes).
+        self.cache.copy_row(source, target, filled=self.rows[source].position)
         self.rows[target] = self.rows[source]
 
     def _swap(self, first: int, second: int) -> None:
         if first == second:
             return
-        cache = self.cache
-        for tensor in (cache.keys, cache.values):
-            saved = tensor[:, first].clone()
-            tensor[:, first] = tensor[:, second]
-            tensor[:, second] = saved
-        saved_length = cache.lengths[first].clone()
-        cache.lengths[first] = cache.lengths[second]
-        cache.lengths[second] = saved_length
+        filled = max(self.rows[first].position, self.rows[second].position)
+        self.cache.swap_rows(first, second, filled=filled)
         self.rows[first], self.rows[second] = self.rows[second], self.rows[first]
 
     def _drop(self, row: Row) -> None:
