@@ -33,10 +33,16 @@ from scratchlm.checkpoint import load_checkpoint
 from scratchlm.data.stories.corpus import generate_stories
 from scratchlm.data.stories.instructions import generate_instruction_examples
 from scratchlm.evaluation.perplexity import evaluate_text
-from scratchlm.evaluation.stories import character_coherence, story_question_answering
+from scratchlm.evaluation.stories import (
+    NAME_PATTERN,
+    character_coherence,
+    story_question_answering,
+)
 from scratchlm.finetune.tasks import story_qa_examples
 from scratchlm.finetune.trainer import FinetuneTrainer
 from scratchlm.io_utils import atomic_write_text
+from scratchlm.model import GPT
+from scratchlm.tokenizer import Tokenizer
 from scratchlm.training.run_config import TrainConfig
 from scratchlm.training.trainer import Trainer
 
@@ -44,6 +50,7 @@ from scratchlm.training.trainer import Trainer
 # seed 0), the same for every recipe (the tokenizers differ, bytes do not).
 HELDOUT_TEXT_SEED = 9_001
 HELDOUT_STORIES = 300
+COPY_STORIES = 60  # of those, for the name-copying losses
 
 
 def qa_records(count: int, seed: int) -> list[dict[str, str]]:
@@ -57,6 +64,45 @@ def qa_records(count: int, seed: int) -> list[dict[str, str]]:
             {"instruction": example.problem.prompt, "output": answer[0].upper() + answer[1:] + "."}
         )
     return records
+
+
+@torch.inference_mode()
+def name_copying(model: GPT, tokenizer: Tokenizer, stories: list[str]) -> dict[str, float]:
+    """Does the base model copy a character's name from earlier in its story? The loss (nats) of
+    the first token of each name mention, at the name's first mention in a story (a new name: at
+    best the log of the number of names that fit) against its later mentions (known from the
+    context: near 0 once the model copies). Stories are scored from the document start, cut to the
+    context; a mention whose first token does not start at the name (or its leading space) is
+    skipped."""
+    first: list[float] = []
+    repeated: list[float] = []
+    context = model.config.context_length
+    for story in stories:
+        ids = tokenizer.encode(story)
+        starts, offset = [], 0
+        for token in ids:
+            starts.append(offset)
+            offset += len(tokenizer.decode([token]))
+        if offset != len(story):
+            continue  # a token that does not decode on its own: offsets unknown
+        inputs = [tokenizer.eos_id, *ids][:context]
+        logits = model(torch.tensor([inputs]))
+        log_probs = torch.log_softmax(logits[0].float(), dim=-1)  # (positions, vocab)
+        index_of = {start: index for index, start in enumerate(starts)}
+        seen: set[str] = set()
+        for match in NAME_PATTERN.finditer(story):
+            index = index_of.get(match.start(), index_of.get(match.start() - 1))
+            if index is None or index + 1 >= len(inputs):
+                continue
+            # Position `index` of `inputs` (shifted by the leading eos) predicts token `index`.
+            loss = -float(log_probs[index, ids[index]])
+            (repeated if match.group() in seen else first).append(loss)
+            seen.add(match.group())
+    return {
+        "first_mention_nats": sum(first) / max(len(first), 1),
+        "repeat_mention_nats": sum(repeated) / max(len(repeated), 1),
+        "repeat_mentions": len(repeated),
+    }
 
 
 def pretrain(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -130,6 +176,7 @@ def measure(args: argparse.Namespace, base: Path, chat: Path) -> dict[str, Any]:
     base_model, tokenizer = loaded.model, loaded.tokenizer
     heldout = list(generate_stories(HELDOUT_STORIES, seed=HELDOUT_TEXT_SEED))
     bits = evaluate_text(base_model, tokenizer, heldout, device=device)
+    copying = name_copying(base_model, tokenizer, heldout[:COPY_STORIES])
     coherence = character_coherence(base_model, tokenizer, samples=args.samples, seed=0)
     chat_loaded = load_checkpoint(chat, device)
     chat_model, chat_tokenizer = chat_loaded.model, chat_loaded.tokenizer
@@ -137,6 +184,7 @@ def measure(args: argparse.Namespace, base: Path, chat: Path) -> dict[str, Any]:
     coherence_row = coherence.as_dict()
     return {
         "bits_per_byte": bits.bits_per_byte,
+        **copying,
         "coherence": coherence_row["value"],
         "distinct_names": coherence.mean_distinct_names,
         "corpus_distinct_names": coherence.corpus_mean_distinct_names,
@@ -185,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.out.name}: bits/byte {row['bits_per_byte']:.4f}, coherence "
         f"{row['coherence']:.2f} ({row['distinct_names']:.2f} vs {row['corpus_distinct_names']:.2f} "
         f"names), pronouns {row['pronoun_agreement']}, story QA {row['story_qa']:.3f} "
-        f"({row['story_qa_did_not_fit']} did not fit)"
+        f"({row['story_qa_did_not_fit']} did not fit), name loss first/repeat "
+        f"{row['first_mention_nats']:.2f}/{row['repeat_mention_nats']:.2f} nats"
     )
     return 0
 

@@ -107,7 +107,7 @@ for _pronoun, _names in NAMES_BY_PRONOUN.items():
 NOT_NAMES = ("Lily pads",)
 # Longest first, so that the alternation never stops at a shorter name that starts a longer one.
 _NAME_ALTERNATION = "|".join(sorted(map(re.escape, NAME_PRONOUNS), key=len, reverse=True))
-_NAME_PATTERN = re.compile(rf"(?<!\w)(?:{_NAME_ALTERNATION})(?!\w)")
+NAME_PATTERN = re.compile(rf"(?<!\w)(?:{_NAME_ALTERNATION})(?!\w)")
 _FAMILY_ALTERNATION = "|".join(
     f"[{word[0].upper()}{word[0]}]{word[1:]}" for word in FAMILY_PRONOUNS
 )
@@ -137,7 +137,7 @@ def _without_non_names(text: str) -> str:
 
 def story_names(text: str) -> list[str]:
     """The character names of the story world in `text`, in order, as whole case-sensitive words."""
-    return _NAME_PATTERN.findall(_without_non_names(text))
+    return NAME_PATTERN.findall(_without_non_names(text))
 
 
 def distinct_names(text: str) -> int:

@@ -42,11 +42,12 @@ def fit_prompt(
 
 
 # The longest run of tokens the kernel takes in one prefill or score; longer prompts run the model's
-# forward. Measured on llama-42m, 1 thread, kernel / PyTorch prefill tokens/s (2026-12-02,
-# /tmp/prefill_cross.py in the closing note): fp32 1.37x at 8 and 16 tokens, 0.76x at 32, 0.57x at
-# 256; q4 2.46x at 8, 1.45x at 32, 0.96x at 64, 0.72x at 256 (the packed formats' PyTorch path
-# computes on dequantized fp32 weights, so it is as fast as fp32's).
-KERNEL_PREFILL_MAX_TOKENS = {"f32": 24, "bf16": 24, "q8": 48, "q4": 48}
+# forward. benchmarks/prefill_crossover.py on llama-42m, 2 threads, an idle machine (2026-12-02,
+# docs/benchmarks.md), kernel / PyTorch tokens/s: at 32 and 64 tokens fp32 1.26x and 1.29x, q8
+# 1.33x and 1.32x, q4 1.58x and 1.24x, bf16 1.13x and 1.08x; at 256, 0.89x, 0.99x, 0.90x, 1.32x.
+# Past 64 the winner depends on the format and length (and PyTorch's quantized-model path slows at
+# 512), so 64 is the one limit for every format.
+KERNEL_PREFILL_MAX_TOKENS = {"f32": 64, "bf16": 64, "q8": 64, "q4": 64}
 
 
 class Decoder:
