@@ -263,7 +263,10 @@ def test_decode_steps_match_pytorch_on_the_same_weights(
     dequantized weights (the quantized model holds them) with, for q8/q4, the kernel's input
     rounding emulated by hooks: the same computation, so what remains is fp32 summation order
     and, rarely, an input code that rounds the other way at a .5 boundary (one step, d_x, on one
-    value). Measured ~1e-6 of the largest logit; 1e-3 allows for those flips."""
+    value). Measured ~1e-6 of the largest logit. A flip in a late layer's input moves that one
+    step's logits by up to ~0.6% of the largest (seen with 1 thread, whose summation order differs
+    from the reference's at a boundary), so one step of the ten may be off by up to 1e-2; every
+    other step must agree within 1e-3."""
     _library_or_skip()
     model = quantize_for_cpu(_random_model(preset, **overrides), method)
     reference_model = quantize_for_cpu(_random_model(preset, **overrides), method)
@@ -281,14 +284,17 @@ def test_decode_steps_match_pytorch_on_the_same_weights(
     assert decoder is not None and decoder.packed is not None
     assert decoder.packed.format == method
     token = 3
+    flipped_steps = 0
     for _ in range(10):
         reference = reference_model(
             torch.tensor([[token]]), kv_cache=reference_cache, last_token_only=True
         )
         fast = decoder.step(token)
         scale = float(reference.abs().max())
-        torch.testing.assert_close(fast, reference, rtol=0, atol=1e-3 * scale)
+        torch.testing.assert_close(fast, reference, rtol=0, atol=1e-2 * scale)
+        flipped_steps += not torch.allclose(fast, reference, rtol=0, atol=1e-3 * scale)
         token = int(reference[0, -1, : config.vocab_size].argmax())
+    assert flipped_steps <= 1, f"{flipped_steps} of 10 steps differ by more than 1e-3"
 
 
 def test_quantized_model_computes_with_the_dequantized_weights() -> None:
