@@ -14,7 +14,7 @@ import os
 # (300,000 spins by default). Decoding alternates PyTorch ops (sampling, bookkeeping) with our CPU
 # kernels' own thread team, and the spinning workers took a core from that team: on 2 cores,
 # continuous batching at 8 rows went from about 750 to 1,200 tokens/s with a short spin, and
-# training speed did not change (docs/benchmarks.md, "OpenMP spinning"). libgomp reads the
+# training speed did not change (docs/benchmarks.md, "Rerun after three fixes"). libgomp reads the
 # variable once, when torch loads; importing scratchlm before torch sets it, and a value the user
 # set wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")

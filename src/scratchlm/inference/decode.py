@@ -43,10 +43,10 @@ def fit_prompt(
 
 # The longest run of tokens the kernel takes in one prefill or score; longer prompts run the model's
 # forward. benchmarks/prefill_crossover.py on llama-42m, 2 threads, an idle machine (2026-12-02,
-# docs/benchmarks.md), kernel / PyTorch tokens/s: at 32 and 64 tokens fp32 1.26x and 1.29x, q8
-# 1.33x and 1.32x, q4 1.58x and 1.24x, bf16 1.13x and 1.08x; at 256, 0.89x, 0.99x, 0.90x, 1.32x.
-# Past 64 the winner depends on the format and length (and PyTorch's quantized-model path slows at
-# 512), so 64 is the one limit for every format.
+# docs/benchmarks.md), kernel / PyTorch tokens/s at 16, 32 and 64 tokens: fp32 1.60, 1.34, 1.20x;
+# q8 1.87, 1.48, 1.57x; q4 2.17, 1.53, 1.29x; bf16 1.57, 1.38, 1.42x. Past 64 two idle runs
+# disagreed (PyTorch's time varied run to run: fp32 at 256 was 0.89x in one, 1.47x in the other),
+# so 64 is the one limit for every format until a steadier measurement says more.
 KERNEL_PREFILL_MAX_TOKENS = {"f32": 64, "bf16": 64, "q8": 64, "q4": 64}
 
 
