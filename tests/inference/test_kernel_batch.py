@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from scratchlm.inference import decode as decode_module
-from scratchlm.inference.batch import BatchDecoder, GenerationRequest
+from scratchlm.inference.batch import BatchDecoder, GenerationRequest, Row
 from scratchlm.inference.beam import beam_search
 from scratchlm.inference.decode import Decoder
 from scratchlm.inference.kernels import decoder as kernel_decoder
@@ -233,6 +233,25 @@ def test_forward_refuses_bad_arguments() -> None:
         fast.forward([fast.vocab], [0], [0])
     with pytest.raises(ValueError, match="same row and position"):
         fast.forward([1, 2], [0, 0], [3, 3])
+    with pytest.raises(ValueError, match="increasing order"):
+        fast.forward([1, 2], [0, 1], [3, 3], logits_for=[1, 0])
+    with pytest.raises(ValueError, match="increasing order"):
+        fast.forward([1, 2], [0, 1], [3, 3], logits_for=[2])
+
+
+@torch.inference_mode()
+def test_forward_returns_the_logits_asked_for() -> None:
+    """`logits_for` picks rows of the full logits (a batch step with a prompt chunk mixed in:
+    the decode rows' logits and the chunk's last)."""
+    _library_or_skip()
+    model = _random_model("llama-42m")
+    cache = KVCache.for_model(model.config, 2, 16)
+    fast = kernel_decoder.fast_decoder(model, cache, batch=True)
+    assert fast is not None
+    tokens, rows, positions = [5, 6, 7, 8, 9], [0, 1, 1, 1, 1], [0, 0, 1, 2, 3]
+    full = fast.forward(tokens, rows, positions)  # (5, vocab)
+    picked = fast.forward(tokens, rows, positions, logits_for=[0, 4])  # the same writes again
+    torch.testing.assert_close(picked, full[[0, 4]], rtol=0, atol=0)
 
 
 # --- the callers: identical tokens with the kernels on, off and built for AVX2 ------------------
@@ -298,8 +317,19 @@ def test_batch_beam_and_speculative_tokens_match_without_kernels(
     if method != "fp32":
         model, draft = quantize_for_cpu(model, method), quantize_for_cpu(draft, method)
     calls = _count_forwards(monkeypatch)
+    mixed: list[int] = []
+    mixed_step = BatchDecoder._mixed_step
+
+    def counted_mixed(
+        self: BatchDecoder, running: list[Row], plan: list[tuple[Row, list[int]]]
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        mixed.append(len(plan))
+        return mixed_step(self, running, plan)
+
+    monkeypatch.setattr(BatchDecoder, "_mixed_step", counted_mixed)
     served = _serve(model)
     assert any(count >= 2 for count in calls)  # batch steps of several rows ran in the kernel
+    assert mixed  # prompt chunks rode along with decode steps in one kernel call
     calls.clear()
     beams = _beams(model)
     assert 3 in calls  # the three beams' steps
@@ -362,3 +392,60 @@ def test_long_prompts_prefill_through_the_model(monkeypatch: pytest.MonkeyPatch)
     assert calls == [limit]
     Decoder(model, KVCache.for_model(model.config, 1, 192)).prefill(list(range(limit + 1)))
     assert calls == [limit]
+
+
+def _edge_rows(model: GPT) -> list[tuple[list[int], str]]:
+    """Rows that end at their first token (nothing to generate, one token, a stop token) join a
+    running row with chunked prefills: their prompts ride along with its decode steps."""
+    decoder = BatchDecoder(model, max_batch=4, prefill_chunk=4)
+    first = GenerationRequest([1, 2, 3, 4, 5], max_new_tokens=14, sampling=GREEDY)
+    probe = GenerationRequest([9, 8, 7, 6, 5, 4], max_new_tokens=1, sampling=GREEDY)
+    handles = [decoder.add(first)]
+    finished: dict[int, Row] = {}
+    for row in decoder.step() + decoder.step():  # the first row's prompt, then one decode step
+        finished[row.handle] = row
+    handles.append(decoder.add(GenerationRequest([3, 3, 3, 3, 3], max_new_tokens=0)))
+    handles.append(decoder.add(probe))
+    while decoder.active:
+        for row in decoder.step():
+            finished[row.handle] = row
+    # The probe's one token, now as a stop token of a fresh row: it ends at its first token.
+    stop = finished[handles[2]].generated[0]
+    stopping = GenerationRequest(
+        [9, 8, 7, 6, 5, 4], max_new_tokens=5, sampling=GREEDY, stop_ids=frozenset({stop})
+    )
+    handles.append(
+        decoder.add(GenerationRequest([1, 2, 3, 4, 5], max_new_tokens=6, sampling=GREEDY))
+    )
+    for row in decoder.step() + decoder.step():
+        finished[row.handle] = row
+    handles.append(decoder.add(stopping))
+    while decoder.active:
+        for row in decoder.step():
+            finished[row.handle] = row
+    return [(finished[h].generated, finished[h].finish_reason or "") for h in handles]
+
+
+def test_rows_ending_at_their_first_token_in_a_mixed_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _library_or_skip()
+    model = _random_model("small")
+    mixed: list[int] = []
+    mixed_step = BatchDecoder._mixed_step
+
+    def counted_mixed(
+        self: BatchDecoder, running: list[Row], plan: list[tuple[Row, list[int]]]
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        mixed.append(len(plan))
+        return mixed_step(self, running, plan)
+
+    monkeypatch.setattr(BatchDecoder, "_mixed_step", counted_mixed)
+    rows = _edge_rows(model)
+    assert mixed
+    assert [reason for _, reason in rows] == ["length", "length", "length", "length", "stop"]
+    assert rows[1][0] == [] and len(rows[2][0]) == 1 and rows[4][0] == []
+    monkeypatch.setenv(loader.ENV_SWITCH, "0")
+    mixed.clear()
+    assert _edge_rows(model) == rows
+    assert mixed == []

@@ -314,7 +314,12 @@ class BatchDecoder:
         newly_done: list[Row] = []
         if count:
             running = self.rows[:count]
-            if count == 1:
+            plan = self._mixed_plan(running)
+            if plan is not None:
+                # The decode tokens and this step's prompt chunks in one kernel call: each weight
+                # block is read once for both, and one call's fixed cost is saved.
+                logits, first_logits = self._mixed_step(running, plan)
+            elif count == 1:
                 # One decoding row (a single client): the decode primitive, as Engine.generate
                 # (the fp32 CPU kernels when they apply).
                 row = running[0]
@@ -327,7 +332,106 @@ class BatchDecoder:
             newly_done = [row for row in running if row.finish_reason is not None]
             for row in newly_done:
                 self._drop(row)
+            if plan is not None:
+                return done + newly_done + self._finish_chunks(plan, first_logits)
         return done + newly_done + self._prefill_step()
+
+    def _kernel_batch(self) -> FastDecoder | None:
+        """The kernels' batch forward over the whole cache (None: the model's forward), decided
+        once, at its first use."""
+        if not self._batch_kernel_checked:
+            self._batch_kernel = fast_decoder(self.model, self.cache, batch=True)
+            self._batch_kernel_checked = True
+        return self._batch_kernel
+
+    def _mixed_plan(self, running: list[Row]) -> list[tuple[Row, list[int]]] | None:
+        """The prompt chunks this step prefills (as `_prefill_step` would choose them: up to
+        `prefill_chunk` tokens, oldest row first) when they can ride along in the kernels' batch
+        call with the decode tokens of `running`; None: decode and prefill run apart."""
+        if not self.prefill_chunk or not any(row.prefilling for row in self.rows):
+            return None
+        kernel = self._kernel_batch()
+        if kernel is None:
+            return None
+        plan: list[tuple[Row, list[int]]] = []
+        budget = self.prefill_chunk
+        for row in sorted((row for row in self.rows if row.prefilling), key=lambda r: r.handle):
+            if budget <= 0:
+                break
+            if row.request.prompt_logprobs:
+                return None  # it needs every position's logits: the PyTorch forward, apart
+            tokens = row.pending[:budget]
+            budget -= len(tokens)
+            plan.append((row, tokens))
+        rows_and_positions = [(row.last_token, row.position) for row in running] + [
+            (token, row.position + offset)
+            for row, tokens in plan
+            for offset, token in enumerate(tokens)
+        ]
+        if not all(
+            0 <= token < kernel.vocab and position < kernel.max_positions
+            for token, position in rows_and_positions
+        ):
+            return None  # out-of-range input: the separate paths report it for that row alone
+        return plan
+
+    def _mixed_step(
+        self, running: list[Row], plan: list[tuple[Row, list[int]]]
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """One kernel call: a token for each decoding row (cache rows 0..count-1) and the prompt
+        chunks of `plan` at their rows' slots. Returns the decoding rows' logits (count, vocab)
+        and, by row handle, the logits (1, vocab) after each prompt the call completes. The
+        prefilling rows' positions move past their chunks now (the cache rows a later move
+        copies must cover them); their pending tokens go in `_finish_chunks`."""
+        kernel = self._batch_kernel
+        assert kernel is not None
+        count = len(running)
+        tokens = [row.last_token for row in running]
+        slots = list(range(count))
+        positions = [row.position for row in running]
+        wanted = list(range(count))
+        completing: list[int] = []  # handles, in the order of their logits
+        for row, chunk in plan:
+            slot = self.rows.index(row)
+            tokens += chunk
+            slots += [slot] * len(chunk)
+            positions += range(row.position, row.position + len(chunk))
+            if len(chunk) == len(row.pending):
+                wanted.append(len(tokens) - 1)
+                completing.append(row.handle)
+        logits = kernel.forward(tokens, slots, positions, logits_for=wanted)
+        logits = logits[:, : self.config.vocab_size]
+        # The cache's bookkeeping as the model's forward keeps it.
+        self.cache.rows(0, count).advance(torch.tensor(positions[:count]).view(count, 1), 1, count)
+        for row, chunk in plan:
+            slot = self.rows.index(row)
+            end = row.position + len(chunk)
+            filled = end if row.position == 0 else max(int(self.cache.lengths[slot]), end)
+            self.cache.lengths[slot] = filled
+            row.position = end
+        first = {
+            handle: logits[count + index : count + index + 1]
+            for index, handle in enumerate(completing)
+        }
+        return logits[:count], first
+
+    def _finish_chunks(
+        self, plan: list[tuple[Row, list[int]]], first_logits: dict[int, torch.Tensor]
+    ) -> list[Row]:
+        """After `_mixed_step`: the chunks leave their rows' pending prompts; a completed prompt
+        samples its first token and its row moves into the decoding slots, as `_prefill_step`.
+        Returns rows already finished by their first token."""
+        finished: list[Row] = []
+        for row, chunk in plan:
+            del row.pending[: len(chunk)]
+            if row.pending:
+                continue
+            self._accept(row, first_logits[row.handle], first=True)
+            self._swap(self.rows.index(row), self.decoding - 1)
+            if row.finish_reason is not None:
+                self._drop(row)
+                finished.append(row)
+        return finished
 
     def _batch_step(self, running: list[Row]) -> torch.Tensor:
         """One token for each decoding row (cache rows 0..count-1, each at its own position);
@@ -336,10 +440,7 @@ class BatchDecoder:
         count = len(running)
         tokens = [row.last_token for row in running]
         positions = [row.position for row in running]
-        if not self._batch_kernel_checked:
-            self._batch_kernel = fast_decoder(self.model, self.cache, batch=True)
-            self._batch_kernel_checked = True
-        kernel = self._batch_kernel
+        kernel = self._kernel_batch()
         view = self.cache.rows(0, count)
         if (
             kernel is not None

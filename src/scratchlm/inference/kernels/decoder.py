@@ -8,6 +8,7 @@ gives one, or None when the fast path does not apply; `batch=True` accepts a cac
 from __future__ import annotations
 
 import ctypes
+import itertools
 import logging
 from collections.abc import Sequence
 
@@ -242,10 +243,12 @@ class FastDecoder:
         positions: Sequence[int],
         *,
         last_only: bool = False,
+        logits_for: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Token i into cache row rows[i] at positions[i], attending over positions
         0..positions[i] of its row; logits (n, padded_vocab), or (1, padded_vocab) of the last
-        token with `last_only` (a prefill).
+        token with `last_only` (a prefill), or (len(logits_for), padded_vocab) of the tokens whose
+        indexes `logits_for` lists in increasing order (a batch step with prompt chunks mixed in).
 
         N rows at one position each (a batch step) and consecutive positions of one row (a
         prefill, a speculative verification) are the same call; the model's
@@ -268,7 +271,14 @@ class FastDecoder:
         self._ensure_workspace(threads, min(count, FORWARD_CHUNK))
         # int64 arrays the library reads: tokens, rows, positions and, per token, the logits row
         # it writes (-1: none).
-        wanted = [count - 1] if last_only else range(count)
+        if logits_for is not None:
+            wanted: Sequence[int] = list(logits_for)
+            if any(not 0 <= index < count for index in wanted) or any(
+                later <= earlier for earlier, later in itertools.pairwise(wanted)
+            ):
+                raise ValueError("logits_for lists token indexes in increasing order")
+        else:
+            wanted = [count - 1] if last_only else range(count)
         logit_rows = [-1] * count
         for index, token_index in enumerate(wanted):
             logit_rows[token_index] = index
