@@ -274,6 +274,31 @@ def test_spike_and_nan_backtrack_with_a_halved_learning_rate(corpus: Path, tmp_p
     assert records(run_dir, "end")[-1]["backtracks"] == 2
 
 
+def test_after_a_backtrack_to_an_early_step_its_losses_are_not_spikes(
+    corpus: Path, tmp_path: Path
+) -> None:
+    """A fine-tune checkpoints rarely, so a spike can send it back to step 0, whose losses are
+    far above the late moving average. That average must not outlive the weights it measured:
+    one backtrack, not a cascade of them ending in "diverged"."""
+    run_dir = tmp_path / "run"
+    trainer = Trainer(fault_run(corpus, run_dir, save_every=100))
+    backtracked: list[int] = []
+
+    def hook(step: int, loss: torch.Tensor) -> torch.Tensor:
+        if step == 22 and not backtracked:
+            backtracked.append(step)
+            return loss * 20.0
+        if backtracked and step <= 3:
+            return loss * 4.0  # the restored early weights: as high as a fresh fine-tune's start
+        return loss
+
+    inject_loss(trainer, hook)
+    result = trainer.run()
+    events = records(run_dir, "backtrack")
+    assert [(event["step"], event["restored_step"]) for event in events] == [(22, 0)]
+    assert result.steps == 30
+
+
 def test_backtracking_gives_up_after_the_limit(corpus: Path, tmp_path: Path) -> None:
     trainer = Trainer(fault_run(corpus, tmp_path / "run", max_backtracks=2))
     inject_loss(trainer, lambda step, loss: loss * float("nan") if step > 8 else loss)

@@ -195,7 +195,8 @@ class Trainer:
             )
         self.max_time = parse_duration(config.max_time) if config.max_time is not None else None
         self.state = RunState()
-        self.recent_losses: deque[float] = deque(maxlen=config.spike_window)
+        # (step, loss) of the last applied steps, for the spike check's moving average.
+        self.recent_losses: deque[tuple[int, float]] = deque(maxlen=config.spike_window)
         self.forward: Callable[[torch.Tensor], torch.Tensor] = self.wrapped
         if config.compile:
             self.forward = torch.compile(self.wrapped)
@@ -418,7 +419,7 @@ class Trainer:
         if reason is None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            self.recent_losses.append(mean_loss)
+            self.recent_losses.append((self.state.step + 1, mean_loss))
         self.optimizer.zero_grad(set_to_none=True)
         return mean_loss, grad_norm, reason
 
@@ -431,18 +432,30 @@ class Trainer:
             10, self.config.spike_window
         ):
             return None
-        average = sum(self.recent_losses) / len(self.recent_losses)
+        average = self._average_loss()
+        assert average is not None  # the window holds steps (checked above)
         return "spike" if loss > self.config.spike_factor * average else None
+
+    def _average_loss(self) -> float | None:
+        if not self.recent_losses:
+            return None
+        return sum(loss for _, loss in self.recent_losses) / len(self.recent_losses)
 
     def _backtrack(self, loss: float, reason: str, metrics: Any) -> None:
         """Reload the last checkpoint, keep the data position (so the offending batches are
         skipped), and lower the learning rate."""
         spiked_at = self.state.step + 1
-        average = sum(self.recent_losses) / len(self.recent_losses) if self.recent_losses else None
+        average = self._average_loss()
         checkpoint = self.checkpoints.backtrack_target(loss, reason)
         carried = (self.state.backtracks + 1, self.state.lr_scale * self.config.spike_lr_factor)
         self.checkpoints.restore(checkpoint, restore_loader=False)
         self.state.backtracks, self.state.lr_scale = carried
+        # The moving average keeps only the losses of steps up to the restored one: later ones
+        # describe weights that are gone. Restored to an early step (a fine-tune's step 0), its
+        # higher losses were compared with the late average and each looked like a new spike.
+        kept = [(step, value) for step, value in self.recent_losses if step <= self.state.step]
+        self.recent_losses.clear()
+        self.recent_losses.extend(kept)
         metrics.log(
             {
                 "kind": "backtrack",
