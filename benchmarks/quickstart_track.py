@@ -109,7 +109,7 @@ def pretrain(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     config = TrainConfig(
         preset=args.preset,
         set=list(args.set),
-        data=f"synthetic:{args.corpus_mb}",
+        data=args.data or f"synthetic:{args.corpus_mb}",
         tokenizer="bpe",
         vocab_size=args.vocab_size,
         tokenizer_sample_chars=5_000_000,
@@ -158,6 +158,8 @@ def chat_stage(args: argparse.Namespace, base: Path, out: Path) -> dict[str, Any
             sample_tokens=0,
             val_fraction=0.05,
             max_steps=args.chat_steps,
+            spike_factor=args.chat_spike_factor,
+            log_every=1,
             threads=args.threads,
             quiet=True,
         ),
@@ -204,12 +206,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], help="model override FIELD=VALUE")
     parser.add_argument("--vocab-size", type=int, default=2048)
     parser.add_argument("--corpus-mb", type=int, default=20)
+    parser.add_argument("--data", help="pretraining corpus (a data source) instead of the stories")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--windows", default="any", choices=("any", "document"))
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--pretrain-steps", type=int, default=500)
     parser.add_argument("--chat-steps", type=int, default=80)
     parser.add_argument("--chat-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--chat-spike-factor",
+        type=float,
+        default=TrainConfig.spike_factor,
+        help="the chat stage's --spike-factor (0: no loss-spike backtracking)",
+    )
     parser.add_argument("--instructions", type=int, default=3000)
     parser.add_argument("--qa-examples", type=int, default=0, help="story questions in chat data")
     parser.add_argument("--samples", type=int, default=32, help="stories for coherence")

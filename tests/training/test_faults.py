@@ -243,8 +243,9 @@ def test_spike_and_nan_backtrack_with_a_halved_learning_rate(corpus: Path, tmp_p
     injected: list[int] = []
 
     def hook(step: int, loss: torch.Tensor) -> torch.Tensor:
-        # each fault fires once: after the backtrack the same step number trains normally
-        if step == 17 and 17 not in injected:
+        # each fault fires once (a spike on two batches in a row): after the backtrack the same
+        # step number trains normally
+        if step == 17 and injected.count(17) < 2:
             injected.append(17)
             return loss * 20.0
         if step == 24 and 24 not in injected:
@@ -254,7 +255,7 @@ def test_spike_and_nan_backtrack_with_a_halved_learning_rate(corpus: Path, tmp_p
 
     inject_loss(trainer, hook)
     result = trainer.run()
-    assert result.steps == 30 and injected == [17, 24]
+    assert result.steps == 30 and injected == [17, 17, 24]
     events = records(run_dir, "backtrack")
     assert [(event["reason"], event["step"], event["restored_step"]) for event in events] == [
         ("spike", 17, 15),
@@ -285,8 +286,8 @@ def test_after_a_backtrack_to_an_early_step_its_losses_are_not_spikes(
     backtracked: list[int] = []
 
     def hook(step: int, loss: torch.Tensor) -> torch.Tensor:
-        if step == 22 and not backtracked:
-            backtracked.append(step)
+        if step == 22 and len(backtracked) < 2:
+            backtracked.append(step)  # two batches in a row: a backtrack
             return loss * 20.0
         if backtracked and step <= 3:
             return loss * 4.0  # the restored early weights: as high as a fresh fine-tune's start
@@ -297,6 +298,30 @@ def test_after_a_backtrack_to_an_early_step_its_losses_are_not_spikes(
     events = records(run_dir, "backtrack")
     assert [(event["step"], event["restored_step"]) for event in events] == [(22, 0)]
     assert result.steps == 30
+
+
+def test_one_outlier_batch_is_skipped_without_a_backtrack(corpus: Path, tmp_path: Path) -> None:
+    """A single batch far above the average (as a fine-tune's batch of one-word answers) is
+    dropped and its step retried on the next batch; no checkpoint is reloaded."""
+    run_dir = tmp_path / "run"
+    trainer = Trainer(fault_run(corpus, run_dir))
+    outliers: list[int] = []
+
+    def hook(step: int, loss: torch.Tensor) -> torch.Tensor:
+        if step in (14, 25) and step not in outliers:
+            outliers.append(step)
+            return loss * 20.0
+        return loss
+
+    inject_loss(trainer, hook)
+    result = trainer.run()
+    assert result.steps == 30 and outliers == [14, 25]
+    assert records(run_dir, "backtrack") == []
+    skipped = records(run_dir, "skipped_batch")
+    assert [event["step"] for event in skipped] == [14, 25]
+    assert all(event["loss"] > 3 * event["moving_average"] for event in skipped)
+    # The step was trained once, on the batch after the outlier.
+    assert [record["step"] for record in records(run_dir, "train")] == list(range(1, 31))
 
 
 def test_backtracking_gives_up_after_the_limit(corpus: Path, tmp_path: Path) -> None:

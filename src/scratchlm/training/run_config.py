@@ -99,8 +99,9 @@ class TrainConfig:
     # faults: loss spikes and overfitting
     spike_factor: float = option(
         3.0,
-        "backtrack when the loss exceeds this multiple of its moving average or is NaN/inf: "
-        "reload the last checkpoint, lower the learning rate, skip the batches (0 = off)",
+        "a batch whose loss exceeds this multiple of its moving average is skipped; a second "
+        "in a row, or a NaN/inf loss, backtracks: reload the last checkpoint, lower the "
+        "learning rate, skip the batches (0 = off)",
     )
     spike_window: int = option(50, "steps in the loss moving average for --spike-factor")
     spike_lr_factor: float = option(0.5, "multiply the learning rate by this at each backtrack")

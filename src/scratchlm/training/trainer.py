@@ -550,6 +550,8 @@ class Trainer:
         checkpoint: Path | None = None
         stop_signal = 0
         stops = StopSignals(interrupt=self.distributed.enabled).install()
+        # The last batch was a loss spike (skipped): a second one in a row backtracks.
+        suspected_spike = False
         try:
             while self.progress() < 1.0:
                 learning_rate = self.state.lr_scale * learning_rate_at(
@@ -562,6 +564,22 @@ class Trainer:
                     decay_fraction=config.decay_fraction,
                 )
                 loss, grad_norm, spike = self.train_step(learning_rate)
+                if spike == "spike" and not suspected_spike:
+                    # One batch far above the average is dropped (its update was not applied)
+                    # and the step retried on the next batch: fine-tuning data that mixes long
+                    # and one-word answers has such batches, and they pass. Divergence shows on
+                    # the next batch too, which then backtracks.
+                    suspected_spike = True
+                    metrics.log(
+                        {
+                            "kind": "skipped_batch",
+                            "step": self.state.step + 1,
+                            "loss": loss,
+                            "moving_average": self._average_loss(),
+                        }
+                    )
+                    continue
+                suspected_spike = False
                 if spike is not None:
                     self._backtrack(loss, spike, metrics)
                     started = time.perf_counter() - self.state.elapsed
