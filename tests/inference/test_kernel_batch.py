@@ -272,6 +272,22 @@ def _count_forwards(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+def _count_mixed_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the number of prompt chunks of every BatchDecoder step that mixed them into the
+    decode step's kernel call."""
+    mixed: list[int] = []
+    mixed_step = BatchDecoder._mixed_step
+
+    def counted(
+        self: BatchDecoder, running: list[Row], plan: list[tuple[Row, list[int]]]
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        mixed.append(len(plan))
+        return mixed_step(self, running, plan)
+
+    monkeypatch.setattr(BatchDecoder, "_mixed_step", counted)
+    return mixed
+
+
 def _serve(model: GPT) -> list[list[int]]:
     """Five greedy rows through a BatchDecoder: joins mid-way, chunked prefills, rows leaving."""
     decoder = BatchDecoder(model, max_batch=4, prefill_chunk=6)
@@ -317,16 +333,7 @@ def test_batch_beam_and_speculative_tokens_match_without_kernels(
     if method != "fp32":
         model, draft = quantize_for_cpu(model, method), quantize_for_cpu(draft, method)
     calls = _count_forwards(monkeypatch)
-    mixed: list[int] = []
-    mixed_step = BatchDecoder._mixed_step
-
-    def counted_mixed(
-        self: BatchDecoder, running: list[Row], plan: list[tuple[Row, list[int]]]
-    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        mixed.append(len(plan))
-        return mixed_step(self, running, plan)
-
-    monkeypatch.setattr(BatchDecoder, "_mixed_step", counted_mixed)
+    mixed = _count_mixed_steps(monkeypatch)
     served = _serve(model)
     assert any(count >= 2 for count in calls)  # batch steps of several rows ran in the kernel
     assert mixed  # prompt chunks rode along with decode steps in one kernel call
@@ -431,16 +438,7 @@ def test_rows_ending_at_their_first_token_in_a_mixed_step(
 ) -> None:
     _library_or_skip()
     model = _random_model("small")
-    mixed: list[int] = []
-    mixed_step = BatchDecoder._mixed_step
-
-    def counted_mixed(
-        self: BatchDecoder, running: list[Row], plan: list[tuple[Row, list[int]]]
-    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        mixed.append(len(plan))
-        return mixed_step(self, running, plan)
-
-    monkeypatch.setattr(BatchDecoder, "_mixed_step", counted_mixed)
+    mixed = _count_mixed_steps(monkeypatch)
     rows = _edge_rows(model)
     assert mixed
     assert [reason for _, reason in rows] == ["length", "length", "length", "length", "stop"]
