@@ -268,7 +268,7 @@ def test_instruction_examples_match_their_plans() -> None:
             beginning = instruction.removeprefix("Continue this story:\n\n")
             assert f"{beginning}\n\n{output}" == story
         elif "\n\n" in instruction:
-            question, given_story = instruction.split("\n\n", 1)
+            given_story, question = instruction.rsplit("\n\n", 1)
             assert given_story == story
             if question.startswith("What color"):
                 seen_kinds["color"] += 1

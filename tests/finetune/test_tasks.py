@@ -266,7 +266,7 @@ def test_story_qa_problems_ask_about_a_short_story_that_holds_the_answer() -> No
     kinds = set()
     for example in examples:
         problem = example.problem
-        question, _, story = problem.prompt.partition("\n\n")
+        story, _, question = problem.prompt.rpartition("\n\n")
         assert question == example.question.question and story == example.story
         assert len(story.split()) <= STORY_QA_MAX_WORDS
         assert re.search(rf"\b{re.escape(problem.answer)}\b", story)

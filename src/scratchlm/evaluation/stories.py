@@ -36,7 +36,7 @@ went). The held-out split is never trained on: `scratchlm rl` trains on the "tra
 problem belongs to a split by the hash of its plan (cast, arc, object), the splits draw from string
 seeds disjoint from the integer seeds of the corpus (0) and of the instruction data (the run seed),
 and tests/evaluation/test_stories.py checks that no held-out plan is in the quickstart's corpus or
-instruction data. The user message is the question, a blank line and the story (the layout of the
+instruction data. The user message is the story, a blank line and the question (the layout of the
 instruction data's story questions), rendered through the chat template with the generation
 prompt; the reply is greedy until `<|end|>`, the end of document or `QA_REPLY_TOKENS`.
 

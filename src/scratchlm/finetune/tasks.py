@@ -272,9 +272,9 @@ def _draw_story_question(rng: random.Random) -> tuple[str, Problem, StoryExample
     if not questions:
         return None
     question = rng.choice(tuple(questions))
-    # The layout of the instruction data's story questions (`stories.instructions`): question,
-    # blank line, story. The plan decides the split, so no story plan is in both.
-    problem = Problem(prompt=f"{question.question}\n\n{story}", answer=question.answer)
+    # The layout of the instruction data's story questions (`stories.instructions`): story,
+    # blank line, question. The plan decides the split, so no story plan is in both.
+    problem = Problem(prompt=f"{story}\n\n{question.question}", answer=question.answer)
     return plan_key(plan), problem, StoryExample(plan, story, question, problem)
 
 
