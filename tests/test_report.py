@@ -82,6 +82,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             "lr_scale": 0.5,
             "backtracks": 1,
         },
+        {"kind": "skipped_batch", "step": 12, "loss": 7.5, "moving_average": 2.4},
         # steps 17 and 18 again, after the rewind: the curve must show these
         {"kind": "train", "step": 17, "tokens": 1, "loss": 2.25, "lr": 1e-4, "tokens_per_s": 9.0},
         {"kind": "train", "step": 18, "tokens": 2, "loss": 2.5, "lr": 1e-4, "tokens_per_s": 9.0},
@@ -133,6 +134,7 @@ def test_html_is_self_contained_escaped_and_complete(report: Path) -> None:
         assert f'data-plot="{plot}"' in html
     assert 'data-event="backtrack"' in html
     assert "<td>spike</td>" in html and "<td>16</td>" in html  # the backtrack table row
+    assert re.search(r"loss-spike batches skipped</t[dh]>\s*<td>1</td>", html)
     assert "12,345" in html and "1m 15s" in html  # from the end record
     assert "ended: early stop: no improvement" in html
     assert "yes, at step 24 (best step 16, patience 2)" in html

@@ -113,6 +113,7 @@ def summary_rows(run: RunData) -> Rows:
         ("median logged throughput", format_rate(facts["median_logged_tokens_per_s"])),
         ("median MFU", mfu_text),
         ("backtracks", format_value(facts["backtracks"])),
+        ("loss-spike batches skipped", format_value(facts["skipped_batches"])),
         ("stopped early", early_text),
         (
             "run status",

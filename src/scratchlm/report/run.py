@@ -39,6 +39,8 @@ class RunData:
     train: list[dict[str, Any]] = field(default_factory=list)  # last record per step, by step
     evals: list[dict[str, Any]] = field(default_factory=list)  # last record per step, by step
     backtracks: list[dict[str, Any]] = field(default_factory=list)  # in file order
+    # loss-spike batches dropped without a backtrack (a lone spike; see --spike-factor)
+    skipped_batches: list[dict[str, Any]] = field(default_factory=list)
     early_stop: dict[str, Any] | None = None
     end: dict[str, Any] | None = None
     # RUN/eval/*.json that hold `scratchlm eval --tasks --json` output: (file name, its JSON)
@@ -129,6 +131,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunData:
         train=last_per_step(of_kind("train")),
         evals=evals,
         backtracks=of_kind("backtrack"),
+        skipped_batches=of_kind("skipped_batch"),
         early_stop=early_stops[-1] if early_stops else None,
         end=ends[-1] if ends else None,
         hand_evals=read_hand_evals(path / EVAL_DIR),
@@ -271,6 +274,7 @@ def summary(run: RunData) -> dict[str, Any]:
         "median_logged_tokens_per_s": statistics.median(rates) if rates else None,
         "median_mfu_percent": statistics.median([v for _, v in mfu_points]) if mfu_points else None,
         "backtracks": len(run.backtracks),
+        "skipped_batches": len(run.skipped_batches),
         "early_stop": run.early_stop,
         # Without an end record only an early_stop record proves anything; None = not recorded.
         "stopped_early": end.get("stopped_early", True if run.early_stop else None),
