@@ -231,7 +231,8 @@ def show_story_measures(base: Checkpoint, chat: Checkpoint | None, seed: int) ->
     if shown is None:
         return
     told = "\n".join(f"> {line}" if line else ">" for line in shown.story.splitlines())
-    print(f"\n--- chat about a story it was just told (held out from training)\n> {shown.question}")
-    print(f">\n{told}")
+    # The user message as the model saw it: the story, a blank line, the question.
+    print("\n--- chat about a story it was just told (held out from training)")
+    print(f"{told}\n>\n> {shown.question}")
     print(f"{shown.reply}")
     print(f"(expected: {shown.answer}; {'right' if shown.correct else 'wrong'})")

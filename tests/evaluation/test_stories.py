@@ -314,5 +314,7 @@ def test_quickstart_summary_prints_both_measures_and_a_story_turn(
     assert f"story questions {qa.accuracy:.0%} of 3 held-out questions" in printed
     shown = next(answer for answer in qa.answers if answer.fit)
     turn = printed.split("--- chat about a story it was just told")[1]
-    assert f"> {shown.question}\n>\n> " in turn and f"(expected: {shown.answer};" in turn
-    assert shown.story.splitlines()[0] in turn
+    # The story, then the question (the user message's layout), then the reply.
+    assert f"> {shown.story.splitlines()[-1]}\n>\n> {shown.question}\n" in turn
+    assert turn.index(shown.story.splitlines()[0]) < turn.index(shown.question)
+    assert f"(expected: {shown.answer};" in turn
