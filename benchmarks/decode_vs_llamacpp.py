@@ -87,6 +87,13 @@ def benchmark_checkpoint(work: Path, given: str | None, preset: str) -> tuple[Pa
     )
 
 
+# A pause before each timed run: both sides' worker threads spin for a while after their last
+# job (ours ~200 us, llama.cpp's ggml pool longer), and without it one side's spinning threads
+# took cores from the other. llama.cpp's 256-token bf16 prefill measured 2,140 tokens/s right
+# after our kernel's prefill and 3,000 after PyTorch's (2026-12-03).
+SETTLE_S = 0.3
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -175,6 +182,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {label: [] for label in contenders}
     for _ in range(args.rounds):
         for label, (_, run) in contenders.items():
+            time.sleep(SETTLE_S)
             rates[label].append(run())
     bandwidth = max(bandwidth_before, read_bandwidth(args.threads))
     medians = {label: statistics.median(values) for label, values in rates.items()}
@@ -222,6 +230,7 @@ def main() -> None:
     prefill_rates: dict[str, list[float]] = {label: [] for label in prefills}
     for _ in range(args.rounds):
         for label, run in prefills.items():
+            time.sleep(SETTLE_S)
             prefill_rates[label].append(run())
     prefill_medians = {label: statistics.median(values) for label, values in prefill_rates.items()}
     print(

@@ -47,14 +47,13 @@ def _random_model(preset: str, **overrides: object) -> GPT:
 
 def _models(preset: str, overrides: dict[str, object], method: str) -> tuple[GPT, GPT]:
     """The model the kernels run (its weights in `method`) and a reference that computes the same
-    numbers with PyTorch (the same dequantized weights; q8/q4 inputs rounded as the kernel's)."""
+    numbers with PyTorch (the same dequantized weights; inputs rounded as the kernel rounds them)."""
     if method == "fp32":
         model = _random_model(preset, **overrides)
         return model, model
     model = quantize_for_cpu(_random_model(preset, **overrides), method)
     reference = quantize_for_cpu(_random_model(preset, **overrides), method)
-    if method in ("q8", "q4"):
-        _quantize_inputs_like_the_kernel(reference)
+    _quantize_inputs_like_the_kernel(reference, method)
     return model, reference
 
 
@@ -382,10 +381,11 @@ def test_forced_avx2_batch_and_prefill_give_the_same_tokens(
 
 @torch.inference_mode()
 def test_long_prompts_prefill_through_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past KERNEL_PREFILL_MAX_TOKENS the prefill is the model's forward (PyTorch's GEMM is faster
+    """Past KERNEL_PREFILL_MAX_TOKENS the prefill is the model's forward (PyTorch's GEMM is as fast
     per core there); up to it, the kernel's."""
     _library_or_skip()
-    model, _ = _models("akane-124m", {"context_length": 192}, "fp32")
+    limit = decode_module.KERNEL_PREFILL_MAX_TOKENS["f32"]
+    model, _ = _models("akane-124m", {"context_length": limit + 8}, "fp32")
     calls: list[int] = []
     original = FastDecoder.forward
 
@@ -394,10 +394,10 @@ def test_long_prompts_prefill_through_the_model(monkeypatch: pytest.MonkeyPatch)
         return original(self, tokens, *args, **kwargs)
 
     monkeypatch.setattr(FastDecoder, "forward", counting)
-    limit = decode_module.KERNEL_PREFILL_MAX_TOKENS["f32"]
-    Decoder(model, KVCache.for_model(model.config, 1, 192)).prefill(list(range(limit)))
+    prompt = [token % model.config.vocab_size for token in range(limit + 1)]
+    Decoder(model, KVCache.for_model(model.config, 1, limit + 8)).prefill(prompt[:limit])
     assert calls == [limit]
-    Decoder(model, KVCache.for_model(model.config, 1, 192)).prefill(list(range(limit + 1)))
+    Decoder(model, KVCache.for_model(model.config, 1, limit + 8)).prefill(prompt)
     assert calls == [limit]
 
 

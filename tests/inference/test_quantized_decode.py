@@ -190,8 +190,9 @@ def test_packed_gemv_within_the_derived_bound(method: str, threads: int) -> None
     """y = W x with W packed: against W's dequantized values in float64. For q8/q4 the kernel
     rounds x to int8 blocks, each value off by at most d_x / 2 (d_x = block amax / 127), so
     |y - W x| <= sum over blocks of d_x / 2 * sum |w| in the block, plus fp32 rounding
-    (bounded by K * eps * sum |w x|, generously). bf16 weights are exact in fp32: fp32 rounding
-    only."""
+    (bounded by K * eps * sum |w x|, generously). bf16 rounds x to bf16 precision (as every
+    bf16 GEMV/GEMM of the kernel does); weights and rounded inputs are exact in fp32, so against
+    the rounded x: fp32 rounding only."""
     _library_or_skip()
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -202,6 +203,8 @@ def test_packed_gemv_within_the_derived_bound(method: str, threads: int) -> None
             bias = torch.randn(rows)
             matrix = pack(weight, method)
             dense = matrix.dequantize().double()
+            if method == "bf16":
+                x = x.to(torch.bfloat16).float()  # the kernel's rounding; `fast` rounds it again
             fast = loader.gemv_packed(
                 WEIGHT_TYPES[method], matrix.data, matrix.scales, x, rows, bias
             )
@@ -228,12 +231,15 @@ def _random_model(preset: str, **overrides: object) -> GPT:
     return build_model(tiny_config(preset, init_std=0.2, **overrides)).eval()
 
 
-def _quantize_inputs_like_the_kernel(model: GPT) -> None:
-    """Forward pre-hooks that round every linear layer's input as the kernel does for q8/q4:
-    per 32-value block, d = amax / 127, x -> round(x * (1 / d)) * d (fp32, half to even)."""
+def _quantize_inputs_like_the_kernel(model: GPT, method: str) -> None:
+    """Forward pre-hooks that round every linear layer's input as the kernel does: for q8/q4 per
+    32-value block, d = amax / 127, x -> round(x * (1 / d)) * d (fp32, half to even); for bf16 to
+    bf16 precision (nearest even)."""
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
         x = inputs[0]
+        if method == "bf16":
+            return (x.to(torch.bfloat16).to(x.dtype),)
         columns = x.shape[-1]
         blocks = nn.functional.pad(x, (0, -columns % BLOCK)).unflatten(-1, (-1, BLOCK))
         d = blocks.abs().amax(dim=-1, keepdim=True) / 127
@@ -261,17 +267,16 @@ def test_decode_steps_match_pytorch_on_the_same_weights(
 ) -> None:
     """Kernel decode steps of a packed model against its PyTorch forward, which runs on the
     dequantized weights (the quantized model holds them) with, for q8/q4, the kernel's input
-    rounding emulated by hooks: the same computation, so what remains is fp32 summation order
-    and, rarely, an input code that rounds the other way at a .5 boundary (one step, d_x, on one
-    value). Measured ~1e-6 of the largest logit. A flip in a late layer's input moves that one
+    rounding (int8 blocks; bf16 precision) emulated by hooks: the same computation, so what
+    remains is fp32 summation order and, rarely, an input that rounds the other way at a boundary
+    (one step, d_x or one bf16 unit, on one value). Measured ~1e-6 of the largest logit. A flip in a late layer's input moves that one
     step's logits by up to ~0.6% of the largest (seen with 1 thread, whose summation order differs
     from the reference's at a boundary), so one step of the ten may be off by up to 1e-2; every
     other step must agree within 1e-3."""
     _library_or_skip()
     model = quantize_for_cpu(_random_model(preset, **overrides), method)
     reference_model = quantize_for_cpu(_random_model(preset, **overrides), method)
-    if method != "bf16":
-        _quantize_inputs_like_the_kernel(reference_model)
+    _quantize_inputs_like_the_kernel(reference_model, method)
     config = model.config
     prompt = torch.randint(0, config.vocab_size, (1, 5), generator=torch.Generator().manual_seed(0))
     reference_cache = KVCache.for_model(config, 1, 16)
@@ -286,6 +291,10 @@ def test_decode_steps_match_pytorch_on_the_same_weights(
     token = 3
     flipped_steps = 0
     for _ in range(10):
+        # Each step from the same cache: a flipped input code (or bf16 rounding) in a key or value
+        # would stay in the cache and move every later step, and count more than once.
+        reference_cache.keys.copy_(fast_cache.keys)
+        reference_cache.values.copy_(fast_cache.values)
         reference = reference_model(
             torch.tensor([[token]]), kv_cache=reference_cache, last_token_only=True
         )

@@ -42,12 +42,12 @@ def fit_prompt(
 
 
 # The longest run of tokens the kernel takes in one prefill or score; longer prompts run the model's
-# forward. benchmarks/prefill_crossover.py on llama-42m, 2 threads, an idle machine (2026-12-02,
-# docs/benchmarks.md), kernel / PyTorch tokens/s at 16, 32 and 64 tokens: fp32 1.60, 1.34, 1.20x;
-# q8 1.87, 1.48, 1.57x; q4 2.17, 1.53, 1.29x; bf16 1.57, 1.38, 1.42x. Past 64 two idle runs
-# disagreed (PyTorch's time varied run to run: fp32 at 256 was 0.89x in one, 1.47x in the other),
-# so 64 is the one limit for every format until a steadier measurement says more.
-KERNEL_PREFILL_MAX_TOKENS = {"f32": 64, "bf16": 64, "q8": 64, "q4": 64}
+# forward. benchmarks/prefill_crossover.py on llama-42m, 2 threads (each side in its own process,
+# 2026-12-03, docs/benchmarks.md), and alternating single runs the same hour: the kernel was ahead
+# at every length to 512 in q8, q4 and bf16 (1.1-2.7x; bf16 with its vdpbf16ps tile), and at 1,024
+# by 0.9-1.3x; fp32 to 256 (0.95-1.9x), at 512 0.9-1.1x. PyTorch's time varies by up to 2x run to
+# run, so each limit is the longest length where no run had the kernel clearly behind.
+KERNEL_PREFILL_MAX_TOKENS = {"f32": 256, "bf16": 512, "q8": 512, "q4": 512}
 
 
 class Decoder:
@@ -152,5 +152,5 @@ class Decoder:
             len(tokens)
             > KERNEL_PREFILL_MAX_TOKENS["f32" if kernel.packed is None else kernel.packed.format]
         ):
-            return None  # a long prompt: PyTorch's GEMM is faster per core (see the table above)
+            return None  # a long prompt: the model's forward (see the limits above)
         return kernel

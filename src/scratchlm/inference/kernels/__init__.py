@@ -17,8 +17,8 @@ speed".
 - `decoder`: `fast_decoder(model, cache)`; it is None whenever the fast path does not apply (then
   keep calling the model), else `decoder.step(token)` returns the logits (1, 1, padded_vocab) for
   that token and advances the cache, like
-  `model(tensor([[token]]), kv_cache=cache, last_token_only=True)` up to fp32 rounding (fp32,
-  bf16), or up to the rounding of each GEMV's input to int8 blocks (q8, q4). `decoder.forward(
+  `model(tensor([[token]]), kv_cache=cache, last_token_only=True)` up to fp32 rounding (fp32),
+  or up to the rounding of each GEMV's input to bf16 precision (bf16) or int8 blocks (q8, q4). `decoder.forward(
   tokens, rows, positions)` runs many tokens in one call (`sl_forward_tokens`: each weight block
   read once for all of them): a prefill (consecutive positions of one row, 64 tokens per call) or
   a batch step (one token for each of many cache rows, `fast_decoder(model, cache, batch=True)`).
