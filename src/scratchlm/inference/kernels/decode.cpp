@@ -368,11 +368,27 @@ inline float bf16_to_fp32(uint16_t h) {
 // GEMV and GEMM, so that decode steps, batched rows and prefill all multiply the same values, and
 // the bf16 tiles can feed them to vdpbf16ps (see bf16_dot_tile). Infinities and NaNs pass.
 inline void round_to_bf16_precision(float* x, int64_t K) {
-  for (int64_t k = 0; k < K; ++k) {
+  int64_t k = 0;
+#if defined(__AVX2__)
+  const __m256i exponent = _mm256_set1_epi32(0x7F800000);
+  const __m256i half = _mm256_set1_epi32(0x7FFF);
+  const __m256i one = _mm256_set1_epi32(1);
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  for (; k + 8 <= K; k += 8) {
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + k));
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), one);
+    const __m256i rounded = _mm256_add_epi32(bits, _mm256_add_epi32(half, odd));
+    // Infinities and NaNs (exponent all ones) keep their bits.
+    const __m256i special = _mm256_cmpeq_epi32(_mm256_and_si256(bits, exponent), exponent);
+    const __m256i chosen = _mm256_blendv_epi8(_mm256_and_si256(rounded, high), bits, special);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(x + k), chosen);
+  }
+#endif
+  for (; k < K; ++k) {
     uint32_t bits;
     std::memcpy(&bits, x + k, 4);
-    if ((bits & 0x7F800000u) != 0x7F800000u) bits += 0x7FFFu + ((bits >> 16) & 1u);
-    bits &= 0xFFFF0000u;
+    if ((bits & 0x7F800000u) == 0x7F800000u) continue;  // infinity or NaN: kept
+    bits = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
     std::memcpy(x + k, &bits, 4);
   }
 }
