@@ -57,6 +57,34 @@ def test_same_seed_same_tokens_and_distribution() -> None:
     assert (empirical - torch.softmax(logits[0], -1)).abs().max() < 0.03
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        SamplingSettings(temperature=0.8, top_k=50),  # the default
+        SamplingSettings(temperature=0.7, top_k=20, top_p=0.9, min_p=0.05),
+        SamplingSettings(temperature=1.3, top_k=5, repetition_penalty=1.3),
+    ],
+)
+def test_top_k_draws_follow_the_full_vocabulary_distribution(settings: SamplingSettings) -> None:
+    """With top-k the draw runs on the k candidates only (sampling.py): its frequencies over
+    20,000 rows must match next_token_probabilities, which filters the whole vocabulary, and no
+    token outside that distribution's support may appear."""
+    vocab = 1000
+    logits = torch.randn(1, vocab, generator=seeded(3)) * 3
+    counts = torch.zeros(1, vocab, dtype=torch.long)
+    counts[0, logits[0].topk(3).indices] = 2  # the penalty moves the top three
+    expected = next_token_probabilities(logits, settings, counts)[0]  # (vocab,)
+    rows = 20_000
+    draws = sample_next_token(
+        logits.expand(rows, -1), settings, seeded(4), counts.expand(rows, -1)
+    )
+    empirical = torch.bincount(draws, minlength=vocab).float() / rows
+    assert bool((empirical[expected == 0] == 0).all())
+    # Each frequency within 5 standard deviations of a binomial proportion (and 1e-3).
+    sigma = (expected * (1 - expected) / rows).sqrt()
+    assert bool(((empirical - expected).abs() <= 5 * sigma + 1e-3).all())
+
+
 def test_invalid_settings() -> None:
     with pytest.raises(ScratchLMError):
         SamplingSettings(temperature=-1)
