@@ -75,9 +75,7 @@ def test_top_k_draws_follow_the_full_vocabulary_distribution(settings: SamplingS
     counts[0, logits[0].topk(3).indices] = 2  # the penalty moves the top three
     expected = next_token_probabilities(logits, settings, counts)[0]  # (vocab,)
     rows = 20_000
-    draws = sample_next_token(
-        logits.expand(rows, -1), settings, seeded(4), counts.expand(rows, -1)
-    )
+    draws = sample_next_token(logits.expand(rows, -1), settings, seeded(4), counts.expand(rows, -1))
     empirical = torch.bincount(draws, minlength=vocab).float() / rows
     assert bool((empirical[expected == 0] == 0).all())
     # Each frequency within 5 standard deviations of a binomial proportion (and 1e-3).
