@@ -1355,7 +1355,7 @@ inline void q_tile(const Mat& W, int64_t r, int64_t K, const Input* in, float* o
 #endif
 }
 
-#if SL_Q_SIMD && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#if SL_Q_SIMD && defined(__AVX512VNNI__) && defined(__AVX512VL__) && defined(__AVX512F__)
 #define SL_Q_LANES 1
 // q8/q4 GEMM tiles with one row per pair of lanes (the idea of llama.cpp's repacked Q4_0 GEMM):
 // q_tile's vpdpbusd sums 32 products of one row and one input into 8 lanes, so every block of
@@ -1375,18 +1375,30 @@ constexpr int kLaneTokens = 4;
 // 13.8-17.1 (q8: 9.6-11.5 against 16.2-21.7).
 constexpr int64_t kLaneMinTokens = 8;
 
-// Rearranges the row groups of rows [r0, r1) (whole groups) into `bytes` (groups, blocks, 4
-// vectors of 32 bytes) and their scales into `scales` (groups, blocks, 8 floats: each row's d_w
-// twice, matching the lane pairs).
+// Rearranges the row groups of rows [r0, r1) (whole groups) two at a time: for each pair of
+// groups and block, 4 vectors of 64 bytes, W_c of the first group then W_c of the second, into
+// `bytes` (pairs, blocks, 4, 64), and the scales into `scales` (pairs, blocks, 16 floats: each
+// row's d_w twice, matching the lane pairs). A last unpaired group leaves its partner zero.
 template <int32_t kType>
 inline void rearrange_groups(const Mat& W, int64_t K, int64_t r0, int64_t r1, uint8_t* bytes,
                              float* scales) {
   constexpr int64_t kBlockBytes = kType == kQ8 ? kQBlock : kQBlock / 2;
   const int64_t blocks = q_blocks(K);
   const __m256i duplicate = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
-  for (int64_t r = r0; r < r1; r += kQRowGroup) {
+  const int64_t groups = (r1 - r0 + kQRowGroup - 1) / kQRowGroup;
+  if (groups % 2 == 1) {  // the missing partner of the last group: zeros
+    const int64_t pair = groups / 2;
+    for (int64_t b = 0; b < blocks; ++b) {
+      for (int c = 0; c < 4; ++c) {
+        std::memset(bytes + ((pair * blocks + b) * 4 + c) * 64 + 32, 0, 32);
+      }
+      std::memset(scales + (pair * blocks + b) * 16 + 8, 0, 8 * sizeof(float));
+    }
+  }
+  for (int64_t group = 0; group < groups; ++group) {
+    const int64_t r = r0 + group * kQRowGroup;
+    const int64_t pair = group / 2, half = group % 2;
     const uint8_t* w = static_cast<const uint8_t*>(W.w) + r * blocks * kBlockBytes;
-    const int64_t group = (r - r0) / kQRowGroup;
     for (int64_t b = 0; b < blocks; ++b) {
       __m256i row[4];
       for (int i = 0; i < 4; ++i) {
@@ -1402,84 +1414,88 @@ inline void rearrange_groups(const Mat& W, int64_t K, int64_t r0, int64_t r1, ui
       const __m256i t1 = _mm256_unpackhi_epi64(row[0], row[1]);  // r0c1 r1c1 | r0c3 r1c3
       const __m256i t2 = _mm256_unpacklo_epi64(row[2], row[3]);
       const __m256i t3 = _mm256_unpackhi_epi64(row[2], row[3]);
-      __m256i* out = reinterpret_cast<__m256i*>(bytes + (group * blocks + b) * kLaneBlockBytes);
-      _mm256_storeu_si256(out + 0, _mm256_permute2x128_si256(t0, t2, 0x20));
-      _mm256_storeu_si256(out + 1, _mm256_permute2x128_si256(t1, t3, 0x20));
-      _mm256_storeu_si256(out + 2, _mm256_permute2x128_si256(t0, t2, 0x31));
-      _mm256_storeu_si256(out + 3, _mm256_permute2x128_si256(t1, t3, 0x31));
-      alignas(16) uint16_t half[8] = {0};
-      for (int i = 0; i < 4; ++i) half[i] = W.s[(r + i) * blocks + b];
+      uint8_t* out = bytes + (pair * blocks + b) * 4 * 64 + half * 32;
+      const __m256i pieces[4] = {
+          _mm256_permute2x128_si256(t0, t2, 0x20), _mm256_permute2x128_si256(t1, t3, 0x20),
+          _mm256_permute2x128_si256(t0, t2, 0x31), _mm256_permute2x128_si256(t1, t3, 0x31)};
+      for (int c = 0; c < 4; ++c) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c * 64), pieces[c]);
+      }
+      alignas(16) uint16_t half_scales[8] = {0};
+      for (int i = 0; i < 4; ++i) half_scales[i] = W.s[(r + i) * blocks + b];
       const __m256 d = _mm256_castps128_ps256(
-          _mm_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(half))));
-      _mm256_storeu_ps(scales + (group * blocks + b) * 8, _mm256_permutevar8x32_ps(d, duplicate));
+          _mm_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(half_scales))));
+      _mm256_storeu_ps(scales + (pair * blocks + b) * 16 + half * 8,
+                       _mm256_permutevar8x32_ps(d, duplicate));
     }
   }
 }
 
-// out[i * T + t] = dot(row i of the rearranged group, input t) for 4 rows and T inputs.
+// out[i * T + t] = dot(row i of the rearranged pair of groups, input t), 8 rows and T inputs.
 template <int32_t kType, int T>
 inline void q_lane_tile(const uint8_t* bytes, const float* scales, int64_t blocks,
                         const Input* in, float* out) {
   constexpr float kOffset = kType == kQ8 ? 128.0f : 8.0f;
-  __m256 acc[T];
-  __m256 offsets[T];
-  for (int t = 0; t < T; ++t) acc[t] = offsets[t] = _mm256_setzero_ps();
+  __m512 acc[T];
+  __m512 offsets[T];
+  for (int t = 0; t < T; ++t) acc[t] = offsets[t] = _mm512_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
-    const __m256i* w = reinterpret_cast<const __m256i*>(bytes + b * kLaneBlockBytes);
-    const __m256i w0 = _mm256_loadu_si256(w), w1 = _mm256_loadu_si256(w + 1);
-    const __m256i w2 = _mm256_loadu_si256(w + 2), w3 = _mm256_loadu_si256(w + 3);
-    const __m256 dw = _mm256_loadu_ps(scales + b * 8);
+    const uint8_t* w = bytes + b * 4 * 64;
+    const __m512i w0 = _mm512_loadu_si512(w), w1 = _mm512_loadu_si512(w + 64);
+    const __m512i w2 = _mm512_loadu_si512(w + 128), w3 = _mm512_loadu_si512(w + 192);
+    const __m512 dw = _mm512_loadu_ps(scales + b * 16);
     for (int t = 0; t < T; ++t) {
       const int8_t* x = in[t].q + b * kQBlock;
       int64_t piece[4];
       std::memcpy(piece, x, sizeof(piece));
-      __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w0, _mm256_set1_epi64x(piece[0]));
-      dot = _mm256_dpbusd_epi32(dot, w1, _mm256_set1_epi64x(piece[1]));
-      dot = _mm256_dpbusd_epi32(dot, w2, _mm256_set1_epi64x(piece[2]));
-      dot = _mm256_dpbusd_epi32(dot, w3, _mm256_set1_epi64x(piece[3]));
-      const __m256 combined = _mm256_mul_ps(dw, _mm256_set1_ps(in[t].d[b]));  // d_w d_x per lane
-      acc[t] = _mm256_fmadd_ps(combined, _mm256_cvtepi32_ps(dot), acc[t]);
-      offsets[t] = _mm256_fmadd_ps(combined, _mm256_set1_ps(in[t].sums[b]), offsets[t]);
+      __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, _mm512_set1_epi64(piece[0]));
+      dot = _mm512_dpbusd_epi32(dot, w1, _mm512_set1_epi64(piece[1]));
+      dot = _mm512_dpbusd_epi32(dot, w2, _mm512_set1_epi64(piece[2]));
+      dot = _mm512_dpbusd_epi32(dot, w3, _mm512_set1_epi64(piece[3]));
+      const __m512 combined = _mm512_mul_ps(dw, _mm512_set1_ps(in[t].d[b]));  // d_w d_x per lane
+      acc[t] = _mm512_fmadd_ps(combined, _mm512_cvtepi32_ps(dot), acc[t]);
+      offsets[t] = _mm512_fmadd_ps(combined, _mm512_set1_ps(in[t].sums[b]), offsets[t]);
     }
   }
   for (int t = 0; t < T; ++t) {
     // Lane pairs to rows: (acc - o/2 * offsets) summed over each pair (each lane of a pair has
     // the row's whole offset term, so half of it from each).
-    const __m256 v = _mm256_fnmadd_ps(_mm256_set1_ps(kOffset * 0.5f), offsets[t], acc[t]);
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, v);
-    for (int i = 0; i < 4; ++i) out[i * T + t] = lanes[2 * i] + lanes[2 * i + 1];
+    const __m512 v = _mm512_fnmadd_ps(_mm512_set1_ps(kOffset * 0.5f), offsets[t], acc[t]);
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, v);
+    for (int i = 0; i < 8; ++i) out[i * T + t] = lanes[2 * i] + lanes[2 * i + 1];
   }
 }
 
 // gemm_rows for q8/q4 with the lane tiles: per panel, its groups rearranged once into a
-// per-thread buffer, then every input passes over it, kLaneTokens at a time.
+// per-thread buffer, then every input passes over it, kLaneTokens at a time, 8 rows per tile.
 template <int32_t kType, typename Epilogue>
 inline void gemm_rows_lanes(const Mat& W, const Input* in, int64_t n, int64_t K, int64_t r0,
                             int64_t r1, int64_t panel, Epilogue& epilogue) {
   const int64_t blocks = q_blocks(K);
+  panel = (panel + 2 * kQRowGroup - 1) / (2 * kQRowGroup) * (2 * kQRowGroup);  // whole pairs
   thread_local std::vector<uint8_t> bytes;
   thread_local std::vector<float> scales;
-  const size_t groups = static_cast<size_t>(panel / kQRowGroup);
-  bytes.resize(groups * static_cast<size_t>(blocks * kLaneBlockBytes));
-  scales.resize(groups * static_cast<size_t>(blocks * 8));
+  const size_t pairs = static_cast<size_t>(panel / (2 * kQRowGroup));
+  bytes.resize(pairs * static_cast<size_t>(blocks * 4 * 64));
+  scales.resize(pairs * static_cast<size_t>(blocks * 16));
   for (int64_t p0 = r0; p0 < r1; p0 += panel) {
     const int64_t p1 = p0 + panel < r1 ? p0 + panel : r1;
     rearrange_groups<kType>(W, K, p0, p1, bytes.data(), scales.data());
     for (int64_t t = 0; t < n; t += kLaneTokens) {
       const int tokens = static_cast<int>(n - t < kLaneTokens ? n - t : kLaneTokens);
-      for (int64_t r = p0; r < p1; r += kQRowGroup) {
-        const int64_t group = (r - p0) / kQRowGroup;
-        const uint8_t* group_bytes = bytes.data() + group * blocks * kLaneBlockBytes;
-        const float* group_scales = scales.data() + group * blocks * 8;
-        float out[kQRowGroup * kLaneTokens];
+      for (int64_t r = p0; r < p1; r += 2 * kQRowGroup) {
+        const int64_t pair = (r - p0) / (2 * kQRowGroup);
+        const uint8_t* pair_bytes = bytes.data() + pair * blocks * 4 * 64;
+        const float* pair_scales = scales.data() + pair * blocks * 16;
+        float out[2 * kQRowGroup * kLaneTokens];
         switch (tokens) {
-          case 4: q_lane_tile<kType, 4>(group_bytes, group_scales, blocks, in + t, out); break;
-          case 3: q_lane_tile<kType, 3>(group_bytes, group_scales, blocks, in + t, out); break;
-          case 2: q_lane_tile<kType, 2>(group_bytes, group_scales, blocks, in + t, out); break;
-          default: q_lane_tile<kType, 1>(group_bytes, group_scales, blocks, in + t, out); break;
+          case 4: q_lane_tile<kType, 4>(pair_bytes, pair_scales, blocks, in + t, out); break;
+          case 3: q_lane_tile<kType, 3>(pair_bytes, pair_scales, blocks, in + t, out); break;
+          case 2: q_lane_tile<kType, 2>(pair_bytes, pair_scales, blocks, in + t, out); break;
+          default: q_lane_tile<kType, 1>(pair_bytes, pair_scales, blocks, in + t, out); break;
         }
-        for (int i = 0; i < kQRowGroup && i < p1 - r; ++i) {
+        for (int i = 0; i < 2 * kQRowGroup && i < p1 - r; ++i) {
           for (int j = 0; j < tokens; ++j) epilogue(r + i, t + j, out[i * tokens + j]);
         }
       }
