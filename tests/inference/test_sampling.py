@@ -10,6 +10,7 @@ from scratchlm.inference import batch as batch_module
 from scratchlm.inference.batch import BatchDecoder, GenerationRequest
 from scratchlm.inference.engine import Engine
 from scratchlm.inference.sampling import (
+    draw_token,
     filter_top_k,
     filter_top_p,
     make_generator,
@@ -81,6 +82,21 @@ def test_top_k_draws_follow_the_full_vocabulary_distribution(settings: SamplingS
     # Each frequency within 5 standard deviations of a binomial proportion (and 1e-3).
     sigma = (expected * (1 - expected) / rows).sqrt()
     assert bool(((empirical - expected).abs() <= 5 * sigma + 1e-3).all())
+
+
+def test_draw_token_follows_a_sparse_distribution() -> None:
+    """draw_token draws over the support only: 8,000 draws match the probabilities, and a token
+    of probability 0 never comes (a full-support distribution takes the plain path)."""
+    probabilities = torch.zeros(500)
+    probabilities[[3, 70, 71, 499]] = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    generator = seeded(5)
+    draws = torch.tensor([draw_token(probabilities, generator) for _ in range(8000)])
+    empirical = torch.bincount(draws, minlength=500).float() / len(draws)
+    assert set(draws.tolist()) <= {3, 70, 71, 499}
+    assert (empirical - probabilities).abs().max() < 0.02
+    full = torch.softmax(torch.randn(30, generator=seeded(6)), -1)
+    first = [draw_token(full, seeded(9)) for _ in range(3)]
+    assert first == [draw_token(full, seeded(9)) for _ in range(3)]
 
 
 def test_invalid_settings() -> None:

@@ -20,7 +20,7 @@ import torch
 
 from scratchlm.errors import ScratchLMError
 from scratchlm.inference.decode import Decoder, fit_prompt
-from scratchlm.inference.sampling import make_generator, next_token_probabilities
+from scratchlm.inference.sampling import draw_token, make_generator, next_token_probabilities
 from scratchlm.inference.settings import SamplingSettings
 from scratchlm.inference.streaming import TextStream
 from scratchlm.kv_cache import KVCache
@@ -100,11 +100,7 @@ def speculative_generate(
         token = pending
         for _ in range(k):
             q = next_token_probabilities(draft_decoder.step(token), sampling)[0]
-            token = (
-                int(torch.multinomial(q, 1, generator=generator).item())
-                if not sampling.greedy
-                else int(q.argmax())
-            )
+            token = draw_token(q, generator) if not sampling.greedy else int(q.argmax())
             drafted.append(token)
             draft_probabilities.append(q)
         # Verify all drafts in one target forward: p[i] is the target's distribution for position i.
@@ -130,19 +126,13 @@ def speculative_generate(
                 extra = (
                     int(residual.argmax())
                     if sampling.greedy
-                    else int(
-                        torch.multinomial(residual / residual.sum(), 1, generator=generator).item()
-                    )
+                    else draw_token(residual / residual.sum(), generator)
                 )
                 break
             accepted += 1
         else:
             bonus = p[k]
-            extra = (
-                int(bonus.argmax())
-                if sampling.greedy
-                else int(torch.multinomial(bonus, 1, generator=generator).item())
-            )
+            extra = int(bonus.argmax()) if sampling.greedy else draw_token(bonus, generator)
         stats.drafted += k
         stats.accepted += accepted
         stats.rounds += 1
