@@ -42,6 +42,7 @@ from scratchlm.finetune.tasks import story_qa_examples
 from scratchlm.finetune.trainer import FinetuneTrainer
 from scratchlm.io_utils import atomic_write_text
 from scratchlm.model import GPT
+from scratchlm.quickstart import QUICKSTART_VOCAB_SIZE
 from scratchlm.tokenizer import Tokenizer
 from scratchlm.training.run_config import TrainConfig
 from scratchlm.training.trainer import Trainer
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", type=Path, help="reuse this pretraining run (skip pretraining)")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--set", action="append", default=[], help="model override FIELD=VALUE")
-    parser.add_argument("--vocab-size", type=int, default=2048)
+    parser.add_argument("--vocab-size", type=int, default=QUICKSTART_VOCAB_SIZE)
     parser.add_argument("--corpus-mb", type=int, default=20)
     parser.add_argument("--data", help="pretraining corpus (a data source) instead of the stories")
     parser.add_argument("--batch-size", type=int, default=16)

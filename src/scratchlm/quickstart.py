@@ -44,6 +44,10 @@ CHAT_PROMPTS = (
 CHAT_STAGE_S = 60.0
 RESERVE_S = 20.0
 INSTRUCTION_EXAMPLES = 3000
+# A 1,024-token BPE vocabulary: names take two or three tokens, and the model learns to copy them
+# from earlier in its context (keeping its characters) within the five minutes; with 2,048 and
+# 4,096 tokens it did not in the same 2M tokens (docs/speedrun.md, "Vocabulary size").
+QUICKSTART_VOCAB_SIZE = 1024
 # The closing summary's story measures: small enough to add about 10 s on one CPU thread.
 SUMMARY_STORIES = 16
 SUMMARY_STORY_TOKENS = 200
@@ -58,7 +62,7 @@ def run_quickstart(
     seed: int = 1337,
     device: str = "auto",
     corpus_mb: int = 20,
-    vocab_size: int = 2048,
+    vocab_size: int = QUICKSTART_VOCAB_SIZE,
     chat: bool = True,
 ) -> int | None:
     """Run every stage; returns None, or the number of the signal (SIGTERM, SIGUSR1) that stopped

@@ -390,6 +390,12 @@ def add_quickstart(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--corpus-mb", type=int, default=20, help="size of the generated corpus in MB"
     )
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=None,
+        help="BPE vocabulary size (default 1024: small enough that the model learns to copy names)",
+    )
     parser.add_argument("--no-chat", action="store_true", help="skip the chat fine-tuning stage")
     parser.add_argument("--seed", type=int, default=1337, help="random seed")
     add_device_argument(parser)
@@ -406,6 +412,7 @@ def command_quickstart(args: argparse.Namespace) -> None:
         device=args.device,
         corpus_mb=args.corpus_mb,
         chat=not args.no_chat,
+        **({} if args.vocab_size is None else {"vocab_size": args.vocab_size}),
     )
     if stopped_by is not None:
         raise SystemExit(128 + stopped_by)  # as `train` does: see exit_if_stopped_by_signal
