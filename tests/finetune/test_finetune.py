@@ -7,15 +7,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scratchlm.checkpoint import load_checkpoint
+from scratchlm.checkpoint import load_checkpoint, save_checkpoint
 from scratchlm.cli import main
 from scratchlm.errors import ScratchLMError
 from scratchlm.evaluation.perplexity import evaluate_batches
 from scratchlm.finetune import datasets
 from scratchlm.finetune.lora import LoRASettings, apply_lora, merge_lora, merged_state
 from scratchlm.finetune.trainer import LORA_LR, FinetuneTrainer, finetune
+from scratchlm.model import build_model
 from scratchlm.tokenizer import Tokenizer
 from scratchlm.training.run_config import TrainConfig
+from tests.conftest import tiny_config
 
 COLORS = ["red", "blue", "green", "yellow", "pink", "black"]
 ANIMALS = ["cat", "dog", "fox", "bird", "frog", "duck"]
@@ -192,3 +194,140 @@ def test_the_default_rate_goes_to_the_trainers_copy(
     trainer = FinetuneTrainer(settings, base=str(base), lora=LoRASettings(rank=2))
     assert trainer.config.lr == LORA_LR and trainer.learning_rate == LORA_LR
     assert settings.lr is None  # the caller's config is not changed
+
+
+# --- --context-length: extending a rotary-position model ------------------------------------------
+
+
+def long_instructions(path: Path, filler_words: int) -> Path:
+    """Questions after a long filler: the answer depends on the question at the end only, so
+    the stage can learn it at any position; every prompt is longer than the base's 64 tokens."""
+    filler = " ".join(["the"] * filler_words)
+    lines = [
+        {
+            "instruction": f"{filler}\n\nWhat color is the {animal}?",
+            "output": f"The {animal} is {color}.",
+        }
+        for color, animal in zip(COLORS * 2, ANIMALS + ANIMALS[::-1], strict=True)
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines * 3))
+    return path
+
+
+def test_a_longer_context_keeps_the_weights_and_learns_the_new_positions(
+    tmp_path: Path, base: Path, bpe_tokenizer: Tokenizer
+) -> None:
+    data = long_instructions(tmp_path / "long.jsonl", filler_words=80)
+    conversations = datasets.read_conversations(data)
+    examples, cut = datasets.tokenize_conversations(conversations, bpe_tokenizer, 128)
+    assert cut == 0 and min(len(example.ids) for example in examples) > 64 + 16
+    # Extended and untrained, the model is the base model: same logits on the base's context.
+    base_model = load_checkpoint(base).model
+    extended = build_model(base_model.config.replace(context_length=128))
+    extended.load_state_dict(base_model.state_dict())
+    ids = torch.tensor([examples[0].ids[:64]])
+    torch.testing.assert_close(extended(ids), base_model(ids), rtol=0, atol=0)
+    _, val = datasets.split_examples(examples, 0.1, seed=5)
+    before = evaluate_batches(
+        extended, datasets.eval_batches(val, 8, bpe_tokenizer.pad_id), device=torch.device("cpu")
+    )
+    notes: list[str] = []
+    result = finetune(
+        config(tmp_path / "long", data, context_length=128, val_fraction=0.1),
+        base=str(base),
+        log=notes.append,
+    )
+    assert not any("were cut" in note for note in notes), notes
+    assert result.best_val_loss is not None and result.best_val_loss < 0.5 * before.loss
+    tuned = load_checkpoint(tmp_path / "long")
+    assert tuned.config == base_model.config.replace(context_length=128)
+    # In the base's 64 tokens every example would lose its question and answer.
+    _, cut_short = datasets.tokenize_conversations(conversations, bpe_tokenizer, 64)
+    assert cut_short == len(conversations)
+
+
+def test_a_context_past_learned_positions_or_with_lora_is_refused(
+    tmp_path: Path,
+    base: Path,
+    instructions: Path,
+    bpe_tokenizer: Tokenizer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    learned = save_checkpoint(
+        tmp_path / "learned",
+        build_model(
+            tiny_config(
+                "tiny", vocab_size=bpe_tokenizer.vocab_size, context_length=64, position="learned"
+            )
+        ),
+        bpe_tokenizer,
+    )
+    common = ["finetune", "--data", str(instructions), "--max-steps", "1"]
+    cases = [
+        (
+            [
+                *common,
+                "--checkpoint",
+                str(learned),
+                "--out",
+                str(tmp_path / "a"),
+                "--context-length",
+                "128",
+            ],
+            "positions are learned",
+        ),
+        (
+            [
+                *common,
+                "--checkpoint",
+                str(base),
+                "--out",
+                str(tmp_path / "b"),
+                "--context-length",
+                "128",
+                "--lora-rank",
+                "4",
+            ],
+            "drop --lora-rank",
+        ),
+    ]
+    for argv, expected in cases:
+        assert main(argv) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and expected in error, error
+    # The base's own context is no change, whatever the positions; a rotary model may shrink.
+    assert (
+        main(
+            [
+                *common,
+                "--checkpoint",
+                str(learned),
+                "--out",
+                str(tmp_path / "c"),
+                "--context-length",
+                "64",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                *common,
+                "--checkpoint",
+                str(base),
+                "--out",
+                str(tmp_path / "d"),
+                "--context-length",
+                "32",
+            ]
+        )
+        == 0
+    )
+    assert load_checkpoint(tmp_path / "d").config.context_length == 32
+    # rl and dpo keep the base model's context.
+    for command in ("rl", "dpo"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "--context-length" not in capsys.readouterr().out

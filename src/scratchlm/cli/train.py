@@ -315,6 +315,7 @@ def add_finetune(parser: argparse.ArgumentParser) -> None:
             "lr": "2e-4 full, 1e-3 LoRA",
             "max_steps": f"{FINETUNE_MAX_STEPS} when no --max-tokens or --max-time is given",
             "data": "required",
+            "context_length": "the base model's; a longer one extends a rotary-position model",
         },
     )
     add_print_config_argument(parser)

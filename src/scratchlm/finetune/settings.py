@@ -20,7 +20,6 @@ FINETUNE_EXCLUDED = frozenset(
         "tokenizer",
         "vocab_size",
         "tokenizer_sample_chars",
-        "context_length",
         "windows",
     }
 )
@@ -90,6 +89,7 @@ RL_MAX_STEPS = 100  # when no budget is given
 # pass@k on held-out problems): refused with a reason rather than ignored.
 RL_EXCLUDED = FINETUNE_EXCLUDED | frozenset(
     {
+        "context_length",
         "data",
         "val_data",
         "val_fraction",
@@ -112,10 +112,18 @@ RL_EXCLUDED = FINETUNE_EXCLUDED | frozenset(
 )
 
 
-# What dpo does not take besides finetune's exclusions: text-reading options (pairs are records)
-# and token weighting (the loss weighs whole replies).
+# What dpo does not take besides finetune's exclusions: a new context length (finetune's context
+# extension), text-reading options (pairs are records) and token weighting (the loss weighs whole
+# replies).
 DPO_EXCLUDED = FINETUNE_EXCLUDED | frozenset(
-    {"text_field", "ascii_only", "data_workers", "token_weighting", "token_weighting_power"}
+    {
+        "context_length",
+        "text_field",
+        "ascii_only",
+        "data_workers",
+        "token_weighting",
+        "token_weighting_power",
+    }
 )
 
 # dpo's own settings (besides TrainConfig's and LoRA's): flag defaults, and their types in a

@@ -48,6 +48,29 @@ FULL_FINETUNE_LR = 2e-4
 LORA_LR = 1e-3
 
 
+def extended_context(config: ModelConfig, context_length: int, *, lora: bool) -> ModelConfig:
+    """The base model's config with another context length (`finetune --context-length`).
+
+    For rotary positions, which are computed for any position: the weights are unchanged, and
+    fine-tuning on longer examples teaches the new positions ("train short, extend late"; the
+    quickstart pretrains at 256 tokens and fine-tunes its chat model at 512). Learned positions
+    are a weight of the context's exact length.
+    """
+    if config.position != "rope":
+        raise ScratchLMError(
+            f"--context-length {context_length}: the base model's positions are learned, a weight "
+            f"of exactly {config.context_length} positions; drop --context-length (or pass "
+            f"{config.context_length}), or fine-tune a model with rotary positions"
+        )
+    if lora:
+        raise ScratchLMError(
+            f"--context-length {context_length} changes the base model's context "
+            f"({config.context_length}), which LoRA adapters cannot carry (merge-lora rebuilds the "
+            "base as it was); fine-tune all weights (drop --lora-rank), or keep the base's context"
+        )
+    return config.replace(context_length=context_length)
+
+
 class FinetuneTrainer(Trainer):
     def __init__(
         self,
@@ -87,6 +110,9 @@ class FinetuneTrainer(Trainer):
         config = checkpoint_config(self.base_dir, self.base_metadata)
         if self.config.dropout is not None:
             config = config.replace(dropout=self.config.dropout)
+        wanted = self.config.context_length
+        if wanted is not None and wanted != config.context_length:
+            config = extended_context(config, wanted, lora=self.lora is not None)
         return config
 
     def setup_data(self) -> None:
