@@ -4,7 +4,8 @@ chat model, and the base model's held-out bits per byte.
 
 Step budgets rather than a clock, so that a change is measured the same on a busy machine; the
 step counts of the five-minute quickstart on an idle 2-core machine are the defaults (pretraining
-~500 steps of 16 x 256 tokens, chat 80 steps). A change that costs time per step is compared at
+~500 steps of 16 x 256 tokens, chat 80 steps with the context extended to 512 tokens, as the
+quickstart does). A change that costs time per step is compared at
 the steps the same minutes buy (`benchmarks/train_throughput.py` measures the ratio).
 
     .venv/bin/python benchmarks/quickstart_track.py --out /tmp/track/base
@@ -42,7 +43,7 @@ from scratchlm.finetune.tasks import story_qa_examples
 from scratchlm.finetune.trainer import FinetuneTrainer
 from scratchlm.io_utils import atomic_write_text
 from scratchlm.model import GPT
-from scratchlm.quickstart import QUICKSTART_VOCAB_SIZE
+from scratchlm.quickstart import CHAT_CONTEXT, QUICKSTART_VOCAB_SIZE
 from scratchlm.tokenizer import Tokenizer
 from scratchlm.training.run_config import TrainConfig
 from scratchlm.training.trainer import Trainer
@@ -150,6 +151,7 @@ def chat_stage(args: argparse.Namespace, base: Path, out: Path) -> dict[str, Any
     result = FinetuneTrainer(
         TrainConfig(
             data=str(data),
+            context_length=args.chat_context,
             out=str(out / "chat"),
             seed=args.seed,
             lr=args.chat_lr,
@@ -214,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrain-steps", type=int, default=500)
     parser.add_argument("--chat-steps", type=int, default=80)
     parser.add_argument("--chat-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--chat-context",
+        type=int,
+        default=CHAT_CONTEXT,
+        help="the chat model's context (the quickstart extends the base's to this)",
+    )
     parser.add_argument(
         "--chat-spike-factor",
         type=float,

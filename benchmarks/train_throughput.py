@@ -8,7 +8,11 @@ tokens/s of each and the ratios against the first.
     .venv/bin/python benchmarks/train_throughput.py --presets tiny tiny:qk_norm=true --optimizer muon
 
 A preset may carry config overrides after a colon (`tiny:qk_norm=true,n_layer=6`), the same values
-as `train --set`.
+as `train --set`, and its own batch size after an @ (`tiny@8`: the quickstart's batch against the
+preset's 16, at the same context):
+
+    .venv/bin/python benchmarks/train_throughput.py --presets tiny@16 tiny@8 --vocab-size 1024 \
+        --optimizer muon --rounds 6
 """
 
 from __future__ import annotations
@@ -56,7 +60,9 @@ def main() -> None:
     device = torch.device("cpu")
     setups = []
     for name in args.presets:
-        preset, _, overrides = name.partition(":")
+        spec, _, batch_text = name.partition("@")
+        batch_size = int(batch_text) if batch_text else args.batch_size
+        preset, _, overrides = spec.partition(":")
         config = preset_config(
             preset,
             vocab_size=args.vocab_size,
@@ -72,8 +78,8 @@ def main() -> None:
             device=device,
             kind=args.optimizer,
         )
-        inputs = torch.randint(0, args.vocab_size, (args.batch_size, config.context_length))
-        targets = torch.randint(0, args.vocab_size, (args.batch_size, config.context_length))
+        inputs = torch.randint(0, args.vocab_size, (batch_size, config.context_length))
+        targets = torch.randint(0, args.vocab_size, (batch_size, config.context_length))
         setups.append((name, config, model, optimizer, inputs, targets))
 
     def step(
@@ -101,7 +107,7 @@ def main() -> None:
 
     print(f"machine: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(
-        f"batch {args.batch_size} x context, vocab {args.vocab_size}, fp32, {args.optimizer}, {args.rounds} rounds x {args.steps_per_round} steps"
+        f"batch {args.batch_size} x context (unless @BATCH), vocab {args.vocab_size}, fp32, {args.optimizer}, {args.rounds} rounds x {args.steps_per_round} steps"
     )
     first = statistics.median(rates[setups[0][0]])
     for name, config, model, *_ in setups:

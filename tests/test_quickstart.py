@@ -3,6 +3,7 @@ the story measures and a chat turn about a story, and the chat model's context i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,12 @@ from scratchlm.data.stories.corpus import generate_stories
 from scratchlm.evaluation.chat_eval import chat_prompt
 from scratchlm.evaluation.stories import DEFAULT_QUESTIONS, STORY_QA_SEED
 from scratchlm.finetune.tasks import story_qa_examples
-from scratchlm.quickstart import CHAT_CONTEXT, QUICKSTART_VOCAB_SIZE, run_quickstart
+from scratchlm.quickstart import (
+    CHAT_CONTEXT,
+    PRETRAIN_BATCH_SIZE,
+    QUICKSTART_VOCAB_SIZE,
+    run_quickstart,
+)
 from scratchlm.tokenizer import train_bpe
 
 
@@ -35,6 +41,8 @@ def test_quickstart_runs_every_stage_and_prints_the_story_measures(
     assert base.config.context_length == 256 and base.config.vocab_size == 512
     assert chat.config == base.config.replace(context_length=CHAT_CONTEXT)
     assert "(context 512 tokens)" in text
+    pretraining = json.loads((out / "run_config.json").read_text())
+    assert pretraining["batch_size"] == PRETRAIN_BATCH_SIZE
 
 
 def test_the_default_context_holds_every_held_out_story_with_its_question() -> None:

@@ -54,6 +54,10 @@ QUICKSTART_VOCAB_SIZE = 1024
 # 512 instead costs 19% more time per token, and the base model then lost its characters within
 # the five minutes (docs/speedrun.md, quickstart track).
 CHAT_CONTEXT = 512
+# Sequences per pretraining step: 8 x 256 tokens. Twice the updates of the default 16 for the same
+# tokens; at equal tokens bits/byte fell from 0.230 to 0.222 and pronoun agreement rose from 57-60%
+# to 84%, for about 9% fewer tokens per second (docs/speedrun.md, quickstart track).
+PRETRAIN_BATCH_SIZE = 8
 # The closing summary's story measures: small enough to add about 10 s on one CPU thread.
 SUMMARY_STORIES = 16
 SUMMARY_STORY_TOKENS = 200
@@ -86,6 +90,7 @@ def run_quickstart(
     print(f"1/{stages} corpus and tokenizer: built-in synthetic stories (offline, deterministic)")
     config = TrainConfig(
         preset=preset,
+        batch_size=PRETRAIN_BATCH_SIZE,
         data=f"synthetic:{corpus_mb}",
         tokenizer="bpe",
         vocab_size=vocab_size,
