@@ -4,8 +4,9 @@ a time budget.
 Steps: generate the built-in story corpus (offline, deterministic), train a BPE tokenizer on it,
 pretrain a small model for most of the budget, fine-tune it briefly on instructions generated from
 the same story world ("Tell me a story about a cat who finds a ball."; the chat model's context is
-extended to hold a story and a question about it), then print samples and the next commands. The corpus is simple on purpose: in a few CPU-minutes a ~1M parameter model learns
-its grammar and plots, which a real web corpus would need hours for.
+extended to hold a story and a question about it), then print samples and the next commands. The
+corpus is simple on purpose: in a few CPU-minutes a ~1M parameter model learns its grammar and
+plots, which a real web corpus would need hours for.
 
 The closing summary measures both models on the story world, where the truth is known
 (`scratchlm.evaluation.stories`): character coherence of the base model's stories (distinct names
@@ -56,7 +57,7 @@ QUICKSTART_VOCAB_SIZE = 1024
 CHAT_CONTEXT = 512
 # Sequences per pretraining step: 8 x 256 tokens. Twice the updates of the default 16 for the same
 # tokens; at equal tokens bits/byte fell from 0.230 to 0.222 and pronoun agreement rose from 57-60%
-# to 84%, for about 9% fewer tokens per second (docs/speedrun.md, quickstart track).
+# to 84-95% (two seeds), for about 2% fewer tokens per second (docs/speedrun.md, quickstart track).
 PRETRAIN_BATCH_SIZE = 8
 # The closing summary's story measures: small enough to add about 10 s on one CPU thread.
 SUMMARY_STORIES = 16
