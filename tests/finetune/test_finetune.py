@@ -262,68 +262,24 @@ def test_a_context_past_learned_positions_or_with_lora_is_refused(
         ),
         bpe_tokenizer,
     )
-    common = ["finetune", "--data", str(instructions), "--max-steps", "1"]
-    cases = [
-        (
-            [
-                *common,
-                "--checkpoint",
-                str(learned),
-                "--out",
-                str(tmp_path / "a"),
-                "--context-length",
-                "128",
-            ],
-            "positions are learned",
-        ),
-        (
-            [
-                *common,
-                "--checkpoint",
-                str(base),
-                "--out",
-                str(tmp_path / "b"),
-                "--context-length",
-                "128",
-                "--lora-rank",
-                "4",
-            ],
-            "drop --lora-rank",
-        ),
+
+    def finetune_cli(checkpoint: Path, out: str, context: int, *extra: str) -> int:
+        argv = ["finetune", "--data", str(instructions), "--max-steps", "1"]
+        argv += ["--checkpoint", str(checkpoint), "--out", str(tmp_path / out)]
+        return main([*argv, "--context-length", str(context), *extra])
+
+    refusals = [
+        ((learned, "a", 128), (), "positions are learned"),
+        ((base, "b", 128), ("--lora-rank", "4"), "drop --lora-rank"),
     ]
-    for argv, expected in cases:
-        assert main(argv) == 2
+    for (checkpoint, out, context), extra, expected in refusals:
+        assert finetune_cli(checkpoint, out, context, *extra) == 2
         error = capsys.readouterr().err.strip()
         assert len(error.splitlines()) == 1 and expected in error, error
+        assert not (tmp_path / out).exists()
     # The base's own context is no change, whatever the positions; a rotary model may shrink.
-    assert (
-        main(
-            [
-                *common,
-                "--checkpoint",
-                str(learned),
-                "--out",
-                str(tmp_path / "c"),
-                "--context-length",
-                "64",
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                *common,
-                "--checkpoint",
-                str(base),
-                "--out",
-                str(tmp_path / "d"),
-                "--context-length",
-                "32",
-            ]
-        )
-        == 0
-    )
+    assert finetune_cli(learned, "c", 64) == 0
+    assert finetune_cli(base, "d", 32) == 0
     assert load_checkpoint(tmp_path / "d").config.context_length == 32
     # rl and dpo keep the base model's context.
     for command in ("rl", "dpo"):
