@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -293,6 +294,43 @@ def test_bad_input_through_a_real_process(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "missing.txt" in result.stderr
+
+
+@pytest.mark.parametrize("world_size", ["1", "2"])
+def test_a_torchrun_rank_exits_without_teardown_and_keeps_its_output(world_size: str) -> None:
+    """Under torchrun (WORLD_SIZE > 1) `main` ends the process itself, skipping the teardown
+    where FSDP2's leftover gloo threads can abort a finished rank; what it printed arrives and
+    its exit code stands. A single process returns as usual (its atexit handlers run)."""
+    script = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('teardown ran'))\n"
+        "from scratchlm.cli import main\n"
+        "code = main(['presets'])\n"
+        "sys.exit(main(['info', '--preset', 'no-such-preset']) or code)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "WORLD_SIZE": world_size},
+    )
+    if world_size == "1":
+        # the first main() returned; the second's bad preset gives exit 2
+        assert result.returncode == 2 and "teardown ran" in result.stdout
+    else:
+        # the first main() exited the process with 0: buffered stdout (a pipe) arrived whole
+        assert result.returncode == 0 and "teardown ran" not in result.stdout
+    assert "tiny" in result.stdout and result.stdout.endswith("\n")
+    # a flag error (argparse's SystemExit) keeps its exit code either way
+    flag_error = script.replace("main(['presets'])", "main(['presets', '--no-such-flag'])")
+    result = subprocess.run(
+        [sys.executable, "-c", flag_error],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "WORLD_SIZE": world_size},
+    )
+    assert result.returncode == 2 and "--no-such-flag" in result.stderr
+    assert ("teardown ran" in result.stdout) == (world_size == "1")
 
 
 def test_config_file_and_flags_override(tmp_path: Path) -> None:

@@ -12,11 +12,14 @@ User mistakes raise ScratchLMError anywhere below; `main` prints them as one lin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 from scratchlm.cli import chat, dpo, evaluate, export, generate, info, report, rl, serve, train
 from scratchlm.cli.options import HelpFormatter, apply_threads
@@ -193,6 +196,36 @@ def check_text_arguments(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return run_command(argv)
+    try:
+        code = run_command(argv)
+    except SystemExit as stop:  # --help, a flag error, a run stopped by a signal (128 + N)
+        if isinstance(stop.code, str):
+            print(stop.code, file=sys.stderr)
+        code = 1 if isinstance(stop.code, str) else (stop.code or 0)
+    exit_skipping_teardown(code)
+
+
+def exit_skipping_teardown(code: int) -> NoReturn:
+    """End a torchrun rank without the interpreter's teardown.
+
+    Under FSDP2 (torch 2.13), the gloo process group outlives `destroy_process_group`: objects
+    held from C++ keep it, and its worker threads (pt_gloo_runloop, gloo_tcp_loop) still run
+    when the interpreter shuts down. Destroying them there aborts the rank now and then
+    ("terminate called without an active exception", exit -6) after a run whose every file was
+    written, and torchrun reports the job failed. Everything the command wrote is already
+    fsynced and renamed in place; only the standard streams need flushing.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        # a closed pipe or stream: nothing left to save
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+def run_command(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if isinstance(sys.stdin, io.TextIOWrapper):
