@@ -401,6 +401,32 @@ def test_long_prompts_prefill_through_the_model(monkeypatch: pytest.MonkeyPatch)
     assert calls == [limit]
 
 
+@torch.inference_mode()
+@pytest.mark.parametrize("method", ["q8", "q4", "bf16"])
+def test_a_quantized_model_prefills_every_prompt_in_the_kernel(
+    monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """Quantized formats have no prefill limit (their forward would dequantize every weight per
+    op): a prompt past fp32's limit goes through the kernel, and its next-token logits match the
+    PyTorch reference on the same weights."""
+    _library_or_skip()
+    length = decode_module.KERNEL_PREFILL_MAX_TOKENS["f32"] + 40
+    model, reference = _models("llama-42m", {"context_length": length + 8}, method)
+    calls: list[int] = []
+    original = FastDecoder.forward
+
+    def counting(self: FastDecoder, tokens: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(len(tokens))
+        return original(self, tokens, *args, **kwargs)
+
+    monkeypatch.setattr(FastDecoder, "forward", counting)
+    prompt = [(7 * token) % model.config.vocab_size for token in range(length)]
+    logits = Decoder(model, KVCache.for_model(model.config, 1, length + 8)).prefill(prompt)
+    assert calls == [length]
+    expected = reference(torch.tensor([prompt]), last_token_only=True)[0, :, : logits.shape[-1]]
+    _close(logits, expected, method)
+
+
 def _edge_rows(model: GPT) -> list[tuple[list[int], str]]:
     """Rows that end at their first token (nothing to generate, one token, a stop token) join a
     running row with chunked prefills: their prompts ride along with its decode steps."""

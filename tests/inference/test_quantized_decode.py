@@ -31,8 +31,10 @@ from scratchlm.inference.kernels.quant import (
     BLOCK,
     ROW_GROUP,
     WEIGHT_TYPES,
+    PackedWeight,
     dequantize_q4_0,
     dequantize_q8_0,
+    materialize,
     model_linears,
     pack,
     packed_weights,
@@ -307,8 +309,9 @@ def test_decode_steps_match_pytorch_on_the_same_weights(
 
 
 def test_quantized_model_computes_with_the_dequantized_weights() -> None:
-    """Every linear layer (a tied head too) holds its packed matrix's values; the embedding stays
-    the fp32 original; a weight changed afterwards makes the kernel ignore the stale copy."""
+    """Every linear layer (a tied head too) reads as its packed matrix's values; the embedding
+    stays the fp32 original; a weight replaced afterwards makes the kernel ignore the stale copy
+    (and hold the rest as fp32 for its fp32 mode)."""
     model = _random_model("llama-42m")  # tied embeddings
     quantized = quantize_for_cpu(model, "q4")
     assert model.lm_head.weight is model.token_embedding.weight  # the original is untouched
@@ -320,12 +323,61 @@ def test_quantized_model_computes_with_the_dequantized_weights() -> None:
         assert torch.equal(linear.weight, packed.matrices[name].dequantize())
         assert not torch.equal(linear.weight, dict(model_linears(model))[name].weight)
     with torch.no_grad():
-        dict(model_linears(quantized))["blocks.0.attention.q_proj"].weight.mul_(2)
+        dict(model_linears(quantized))["blocks.0.attention.q_proj"].weight = nn.Parameter(
+            packed.matrices["blocks.0.attention.q_proj"].dequantize() * 2
+        )
     assert not packed.matches(quantized)
     if loader.kernels_enabled() and loader.load_library() is not None:
         cache = KVCache.for_model(quantized.config, 1, 8)
         decoder = kernel_decoder.fast_decoder(quantized, cache)
         assert decoder is not None and decoder.packed is None  # fp32 on the current weights
+        assert not any(isinstance(p, PackedWeight) for p in quantized.parameters())
+
+
+def test_a_quantized_model_holds_no_fp32_copy_of_its_linear_layers() -> None:
+    """With the kernels, each linear layer is held once, packed: the model's own storage is the
+    embedding and the norms, and a long prompt through the PyTorch forward gives the logits of a
+    model holding the dequantized weights as plain fp32. In-place writes are refused."""
+    _library_or_skip()
+    for method in ("q8", "q4", "bf16"):
+        quantized = quantize_for_cpu(_random_model("llama-42m"), method)
+        reference = quantize_for_cpu(_random_model("llama-42m"), method)
+        assert materialize(reference) == len(model_linears(reference))
+        linears = dict(model_linears(quantized))
+        assert all(isinstance(linear.weight, PackedWeight) for linear in linears.values())
+        plain_bytes = sum(
+            p.untyped_storage().nbytes()
+            for p in quantized.parameters()
+            if not isinstance(p, PackedWeight)
+        )
+        embedding = quantized.token_embedding.weight
+        norms = sum(p.numel() for n, p in quantized.named_parameters() if "norm" in n)
+        assert plain_bytes == (embedding.numel() + norms) * 4
+        tokens = torch.randint(0, quantized.config.vocab_size, (2, quantized.config.context_length))
+        with torch.inference_mode():
+            torch.testing.assert_close(quantized(tokens), reference(tokens), rtol=0, atol=1e-5)
+        with pytest.raises(ScratchLMError, match="read-only"), torch.no_grad():
+            linears["blocks.0.mlp.up_proj"].weight.mul_(2)
+
+
+def test_a_fallback_holds_fp32_weights_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the kernel cannot run the model (a forward hook here), every step is a PyTorch step:
+    the quantized weights become plain fp32 parameters once, with the same values, and the
+    packed copy still matches them. With the kernels disabled, quantizing holds fp32 from the
+    start."""
+    _library_or_skip()
+    quantized = quantize_for_cpu(_random_model("llama-42m"), "q8")
+    before = {name: linear.weight.matrix for name, linear in model_linears(quantized)}
+    quantized.blocks[0].register_forward_pre_hook(lambda module, inputs: None)
+    assert kernel_decoder.fast_decoder(quantized, KVCache.for_model(quantized.config, 1, 8)) is None
+    for name, linear in model_linears(quantized):
+        assert type(linear.weight) is nn.Parameter
+        assert torch.equal(linear.weight, before[name].dequantize())
+    packed = packed_weights(quantized)
+    assert packed is not None and packed.matches(quantized)
+    monkeypatch.setenv(loader.ENV_SWITCH, "0")
+    disabled = quantize_for_cpu(_random_model("llama-42m"), "q8")
+    assert not any(isinstance(p, PackedWeight) for p in disabled.parameters())
 
 
 # --- a trained model: greedy text -----------------------------------------------------------

@@ -219,6 +219,9 @@ def command_bench(args: argparse.Namespace) -> None:
 
     model = quantize_for_cpu(model, args.quantize)
     if args.compile:
+        from scratchlm.inference.kernels.quant import materialize
+
+        materialize(model)  # compiled graphs read plain fp32 weights
         model.forward = torch.compile(model.forward, dynamic=True)  # type: ignore[method-assign]
     result = run_benchmark(
         model,

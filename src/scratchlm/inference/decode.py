@@ -41,13 +41,14 @@ def fit_prompt(
     return list(prompt_ids[-room:]), len(prompt_ids) - room
 
 
-# The longest run of tokens the kernel takes in one prefill or score; longer prompts run the model's
-# forward. benchmarks/prefill_crossover.py on llama-42m, 2 threads (each side in its own process,
-# 2026-12-03, docs/benchmarks.md), and alternating single runs the same hour: the kernel was ahead
-# at every length to 512 in q8, q4 and bf16 (1.1-2.7x; bf16 with its vdpbf16ps tile), and at 1,024
-# by 0.9-1.3x; fp32 to 256 (0.95-1.9x), at 512 0.9-1.1x. PyTorch's time varies by up to 2x run to
-# run, so each limit is the longest length where no run had the kernel clearly behind.
-KERNEL_PREFILL_MAX_TOKENS = {"f32": 256, "bf16": 512, "q8": 512, "q4": 512}
+# The longest run of tokens the kernel takes in one fp32 prefill or score; longer prompts run the
+# model's forward. benchmarks/prefill_crossover.py on llama-42m, 2 threads (each side in its own
+# process, 2026-12-03, docs/benchmarks.md), and alternating single runs the same hour: fp32 was
+# ahead to 256 (0.95-1.9x), at 512 0.9-1.1x. PyTorch's time varies by up to 2x run to run, so the
+# limit is the longest length where no run had the kernel clearly behind. Quantized formats have
+# no limit: the kernel was ahead at every length measured up to 1,000 tokens (1.3-2.5x on
+# llama-42m and llama-120m, q8, q4 and bf16), and their forward dequantizes each weight per op.
+KERNEL_PREFILL_MAX_TOKENS: dict[str, int] = {"f32": 256}
 
 
 class Decoder:
@@ -148,9 +149,9 @@ class Decoder:
             return None
         if not all(0 <= token < kernel.vocab for token in tokens):
             return None
-        if (
-            len(tokens)
-            > KERNEL_PREFILL_MAX_TOKENS["f32" if kernel.packed is None else kernel.packed.format]
-        ):
-            return None  # a long prompt: the model's forward (see the limits above)
+        limit = KERNEL_PREFILL_MAX_TOKENS.get(
+            "f32" if kernel.packed is None else kernel.packed.format
+        )
+        if limit is not None and len(tokens) > limit:
+            return None  # a long fp32 prompt: the model's forward (see the limit above)
         return kernel

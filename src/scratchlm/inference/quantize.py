@@ -4,10 +4,13 @@ fused decode kernels (scratchlm.inference.kernels).
 Decoding one token at batch 1 reads every weight once, so its speed is bytes of weights over memory
 bandwidth: q8 reads 1.0625 bytes per weight, q4 0.5625, bf16 2, against fp32's 4. Every linear
 layer (q/k/v/o, gate/up/down, lm_head; a tied head gets its own copy) is packed; embeddings, norms
-and biases stay fp32. The model keeps fp32 parameters holding the dequantized values, so every
-PyTorch path (prefill, batched rows, scoring, GPU-less fallbacks) computes with the same weights
-as the kernel; only batch-1 decode steps read the packed blocks (and, for q8/q4, quantize their
-inputs to int8 blocks on the fly). Formats and scale rules: scratchlm.inference.kernels.quant.
+and biases stay fp32. Each packed layer's weight is a `PackedWeight`: the kernel reads its
+blocks (decode steps, batches and prompts of every length), and every PyTorch path (prompt
+scoring, a fallback) reads it as the dequantized values, made per op. Both compute with the same
+weights, and the linear layers take their packed bytes only, not an fp32 copy on top. Where the
+kernels cannot run (SCRATCHLM_KERNELS=0, no compiler) every step is a PyTorch step, so the model
+holds plain fp32 weights of the dequantized values instead. Formats and scale rules:
+scratchlm.inference.kernels.quant.
 
 With a checkpoint directory the packed weights are written once beside it
 (`quantized-q8.safetensors`, ..., keyed by a checksum of the weights they were made from; under
@@ -30,6 +33,7 @@ import torch
 
 from scratchlm.data.sources import default_cache_root
 from scratchlm.errors import ScratchLMError
+from scratchlm.inference.kernels.loader import kernels_enabled, load_library
 from scratchlm.inference.kernels.quant import (
     BLOCK,
     FORMAT_VERSION,
@@ -161,6 +165,11 @@ def _packed_for_checkpoint(
     return matrices
 
 
+def kernels_available() -> bool:
+    """Whether the decode kernels run here (enabled, and built or buildable)."""
+    return kernels_enabled() and load_library() is not None
+
+
 def quantize_for_cpu(
     model: GPT,
     method: str = "q8",
@@ -189,5 +198,5 @@ def quantize_for_cpu(
         matrices = pack_model(model, method)
     else:
         matrices = _packed_for_checkpoint(model, method, checksum, Path(checkpoint_dir))
-    attach(model, matrices, method, checksum)
+    attach(model, matrices, method, checksum, keep_fp32=not kernels_available())
     return model

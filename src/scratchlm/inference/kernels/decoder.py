@@ -16,7 +16,13 @@ import torch
 from torch import nn
 
 from scratchlm.inference.kernels.loader import SlLayer, SlModel, kernels_enabled, load_library
-from scratchlm.inference.kernels.quant import WEIGHT_TYPES, PackedModel, packed_weights
+from scratchlm.inference.kernels.quant import (
+    WEIGHT_TYPES,
+    PackedModel,
+    PackedWeight,
+    materialize,
+    packed_weights,
+)
 from scratchlm.kv_cache import KVCache
 from scratchlm.model import GPT, Block
 
@@ -29,6 +35,8 @@ MLP_PREFIXES = ("gate", "up", "down")
 
 
 def _plain_fp32(tensor: torch.Tensor | None) -> bool:
+    if isinstance(tensor, PackedWeight):
+        return True  # the kernel reads its packed matrix (fast_decoder checks that it matches)
     return tensor is None or (
         type(tensor) in (torch.Tensor, nn.Parameter)  # not a DTensor (FSDP) or other subclass
         and tensor.device.type == "cpu"
@@ -41,6 +49,11 @@ def _plain_fp32(tensor: torch.Tensor | None) -> bool:
 def unsupported_reason(model: nn.Module, cache: KVCache, *, batch: bool = False) -> str | None:
     """Why the fast path cannot decode this model with this cache (None: it can). `batch`: the
     cache may hold many rows (`FastDecoder.forward` only); else it must be a batch-1 cache."""
+    return model_unsupported_reason(model) or cache_unsupported_reason(cache, batch=batch)
+
+
+def model_unsupported_reason(model: nn.Module) -> str | None:
+    """Why the fast path cannot run this model with any cache (None: it can)."""
     if not isinstance(model, GPT) or type(model).forward is not GPT.forward:
         return "not a plain GPT"
     if "forward" in model.__dict__:
@@ -68,6 +81,11 @@ def unsupported_reason(model: nn.Module, cache: KVCache, *, batch: bool = False)
         _plain_fp32(model.rope_cos) and _plain_fp32(model.rope_sin)
     ):
         return "RoPE tables are not contiguous fp32 CPU tensors"
+    return None
+
+
+def cache_unsupported_reason(cache: KVCache, *, batch: bool = False) -> str | None:
+    """Why the fast path cannot decode into this cache (None: it can)."""
     keys, values = cache.keys, cache.values
     if keys.dtype != torch.float32 or keys.device.type != "cpu":
         return "the cache is not an fp32 CPU cache"
@@ -309,16 +327,19 @@ class FastDecoder:
 def fast_decoder(model: nn.Module, cache: KVCache, *, batch: bool = False) -> FastDecoder | None:
     """A FastDecoder for this model and cache, or None when the fast path does not apply.
     `batch`: the cache may hold many rows (then use `forward` only)."""
-    if not kernels_enabled():
+    model_reason = "kernels disabled" if not kernels_enabled() else model_unsupported_reason(model)
+    if model_reason is None and load_library() is None:
+        model_reason = "the kernels could not be built"
+    if model_reason is not None:
+        logger.debug("decode kernels not used: %s", model_reason)
+        _hold_fp32_weights(model)  # the model's forward runs every step from now on
         return None
-    reason = unsupported_reason(model, cache, batch=batch)
-    if reason is not None:
-        logger.debug("decode kernels not used: %s", reason)
+    cache_reason = cache_unsupported_reason(cache, batch=batch)
+    if cache_reason is not None:
+        logger.debug("decode kernels not used: %s", cache_reason)
         return None
     library = load_library()
-    if library is None:
-        return None
-    assert isinstance(model, GPT)
+    assert isinstance(model, GPT) and library is not None
     packed = packed_weights(model)
     if packed is not None and not packed.matches(model):
         # The weights were replaced or changed after quantization: the packed copy is stale, and
@@ -333,4 +354,17 @@ def fast_decoder(model: nn.Module, cache: KVCache, *, batch: bool = False) -> Fa
             )
             _warned_stale = True
         packed = None
+        _hold_fp32_weights(model)  # the kernel reads fp32 pointers of every linear layer
     return FastDecoder(library, model, cache, packed)
+
+
+def _hold_fp32_weights(model: nn.Module) -> None:
+    """Give a quantized model plain fp32 weights before a path that reads them at every step
+    (a PyTorch decode, or the kernel's fp32 mode): a PackedWeight would dequantize itself at
+    each use."""
+    if isinstance(model, GPT) and packed_weights(model) is not None:
+        replaced = materialize(model)
+        if replaced:
+            logger.info(
+                "holding fp32 copies of %d quantized weights (fast path not used)", replaced
+            )
