@@ -359,6 +359,33 @@ def test_a_short_run_learns_the_preference(tmp_path: Path, base: Path, preferenc
     assert load_checkpoint(tmp_path / "run").config == load_checkpoint(base).config
 
 
+def test_eval_tokens_caps_the_held_out_pairs(
+    tmp_path: Path, base: Path, preferences: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--eval-tokens bounds every evaluation: the first held-out pairs that fit, the same ones
+    before and after training, and the log says how many of how many."""
+    full = preference.dpo(
+        config(tmp_path / "full", preferences, max_steps=2, eval_every=2, quiet=False),
+        base=str(base),
+    )
+    assert "held-out pairs (--eval-tokens" not in capsys.readouterr().out
+    capped = preference.dpo(
+        config(
+            tmp_path / "capped", preferences, max_steps=2, eval_every=2, eval_tokens=60, quiet=False
+        ),
+        base=str(base),
+    )
+    trainer_log = capsys.readouterr().out
+    cached = load_file(str(tmp_path / "capped" / REFERENCE_FILE))["val"]
+    total = len(load_file(str(tmp_path / "full" / REFERENCE_FILE))["val"])
+    assert 1 <= len(cached) < total
+    assert f"evaluating the first {len(cached)} of {total} held-out pairs" in trainer_log
+    # the same first pairs: their reference log-probs agree with the full run's
+    full_cached = load_file(str(tmp_path / "full" / REFERENCE_FILE))["val"]
+    torch.testing.assert_close(cached, full_cached[: len(cached)])
+    assert capped.before.keys() == full.before.keys()
+
+
 @pytest.mark.parametrize("kind", ["ipo", "simpo"])
 def test_ipo_and_simpo_train(tmp_path: Path, base: Path, preferences: Path, kind: str) -> None:
     result = preference.dpo(

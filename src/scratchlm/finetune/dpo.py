@@ -426,6 +426,19 @@ def reference_logprobs(
     return result
 
 
+def pairs_within_tokens(pairs: Sequence[TokenizedPair], max_tokens: int) -> list[TokenizedPair]:
+    """The first pairs whose tokens (both sides, prompt included) add up to at most `max_tokens`;
+    at least one. Every evaluation (and the metrics before training) scores the same pairs."""
+    kept: list[TokenizedPair] = []
+    total = 0
+    for pair in pairs:
+        total += len(pair.chosen.ids) + len(pair.rejected.ids)
+        if kept and total > max_tokens:
+            break
+        kept.append(pair)
+    return kept
+
+
 def reply_lengths(pairs: Sequence[TokenizedPair]) -> torch.Tensor:
     """(N, 2): how many tokens of each [chosen, rejected] reply the loss sees."""
     return torch.tensor(
@@ -548,6 +561,13 @@ class DPOTrainer(FinetuneTrainer):
                 "no held-out preference pairs to evaluate on; pass --val-data, or give --data at "
                 "least two usable pairs"
             )
+        evaluated = pairs_within_tokens(val, self.config.eval_tokens)
+        if len(evaluated) < len(val):
+            self.log(
+                f"note: evaluating the first {len(evaluated)} of {len(val)} held-out pairs "
+                f"(--eval-tokens {self.config.eval_tokens:,}); raise it to evaluate more"
+            )
+            val = evaluated
         self.train_pairs, self.val_pairs = train, val
         self.train_lengths, self.val_lengths = reply_lengths(train), reply_lengths(val)
         self.train_reference, self.val_reference = self._reference(train, val)
@@ -596,8 +616,8 @@ class DPOTrainer(FinetuneTrainer):
         if self.config.resume and path.is_file():
             raise ScratchLMError(
                 f"--resume: {path} holds the reference log-probs of other data or another base "
-                "checkpoint (or is damaged); resume with the run's original --data, --val-data "
-                "and --checkpoint, or start a new run with another --out"
+                "checkpoint (or is damaged); resume with the run's original --data, --val-data, "
+                "--eval-tokens and --checkpoint, or start a new run with another --out"
             )
         self.log(
             f"reference log-probs of the starting model: {len(train) if need_train else 0} "
