@@ -15,6 +15,7 @@ import torch
 
 from scratchlm.checkpoint import load_checkpoint, save_checkpoint
 from scratchlm.cli import main
+from scratchlm.data.stories.answers import rival_answers, story_names
 from scratchlm.data.stories.corpus import DOCUMENT_SEPARATOR, generate_stories
 from scratchlm.data.stories.grammar import render_story, sample_story_plan
 from scratchlm.data.stories.instructions import make_instruction_example
@@ -30,10 +31,8 @@ from scratchlm.evaluation.stories import (
     corpus_at_length,
     distinct_names,
     pronoun_agreement,
-    rival_answers,
     score_story_samples,
     story_answer_correct,
-    story_names,
     story_question_answering,
 )
 from scratchlm.finetune.rewards import contains_reward

@@ -16,6 +16,7 @@ import pytest
 
 from scratchlm.data.stories.corpus import generate_stories
 from scratchlm.data.stories.grammar import render_story, sample_story_plan
+from scratchlm.data.stories.questions import QUESTION_KINDS
 from scratchlm.errors import ScratchLMError
 from scratchlm.finetune.rewards import REWARDS, normalize, resolve_reward
 from scratchlm.finetune.tasks import (
@@ -112,6 +113,36 @@ def test_contains_reward(reply: str, answer: str, expected: float) -> None:
 
 
 @pytest.mark.parametrize(
+    ("reply", "answer", "kind", "expected"),
+    [
+        ("The kid was named Ethan.", "Ethan", "name", 1.0),
+        ("ethan", "Ethan", "friend", 1.0),
+        ("The kid was named Ethan and Leo.", "Ethan", "name", 0.0),  # a rival name
+        ("Ethan, Pip, Sam", "Ethan", "name", 0.0),
+        ("It was Leo.", "Ethan", "name", 0.0),
+        ("She lost her red ball.", "ball", "thing", 1.0),
+        ("She lost her ball and her kite.", "ball", "thing", 0.0),
+        ("They went to the park.", "park", "place", 1.0),
+        ("They went to the park, then the beach.", "park", "place", 0.0),
+    ],
+)
+def test_story_answer_reward_refuses_rival_answers(
+    reply: str, answer: str, kind: str, expected: float
+) -> None:
+    """`contains` with no rival of the question's kind: listing answers collects nothing."""
+    assert REWARDS["story-answer"](reply, Problem(prompt="q", answer=answer, kind=kind)) == expected
+
+
+def test_story_qa_problems_carry_their_kind_and_others_refuse_story_answer() -> None:
+    problems = TASKS["story-qa"].make_problems("heldout", 20, 0)
+    assert problems and all(problem.kind in QUESTION_KINDS for problem in problems)
+    for problem in problems:  # the reference answer, said plainly, is paid
+        assert REWARDS["story-answer"](f"It was {problem.answer}.", problem) == 1.0
+    with pytest.raises(ScratchLMError, match="story-qa problems"):
+        REWARDS["story-answer"]("7", Problem(prompt="1 + 6?", answer="7"))
+
+
+@pytest.mark.parametrize(
     ("reply", "expected"),
     [
         ("Answer: 7", 1.0),
@@ -128,7 +159,7 @@ def test_format_reward(reply: str, expected: float) -> None:
 
 def test_resolve_reward_defaults_names_and_regex() -> None:
     assert resolve_reward(None, ARITHMETIC) is REWARDS["number"]
-    assert resolve_reward(None, TASKS["story-qa"]) is REWARDS["contains"]
+    assert resolve_reward(None, TASKS["story-qa"]) is REWARDS["story-answer"]
     assert resolve_reward("exact", ARITHMETIC) is REWARDS["exact"]
     pattern = resolve_reward(r"regex:^\d+$", ARITHMETIC)
     problem = Problem(prompt="q", answer="7")

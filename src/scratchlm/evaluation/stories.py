@@ -40,7 +40,7 @@ instruction data. The user message is the story, a blank line and the question (
 instruction data's story questions), rendered through the chat template with the generation
 prompt; the reply is greedy until `<|end|>`, the end of document or `QA_REPLY_TOKENS`.
 
-A reply is correct (`story_answer_correct`) when the story-qa reward (`contains`: the answer as
+A reply is correct (`story_answer_correct`) when the story-qa reward (`story-answer`: the answer as
 whole words, case-insensitive, after `normalize`) pays for it and the reply names no rival answer:
 no other character name (for a name question), kind (kind), object (thing), color (color) or place
 (place) of the story world. So "The kid was named Ethan." answers "Ethan", and "Ethan and Pip" or
@@ -61,19 +61,20 @@ from functools import cache
 from typing import Any
 
 from scratchlm.chat_template import end_of_turn_id
+from scratchlm.data.stories.answers import (
+    NAME_ALTERNATION,
+    NAME_PRONOUNS,
+    story_names,
+    without_non_names,
+)
 from scratchlm.data.stories.corpus import generate_stories
-from scratchlm.data.stories.questions import QUESTION_KINDS, mentions
+from scratchlm.data.stories.questions import QUESTION_KINDS
 from scratchlm.data.stories.words import (
-    COLORS,
     FAMILY_PRONOUNS,
-    KINDS,
-    NAMES_BY_PRONOUN,
-    PLACE_NAMES,
-    THING_NAMES,
 )
 from scratchlm.errors import ScratchLMError
 from scratchlm.evaluation.chat_eval import chat_prompt, check_chat_checkpoint
-from scratchlm.finetune.rewards import contains_reward
+from scratchlm.finetune.rewards import story_answer_reward
 from scratchlm.finetune.tasks import Problem, story_qa_examples
 from scratchlm.inference.engine import Engine
 from scratchlm.inference.settings import GREEDY, SamplingSettings
@@ -99,45 +100,18 @@ EXAMPLES_SHOWN = 3
 # Scoring text (pure: no model)
 # ---------------------------------------------------------------------------------------------------
 
-NAME_PRONOUNS: dict[str, tuple[str, ...]] = {}
-for _pronoun, _names in NAMES_BY_PRONOUN.items():
-    for _name in _names:
-        NAME_PRONOUNS[_name] = (*NAME_PRONOUNS.get(_name, ()), _pronoun)
-# Phrases that start with a name but name nobody; lowered before names are searched.
-NOT_NAMES = ("Lily pads",)
-# Longest first, so that the alternation never stops at a shorter name that starts a longer one.
-_NAME_ALTERNATION = "|".join(sorted(map(re.escape, NAME_PRONOUNS), key=len, reverse=True))
-NAME_PATTERN = re.compile(rf"(?<!\w)(?:{_NAME_ALTERNATION})(?!\w)")
 _FAMILY_ALTERNATION = "|".join(
     f"[{word[0].upper()}{word[0]}]{word[1:]}" for word in FAMILY_PRONOUNS
 )
 # One scan over the text: names, subject pronouns he/she, family members, quote marks and ends of
 # sentences (. ! ? before an optional closing quote and a capital letter, or the end of the text).
 _EVENTS = re.compile(
-    rf"(?P<name>(?<!\w)(?:{_NAME_ALTERNATION})(?!\w))"
+    rf"(?P<name>(?<!\w)(?:{NAME_ALTERNATION})(?!\w))"
     r"|(?P<pronoun>(?<!\w)(?:[Hh]e|[Ss]he)(?!\w))"
     rf"|(?P<family>(?<!\w)(?:{_FAMILY_ALTERNATION})(?!\w))"
     r'|(?P<quote>")'
     r'|(?P<end>[.!?]+(?=["”]?\s+["“]?[A-Z]|["”]?\s*$))'
 )
-# Rival answers by question kind; names are matched as in `story_names`.
-RIVALS: dict[str, tuple[str, ...]] = {
-    "kind": tuple(KINDS),
-    "thing": THING_NAMES,
-    "color": COLORS,
-    "place": PLACE_NAMES,
-}
-
-
-def _without_non_names(text: str) -> str:
-    for phrase in NOT_NAMES:
-        text = text.replace(phrase, phrase.lower())
-    return text
-
-
-def story_names(text: str) -> list[str]:
-    """The character names of the story world in `text`, in order, as whole case-sensitive words."""
-    return NAME_PATTERN.findall(_without_non_names(text))
 
 
 def distinct_names(text: str) -> int:
@@ -165,7 +139,7 @@ def pronoun_agreement(text: str) -> PronounCounts:
     first: str | None = None  # this sentence's first name outside quotes
     family = False  # a family member mentioned in this sentence (so far)
     previous: str | None = None  # the sentence before's first name; None after a family member
-    for match in _EVENTS.finditer(_without_non_names(text)):
+    for match in _EVENTS.finditer(without_non_names(text)):
         kind, word = match.lastgroup, match.group()
         if kind == "quote":
             in_quote = not in_quote
@@ -186,22 +160,10 @@ def pronoun_agreement(text: str) -> PronounCounts:
     return PronounCounts(checked, agreeing)
 
 
-def rival_answers(reply: str, answer: str, kind: str) -> list[str]:
-    """The answers of the same kind as `answer` (other names, kinds, objects, colors or places of
-    the story world) that `reply` also gives, in a fixed order."""
-    if kind not in QUESTION_KINDS:
-        raise ScratchLMError(f"unknown question kind {kind!r}; one of {', '.join(QUESTION_KINDS)}")
-    if kind in ("name", "friend"):
-        return list(dict.fromkeys(name for name in story_names(reply) if name != answer))
-    text = " ".join(reply.lower().split())
-    wanted = answer.lower()
-    return [rival for rival in RIVALS[kind] if rival != wanted and mentions(text, rival)]
-
-
 def story_answer_correct(reply: str, answer: str, kind: str) -> bool:
-    """The story-qa reward's judgement (`contains`) with no rival answer (the module docstring)."""
-    paid = contains_reward(reply, Problem(prompt="", answer=answer)) == 1.0
-    return paid and not rival_answers(reply, answer, kind)
+    """The story-qa reward's judgement (`story-answer`: the answer as whole words, and no rival
+    answer; the module docstring)."""
+    return story_answer_reward(reply, Problem(prompt="", answer=answer, kind=kind)) == 1.0
 
 
 # ---------------------------------------------------------------------------------------------------

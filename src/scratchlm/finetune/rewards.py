@@ -11,6 +11,11 @@ Built-ins (`REWARDS`):
   ("Tom" is in "The cat was named Tom." but not in "Tommy").
 - `format`: 1.0 when some line of the reply starts with "Answer:" followed by at least one
   non-space character (case-insensitive: "answer: 7" counts, "The answer is 7" does not).
+- `story-answer` (story-qa's default): `contains`, and 0.0 when the reply also gives a rival
+  answer of the question's kind: another character name of the story world for a name question,
+  another kind, object, color or place for the others (`scratchlm.data.stories.answers`). "The
+  kid was named Ethan." scores 1.0 for "Ethan"; "Ethan and Leo" scores 0.0. Needs problems with a
+  question kind (the story-qa task's).
 
 `normalize(text)`: lower case; runs of whitespace made one space; quotes and punctuation
 (. ! ? , ; :) removed from both ends; then a leading article ("a", "an", "the") removed.
@@ -36,6 +41,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from scratchlm.data.stories.answers import rival_answers
 from scratchlm.errors import ScratchLMError
 from scratchlm.finetune.tasks import Problem, Task, parse_numbers, reference_number
 
@@ -81,6 +87,17 @@ def contains_reward(reply: str, problem: Problem) -> float:
     return 1.0 if found else 0.0
 
 
+def story_answer_reward(reply: str, problem: Problem) -> float:
+    if problem.kind is None:
+        raise ScratchLMError(
+            "the story-answer reward judges story-qa problems (it needs the question's kind); "
+            "use --reward contains or exact for other tasks"
+        )
+    if contains_reward(reply, problem) == 0.0:
+        return 0.0
+    return 0.0 if rival_answers(reply, problem.answer, problem.kind) else 1.0
+
+
 def format_reward(reply: str, problem: Problem) -> float:
     del problem  # the format does not depend on the answer
     return 1.0 if _FORMAT_LINE.search(reply) else 0.0
@@ -91,6 +108,7 @@ REWARDS: dict[str, RewardFunction] = {
     "exact": exact_reward,
     "contains": contains_reward,
     "format": format_reward,
+    "story-answer": story_answer_reward,
 }
 SPEC_FORMS = f"{', '.join(REWARDS)}, regex:PATTERN, module:function or path/to/file.py:function"
 

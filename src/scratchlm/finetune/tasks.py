@@ -27,12 +27,13 @@ The prompt is the problem text alone; the chat template adds the roles. No instr
 finds the answer in any sentence, so the replies a chat model already writes ("Tom has 7 balls.",
 "The cat was named Tom.") are checkable as they are.
 
-Why `contains` for story-qa: the quickstart's chat model answers story questions in a sentence
-("The kid was named Ethan."), as its instruction data does. `exact` would score every such reply 0,
-right or wrong, and GRPO learns nothing from a group whose rewards are all equal. Every story-qa
-answer is one word or a short phrase, and no question lists options a reply could echo. A policy
-could still learn to list many names to collect the reward; scoring its held-out replies with
-`exact` as well shows whether it did.
+Why `story-answer` for story-qa: the quickstart's chat model answers story questions in a
+sentence ("The kid was named Ethan."), as its instruction data does. `exact` would score every
+such reply 0, right or wrong, and GRPO learns nothing from a group whose rewards are all equal.
+`contains` pays for the answer anywhere in the reply, so a policy could learn to list many names
+to collect it. `story-answer` pays for the answer as `contains` does, but not when the reply also
+gives a rival answer of the question's kind (another name, kind, object, color or place of the
+story world): the judgement of the story-qa evaluation (`scratchlm eval --tasks story-qa`).
 
 Held-out problems never equal train problems, by two means: the two splits draw from different
 seeds (each split has its own string seed, a seed space disjoint from the integer seeds the corpus
@@ -86,6 +87,9 @@ MAX_DRAWS_PER_PROBLEM = 200
 class Problem:
     prompt: str  # the user message sent through the chat template
     answer: str  # the reference the reward checks against
+    # story-qa: the question's kind (one of stories.questions.QUESTION_KINDS), which names the
+    # rival answers the `story-answer` reward refuses; None elsewhere
+    kind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -274,7 +278,9 @@ def _draw_story_question(rng: random.Random) -> tuple[str, Problem, StoryExample
     question = rng.choice(tuple(questions))
     # The layout of the instruction data's story questions (`stories.instructions`): story,
     # blank line, question. The plan decides the split, so no story plan is in both.
-    problem = Problem(prompt=f"{story}\n\n{question.question}", answer=question.answer)
+    problem = Problem(
+        prompt=f"{story}\n\n{question.question}", answer=question.answer, kind=question.kind
+    )
     return plan_key(plan), problem, StoryExample(plan, story, question, problem)
 
 
@@ -396,7 +402,7 @@ TASKS: dict[str, Task] = {
     "story-qa": Task(
         name="story-qa",
         description="a short generated story and one question it answers (who, what, where)",
-        default_reward="contains",
+        default_reward="story-answer",
         make_problems=_story_qa_problems,
     ),
     "gsm8k": _records_task(
