@@ -118,6 +118,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=20.0, help="per level, per round")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument(
+        "--kv-cache",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="our server's KV cache (llama-server keeps its default, f16)",
+    )
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy for both")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of each server")
     parser.add_argument("--rounds", type=int, default=2, help="the server order alternates")
@@ -322,6 +328,7 @@ def start(
     log = work / f"{server}-{quantize}.log"
     if server == "ours":
         extra = ["--quantize", quantize, "--skip-checksums", "--threads", str(args.threads)]
+        extra += ["--kv-cache", args.kv_cache]
         return start_server(
             str(checkpoint), slots, "cpu", extra, log=log, timeout=STARTUP_TIMEOUT_S
         )

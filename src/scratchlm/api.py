@@ -161,14 +161,17 @@ def load(
     device: str = "auto",
     quantize: str = "none",
     verify: bool = True,
+    kv_cache: str = "fp32",
 ) -> LanguageModel:
     """A checkpoint directory, or a run directory (its best/, else its latest checkpoint),
     loaded for inference: `device` auto (CUDA > MPS > CPU), cpu, cuda, cuda:N or mps;
     `quantize="q8"` (or "q4", "bf16") for faster CPU decoding; `verify=False` skips the
-    checksums (the CLI's --skip-checksums)."""
+    checksums (the CLI's --skip-checksums); `kv_cache="fp16"` halves the KV cache (CPU)."""
     from scratchlm.inference.load import load_for_inference
 
-    loaded, chosen = load_for_inference(os.fspath(path), device, quantize, verify=verify)
+    loaded, chosen = load_for_inference(
+        os.fspath(path), device, quantize, verify=verify, kv_cache=kv_cache
+    )
     return LanguageModel(loaded, chosen)
 
 

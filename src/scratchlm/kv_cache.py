@@ -7,13 +7,50 @@ no allocation per decode step). Rows are independent: a row is addressed by the 
 are written at, so rows of different lengths share one cache, and a row can be reused for a new
 sequence by writing from position 0 (causal masking by position hides whatever a previous sequence
 left behind).
+
+The cache holds the model's dtype unless `set_cache_dtype` chose another for the model
+(`--kv-cache fp16` on CPU): half the bytes per position, keys and values rounded to fp16 when
+written, attention still computed in the model's dtype. `cache_dtype(model)` is what every decoder
+allocates.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from scratchlm.config import ModelConfig
+from scratchlm.errors import ScratchLMError
+
+KV_CACHE_TYPES = {"fp32": torch.float32, "fp16": torch.float16}
+_ATTRIBUTE = "_scratchlm_kv_cache_dtype"
+
+
+def set_cache_dtype(model: nn.Module, name: str) -> None:
+    """Make the KV caches of `model` fp32 (its default on CPU) or fp16 (`--kv-cache`)."""
+    if name not in KV_CACHE_TYPES:
+        raise ScratchLMError(
+            f"unknown KV cache type {name!r}; use one of {', '.join(KV_CACHE_TYPES)}"
+        )
+    weights = next(model.parameters())
+    if name == "fp16" and (weights.device.type != "cpu" or weights.dtype != torch.float32):
+        raise ScratchLMError(
+            "--kv-cache fp16 is for fp32 models on CPU; on a GPU the cache already has the "
+            "model's 16-bit dtype, so drop --kv-cache"
+        )
+    setattr(model, _ATTRIBUTE, KV_CACHE_TYPES[name])
+
+
+def cache_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the KV caches made for `model`: `set_cache_dtype`'s choice, else its
+    embedding's dtype (the dtype it computes in)."""
+    chosen = getattr(model, _ATTRIBUTE, None)
+    if isinstance(chosen, torch.dtype):
+        return chosen
+    embedding = getattr(model, "token_embedding", None)
+    if isinstance(embedding, nn.Embedding):
+        return embedding.weight.dtype
+    return next(model.parameters()).dtype
 
 
 class KVCache:
@@ -88,6 +125,9 @@ class KVCache:
         """
         batch = keys.shape[0]
         layer_keys, layer_values = self.keys[layer, :batch], self.values[layer, :batch]
+        compute_dtype = keys.dtype
+        if layer_keys.dtype != compute_dtype:  # an fp16 cache under fp32 compute
+            keys, values = keys.to(layer_keys.dtype), values.to(layer_keys.dtype)
         if start is not None:
             end = start + keys.shape[2]
             layer_keys[:, :, start:end] = keys
@@ -97,7 +137,14 @@ class KVCache:
             index = positions[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[3])
             layer_keys.scatter_(2, index, keys)
             layer_values.scatter_(2, index, values)
-        return layer_keys[:, :, :visible_len], layer_values[:, :, :visible_len]
+        visible_keys, visible_values = (
+            layer_keys[:, :, :visible_len],
+            layer_values[:, :, :visible_len],
+        )
+        if visible_keys.dtype != compute_dtype:
+            # attention computes in the model's dtype on the stored (rounded) values
+            return visible_keys.to(compute_dtype), visible_values.to(compute_dtype)
+        return visible_keys, visible_values
 
     def advance(self, positions: torch.Tensor | None, count: int, batch: int) -> None:
         """Record a forward's writes: `count` tokens at the common length, or explicit positions."""

@@ -55,7 +55,11 @@ def command_chat(args: argparse.Namespace) -> None:
         if args.system_prompt:
             conversation.system = args.system_prompt
     loaded, device = load_for_inference(
-        args.checkpoint, args.device, args.quantize, verify=not args.skip_checksums
+        args.checkpoint,
+        args.device,
+        args.quantize,
+        verify=not args.skip_checksums,
+        kv_cache=args.kv_cache,
     )
     view: ChatView = (
         RichView() if sys.stdin.isatty() and sys.stdout.isatty() and not args.plain else PlainView()

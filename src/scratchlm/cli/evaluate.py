@@ -134,7 +134,11 @@ def command_eval(args: argparse.Namespace) -> None:
     from scratchlm.inference.load import load_for_inference
 
     loaded, device = load_for_inference(
-        args.checkpoint, args.device, args.quantize, verify=not args.skip_checksums
+        args.checkpoint,
+        args.device,
+        args.quantize,
+        verify=not args.skip_checksums,
+        kv_cache=args.kv_cache,
     )
     # Raw text, uncleaned: the score is of the text exactly as given.
     documents = (
@@ -163,7 +167,9 @@ def command_eval_prompts(args: argparse.Namespace) -> None:
 
     prompts = read_prompts(args.prompts)
     verify = not args.skip_checksums
-    loaded, device = load_for_inference(args.checkpoint, args.device, args.quantize, verify=verify)
+    loaded, device = load_for_inference(
+        args.checkpoint, args.device, args.quantize, verify=verify, kv_cache=args.kv_cache
+    )
     others = [load_checkpoint(path, device, verify=verify) for path in args.compare or []]
     markdown, jsonl = run_prompt_suite(
         [loaded, *others],
@@ -219,7 +225,11 @@ def command_eval_tasks(args: argparse.Namespace) -> None:
             for name in names
         ]
     loaded, _ = load_for_inference(
-        args.checkpoint, args.device, args.quantize, verify=not args.skip_checksums
+        args.checkpoint,
+        args.device,
+        args.quantize,
+        verify=not args.skip_checksums,
+        kv_cache=args.kv_cache,
     )
     if args.chat:
         check_chat_checkpoint(loaded.metadata)
@@ -325,7 +335,11 @@ def command_eval_stories(args: argparse.Namespace) -> None:
             "the chat template); drop --chat"
         )
     loaded, _ = load_for_inference(
-        args.checkpoint, args.device, args.quantize, verify=not args.skip_checksums
+        args.checkpoint,
+        args.device,
+        args.quantize,
+        verify=not args.skip_checksums,
+        kv_cache=args.kv_cache,
     )
     if "story-qa" in names:
         check_story_qa_checkpoint(loaded.metadata)  # before any story is sampled

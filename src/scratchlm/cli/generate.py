@@ -62,7 +62,11 @@ def command_generate(args: argparse.Namespace) -> None:
     from scratchlm.inference.load import load_for_inference
 
     loaded, device = load_for_inference(
-        args.checkpoint, args.device, args.quantize, verify=not args.skip_checksums
+        args.checkpoint,
+        args.device,
+        args.quantize,
+        verify=not args.skip_checksums,
+        kv_cache=args.kv_cache,
     )
     tokenizer = loaded.tokenizer
     settings = sampling_from_args(args)
@@ -218,6 +222,10 @@ def command_bench(args: argparse.Namespace) -> None:
     from scratchlm.inference.quantize import quantize_for_cpu
 
     model = quantize_for_cpu(model, args.quantize)
+    if args.kv_cache != "fp32":
+        from scratchlm.kv_cache import set_cache_dtype
+
+        set_cache_dtype(model, args.kv_cache)
     if args.compile:
         from scratchlm.inference.kernels.quant import materialize
 

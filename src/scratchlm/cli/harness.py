@@ -104,7 +104,11 @@ def run_harness(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
 
     manager = _task_manager(task_data)
     loaded, _ = load_for_inference(
-        args.checkpoint, args.device, args.quantize, verify=not args.skip_checksums
+        args.checkpoint,
+        args.device,
+        args.quantize,
+        verify=not args.skip_checksums,
+        kv_cache=args.kv_cache,
     )
     model = ScratchLMHarness(
         model=loaded.model, tokenizer=loaded.tokenizer, batch_size=args.batch_size

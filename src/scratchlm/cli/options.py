@@ -101,6 +101,13 @@ def add_quantize_argument(parser: argparse.ArgumentParser) -> None:
         help="weights for the CPU decode kernels: q8/q4 blocks (as GGUF Q8_0/Q4_0) or bf16, "
         "packed once beside the checkpoint; faster decoding, slightly different outputs",
     )
+    parser.add_argument(
+        "--kv-cache",
+        choices=["fp32", "fp16"],
+        default="fp32",
+        help="the KV cache's element type on CPU: fp16 halves the bytes attention reads per "
+        "position (many rows, long contexts), keys and values rounded to fp16",
+    )
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:

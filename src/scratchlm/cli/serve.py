@@ -203,7 +203,11 @@ def command_serve(args: argparse.Namespace) -> None:
             "or --host"
         ) from error
     loaded, _device = load_for_inference(
-        args.checkpoint, args.device, args.quantize, verify=not args.skip_checksums
+        args.checkpoint,
+        args.device,
+        args.quantize,
+        verify=not args.skip_checksums,
+        kv_cache=args.kv_cache,
     )
     context_length = loaded.model.config.context_length
     if args.max_tokens_limit is not None and args.max_tokens_limit > context_length:

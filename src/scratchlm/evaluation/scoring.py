@@ -65,7 +65,7 @@ from scratchlm.evaluation.examples import (
     MultipleChoiceExample,
     TaskSpec,
 )
-from scratchlm.kv_cache import KVCache
+from scratchlm.kv_cache import KVCache, cache_dtype
 from scratchlm.model import GPT
 from scratchlm.tokenizer import Tokenizer
 
@@ -189,7 +189,7 @@ def _score_batch(
 ) -> dict[int, Loglikelihood]:
     config = model.config
     device = model.token_embedding.weight.device
-    dtype = model.token_embedding.weight.dtype
+    dtype = cache_dtype(model)
     row_requests = [index for unit in units for index in unit.members]
     row_units = [number for number, unit in enumerate(units) for _ in unit.members]
     rows = len(row_requests)

@@ -25,7 +25,7 @@ from scratchlm.inference.decode import Decoder, fit_prompt
 from scratchlm.inference.kernels.decoder import FastDecoder, fast_decoder
 from scratchlm.inference.sampling import history_counts, make_generator, sample_next_token
 from scratchlm.inference.settings import LogitBias, SamplingSettings, check_logit_bias
-from scratchlm.kv_cache import KVCache
+from scratchlm.kv_cache import KVCache, cache_dtype
 from scratchlm.model import GPT
 
 
@@ -154,7 +154,7 @@ class BatchDecoder:
             torch.device(device) if device is not None else model.token_embedding.weight.device
         )
         self.max_len = min(max_len or self.config.context_length, self.config.context_length)
-        dtype = model.token_embedding.weight.dtype
+        dtype = cache_dtype(model)
         self.cache = KVCache.for_model(
             self.config, max_batch, self.max_len, dtype=dtype, device=self.device
         )

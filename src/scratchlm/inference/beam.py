@@ -15,7 +15,7 @@ import torch
 from scratchlm.errors import ScratchLMError
 from scratchlm.inference.decode import Decoder, fit_prompt
 from scratchlm.inference.kernels.decoder import fast_decoder
-from scratchlm.kv_cache import KVCache
+from scratchlm.kv_cache import KVCache, cache_dtype
 from scratchlm.model import GPT
 
 
@@ -51,9 +51,7 @@ def beam_search(
     device = model.token_embedding.weight.device
     prompt, _ = fit_prompt(prompt_ids, config.context_length, truncate)
     total = min(config.context_length, len(prompt) + max_new_tokens)
-    cache = KVCache.for_model(
-        config, beam_width, total, dtype=model.token_embedding.weight.dtype, device=device
-    )
+    cache = KVCache.for_model(config, beam_width, total, dtype=cache_dtype(model), device=device)
     # Prefill the prompt once into row 0 (the decode primitive: the CPU kernels when they
     # apply), then give every beam row the same history.
     logits = Decoder(model, cache.rows(0, 1)).prefill(prompt)  # (1, V)

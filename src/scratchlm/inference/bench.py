@@ -15,7 +15,7 @@ import torch
 from scratchlm.inference.batch import BatchDecoder, GenerationRequest
 from scratchlm.inference.decode import Decoder
 from scratchlm.inference.settings import GREEDY
-from scratchlm.kv_cache import KVCache
+from scratchlm.kv_cache import KVCache, cache_dtype
 from scratchlm.model import GPT
 
 
@@ -63,7 +63,7 @@ def time_batch_one(model: GPT, prompt: torch.Tensor, new_tokens: int) -> tuple[f
         model.config,
         1,
         prompt.shape[1] + new_tokens,
-        dtype=model.token_embedding.weight.dtype,
+        dtype=cache_dtype(model),
         device=device,
     )
     # The same decode primitive as Engine.generate: the fp32 CPU kernels when they apply.

@@ -19,7 +19,7 @@ from scratchlm.inference.decode import Decoder, fit_prompt
 from scratchlm.inference.sampling import history_counts, make_generator, sample_next_token
 from scratchlm.inference.settings import SamplingSettings
 from scratchlm.inference.streaming import TextStream
-from scratchlm.kv_cache import KVCache
+from scratchlm.kv_cache import KVCache, cache_dtype
 from scratchlm.model import GPT
 from scratchlm.tokenizer import Tokenizer
 
@@ -55,7 +55,9 @@ class Engine:
         generator = make_generator(seed, self.device)
         # Room for the whole generation (capped by the context); allocated once.
         total = min(self.config.context_length, len(prompt_ids) + max_new_tokens)
-        cache = KVCache.for_model(self.config, 1, total, dtype=self.dtype, device=self.device)
+        cache = KVCache.for_model(
+            self.config, 1, total, dtype=cache_dtype(self.model), device=self.device
+        )
         counts = history_counts(prompt_ids, sampling, self.config.vocab_size, self.device)
         self.finish_reason = "length"
         decoder = Decoder(self.model, cache)

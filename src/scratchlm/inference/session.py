@@ -19,7 +19,7 @@ from scratchlm.errors import ScratchLMError
 from scratchlm.inference.decode import Decoder
 from scratchlm.inference.sampling import history_counts, make_generator, sample_next_token
 from scratchlm.inference.settings import SamplingSettings
-from scratchlm.kv_cache import KVCache
+from scratchlm.kv_cache import KVCache, cache_dtype
 from scratchlm.model import GPT
 
 
@@ -30,9 +30,7 @@ class DecodeSession:
         self.device = (
             torch.device(device) if device is not None else model.token_embedding.weight.device
         )
-        self.cache = KVCache.for_model(
-            self.config, 1, dtype=model.token_embedding.weight.dtype, device=self.device
-        )
+        self.cache = KVCache.for_model(self.config, 1, dtype=cache_dtype(model), device=self.device)
         self.ids: list[int] = []  # tokens whose keys/values are in the cache, in order
         self.last_prefill = 0  # tokens prefilled by the latest generate (0..len(prompt))
         self.reused = 0  # prompt tokens found in the cache by the latest generate

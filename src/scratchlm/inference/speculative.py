@@ -23,7 +23,7 @@ from scratchlm.inference.decode import Decoder, fit_prompt
 from scratchlm.inference.sampling import draw_token, make_generator, next_token_probabilities
 from scratchlm.inference.settings import SamplingSettings
 from scratchlm.inference.streaming import TextStream
-from scratchlm.kv_cache import KVCache
+from scratchlm.kv_cache import KVCache, cache_dtype
 from scratchlm.model import GPT
 from scratchlm.tokenizer import Tokenizer
 
@@ -70,10 +70,11 @@ def speculative_generate(
     max_len = min(target.config.context_length, draft.config.context_length)
     prompt, _ = fit_prompt(prompt_ids, max_len, truncate=False)
     total = min(max_len, len(prompt) + max_new_tokens)
-    dtype = target.token_embedding.weight.dtype
-    target_cache = KVCache.for_model(target.config, 1, max_len, dtype=dtype, device=device)
+    target_cache = KVCache.for_model(
+        target.config, 1, max_len, dtype=cache_dtype(target), device=device
+    )
     draft_cache = KVCache.for_model(
-        draft.config, 1, max_len, dtype=draft.token_embedding.weight.dtype, device=device
+        draft.config, 1, max_len, dtype=cache_dtype(draft), device=device
     )
     generator = make_generator(seed, device)
     # Every forward goes through the decode primitive (the CPU kernels when they apply): the

@@ -65,6 +65,7 @@ namespace {
 enum NormKind : int32_t { kRmsNorm = 0, kLayerNorm = 1 };
 enum MlpKind : int32_t { kGelu = 0, kGeluTanh = 1, kLeakyRelu = 2, kSwiGlu = 3, kRelu2 = 4 };
 enum WeightType : int32_t { kF32 = 0, kQ8 = 1, kQ4 = 2, kBf16 = 3 };
+enum KvType : int32_t { kKvFp32 = 0, kKvFp16 = 1 };
 
 }  // namespace
 
@@ -100,9 +101,9 @@ struct SlLayer {
   const void* down_w;
   const float* down_b;
   // This layer's cache for the decoded row: element [head, position, dim] lives at
-  // keys[head * cache_head_stride + position * head_dim + dim].
-  float* keys;
-  float* values;
+  // keys[head * cache_head_stride + position * head_dim + dim], fp32 or fp16 (SlModel::kv_type).
+  void* keys;
+  void* values;
   // fp16 block scales of the q8/q4 weights above; null for fp32 and bf16.
   const uint16_t* q_s;
   const uint16_t* k_s;
@@ -146,6 +147,10 @@ struct SlModel {
   // element [head, position, dim] lives at keys + r * cache_row_stride + (as above). Only
   // sl_forward_tokens reads it; sl_decode_step writes row 0.
   int64_t cache_row_stride;
+  // The cache's element type: 0 fp32, 1 fp16 (half the bytes that attention reads per position;
+  // llama.cpp's default). Keys and values are rounded to fp16 once, when written.
+  int32_t kv_type;
+  int32_t pad3_;
 };
 
 }  // extern "C"
@@ -337,6 +342,132 @@ inline float fp16_to_fp32(uint16_t h) {
   std::memcpy(&value, &bits, 4);
   return value;
 #endif
+}
+
+inline uint16_t fp32_to_fp16(float f) {
+#if defined(__F16C__)
+  return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+  // Round to nearest even, as F16C does (the portable build is never loaded; kept correct).
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  const uint32_t sign = (bits >> 16) & 0x8000u;
+  const uint32_t magnitude = bits & 0x7FFFFFFFu;
+  if (magnitude >= 0x7F800000u) return static_cast<uint16_t>(sign | (magnitude > 0x7F800000u ? 0x7E00u : 0x7C00u));
+  if (magnitude >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);  // overflow
+  if (magnitude < 0x38800000u) {  // subnormal or zero in fp16
+    const float scaled = std::fabs(f) * 16777216.0f;  // units of 2^-24
+    return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(scaled)));
+  }
+  const uint32_t rounded = magnitude + 0xFFFu + ((magnitude >> 13) & 1u);
+  return static_cast<uint16_t>(sign | ((rounded - 0x38000000u) >> 13));
+#endif
+}
+
+// --- the KV cache's two element types: fp32 (memcpy, dot, axpy) or fp16 (converted on the fly) ---
+
+inline void store_kv(float* out, const float* in, int64_t n) {
+  std::memcpy(out, in, sizeof(float) * n);
+}
+inline void store_kv(uint16_t* out, const float* in, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = fp32_to_fp16(in[i]);
+}
+inline float dot_kv(const float* k, const float* q, int64_t n) { return dot(k, q, n); }
+inline void axpy_kv(float p, const float* v, float* out, int64_t n) { axpy(p, v, out, n); }
+
+#if defined(__AVX512F__)
+inline float dot_kv(const uint16_t* k, const float* q, int64_t n) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+  int64_t i = 0;
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    const __m512 k0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(k + i)));
+    const __m512 k1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(k + i + kLanes)));
+    a0 = _mm512_fmadd_ps(k0, _mm512_loadu_ps(q + i), a0);
+    a1 = _mm512_fmadd_ps(k1, _mm512_loadu_ps(q + i + kLanes), a1);
+  }
+  float s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+  for (; i < n; ++i) s += fp16_to_fp32(k[i]) * q[i];
+  return s;
+}
+inline void axpy_kv(float p, const uint16_t* v, float* out, int64_t n) {
+  const __m512 pv = _mm512_set1_ps(p);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const __m512 vv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + i)));
+    _mm512_storeu_ps(out + i, _mm512_fmadd_ps(pv, vv, _mm512_loadu_ps(out + i)));
+  }
+  for (; i < n; ++i) out[i] += p * fp16_to_fp32(v[i]);
+}
+#elif defined(__AVX2__) && defined(__F16C__)
+inline float dot_kv(const uint16_t* k, const float* q, int64_t n) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+  int64_t i = 0;
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    const __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(k + i)));
+    const __m256 k1 = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(k + i + kLanes)));
+    a0 = _mm256_fmadd_ps(k0, _mm256_loadu_ps(q + i), a0);
+    a1 = _mm256_fmadd_ps(k1, _mm256_loadu_ps(q + i + kLanes), a1);
+  }
+  float s = hsum256(_mm256_add_ps(a0, a1));
+  for (; i < n; ++i) s += fp16_to_fp32(k[i]) * q[i];
+  return s;
+}
+inline void axpy_kv(float p, const uint16_t* v, float* out, int64_t n) {
+  const __m256 pv = _mm256_set1_ps(p);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const __m256 vv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v + i)));
+    _mm256_storeu_ps(out + i, _mm256_fmadd_ps(pv, vv, _mm256_loadu_ps(out + i)));
+  }
+  for (; i < n; ++i) out[i] += p * fp16_to_fp32(v[i]);
+}
+#else
+inline float dot_kv(const uint16_t* k, const float* q, int64_t n) {
+  float s = 0.0f;
+  for (int64_t i = 0; i < n; ++i) s += fp16_to_fp32(k[i]) * q[i];
+  return s;
+}
+inline void axpy_kv(float p, const uint16_t* v, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] += p * fp16_to_fp32(v[i]);
+}
+#endif
+
+// One query head's causal softmax attention over cached positions 0..pos of one KV head: `out`
+// (hd) = softmax(q . k_j * scale) weighted sum of v_j; `scores` holds pos + 1 floats.
+template <typename T>
+void attend_head(const T* key_rows, const T* value_rows, const float* qh, int64_t pos, int64_t hd,
+                 float scale, float* scores, float* out) {
+  float top = -INFINITY;
+  for (int64_t j = 0; j <= pos; ++j) {
+    scores[j] = dot_kv(key_rows + j * hd, qh, hd) * scale;
+    top = scores[j] > top ? scores[j] : top;
+  }
+  float total = 0.0f;
+  for (int64_t j = 0; j <= pos; ++j) {
+    scores[j] = std::exp(scores[j] - top);
+    total += scores[j];
+  }
+  std::memset(out, 0, sizeof(float) * hd);
+  for (int64_t j = 0; j <= pos; ++j) axpy_kv(scores[j], value_rows + j * hd, out, hd);
+  const float inverse = 1.0f / total;
+  for (int64_t i = 0; i < hd; ++i) out[i] *= inverse;
+}
+
+// The cache write and the attention of one KV head's query heads, for the cache's element type.
+template <typename T>
+void attend_group(void* keys, void* values, int64_t base, const float* kg, const float* vg,
+                  float* q_heads, int64_t group_size, int64_t pos, int64_t hd, float scale,
+                  float* scores, float* out_heads) {
+  T* key_rows = static_cast<T*>(keys) + base;  // (positions, hd)
+  T* value_rows = static_cast<T*>(values) + base;
+  if (kg != nullptr) {
+    store_kv(key_rows + pos * hd, kg, hd);
+    store_kv(value_rows + pos * hd, vg, hd);
+  }
+  for (int64_t head = 0; head < group_size; ++head) {
+    attend_head(key_rows, value_rows, q_heads + head * hd, pos, hd, scale, scores,
+                out_heads + head * hd);
+  }
 }
 
 // The integer dot of one q8/q4 weight block with 32 int8 input codes (the portable fallback).
@@ -1045,29 +1176,20 @@ int decode_step(const SlModel* m, int64_t token, int64_t pos, float* logits, int
       float* kg = k + g * hd;
       if (L.k_norm_w) norm(kg, L.k_norm_w, nullptr, hd, eps, kRmsNorm, kg);
       if (m->rope_cos) rope(kg, m->rope_cos + pos * hd, m->rope_sin + pos * hd, hd);
-      float* key_rows = L.keys + g * m->cache_head_stride;  // (positions, hd)
-      float* value_rows = L.values + g * m->cache_head_stride;
-      std::memcpy(key_rows + pos * hd, kg, sizeof(float) * hd);
-      std::memcpy(value_rows + pos * hd, v + g * hd, sizeof(float) * hd);
       for (int64_t head = g * group; head < (g + 1) * group; ++head) {
         float* qh = q + head * hd;
         if (L.q_norm_w) norm(qh, L.q_norm_w, nullptr, hd, eps, kRmsNorm, qh);
         if (m->rope_cos) rope(qh, m->rope_cos + pos * hd, m->rope_sin + pos * hd, hd);
-        float top = -INFINITY;
-        for (int64_t j = 0; j <= pos; ++j) {
-          scores[j] = dot(key_rows + j * hd, qh, hd) * scale;
-          top = scores[j] > top ? scores[j] : top;
-        }
-        float total = 0.0f;
-        for (int64_t j = 0; j <= pos; ++j) {
-          scores[j] = std::exp(scores[j] - top);
-          total += scores[j];
-        }
-        float* out = ws.attn + head * hd;
-        std::memset(out, 0, sizeof(float) * hd);
-        for (int64_t j = 0; j <= pos; ++j) axpy(scores[j], value_rows + j * hd, out, hd);
-        const float inverse = 1.0f / total;
-        for (int64_t i = 0; i < hd; ++i) out[i] *= inverse;
+      }
+      const int64_t base = g * m->cache_head_stride;
+      float* q_heads = q + g * group * hd;
+      float* out_heads = ws.attn + g * group * hd;
+      if (m->kv_type == kKvFp16) {
+        attend_group<uint16_t>(L.keys, L.values, base, kg, v + g * hd, q_heads, group, pos, hd,
+                               scale, scores, out_heads);
+      } else {
+        attend_group<float>(L.keys, L.values, base, kg, v + g * hd, q_heads, group, pos, hd,
+                            scale, scores, out_heads);
       }
     };
     runner.run(m->n_kv_head, attend);
@@ -1875,8 +1997,14 @@ int forward_tokens(const SlModel* m, int64_t n, const int64_t* tokens, const int
       if (L.k_norm_w) norm(kg, L.k_norm_w, nullptr, hd, eps, kRmsNorm, kg);
       if (cos) rope(kg, cos, sin, hd);
       const int64_t offset = rows[t] * m->cache_row_stride + g * m->cache_head_stride + pos * hd;
-      std::memcpy(L.keys + offset, kg, sizeof(float) * hd);
-      std::memcpy(L.values + offset, ws.v + t * ws.kv_stride + g * hd, sizeof(float) * hd);
+      const float* vg = ws.v + t * ws.kv_stride + g * hd;
+      if (m->kv_type == kKvFp16) {
+        store_kv(static_cast<uint16_t*>(L.keys) + offset, kg, hd);
+        store_kv(static_cast<uint16_t*>(L.values) + offset, vg, hd);
+      } else {
+        store_kv(static_cast<float*>(L.keys) + offset, kg, hd);
+        store_kv(static_cast<float*>(L.values) + offset, vg, hd);
+      }
       for (int64_t head = g * group; head < (g + 1) * group; ++head) {
         float* qh = ws.q + t * ws.q_stride + head * hd;
         if (L.q_norm_w) norm(qh, L.q_norm_w, nullptr, hd, eps, kRmsNorm, qh);
@@ -1893,25 +2021,15 @@ int forward_tokens(const SlModel* m, int64_t n, const int64_t* tokens, const int
       const int64_t pos = positions[t];
       float* scores = ws.scores + thread * ws.scores_stride;
       const int64_t base = rows[t] * m->cache_row_stride + g * m->cache_head_stride;
-      const float* key_rows = L.keys + base;  // (positions, hd)
-      const float* value_rows = L.values + base;
-      for (int64_t head = g * group; head < (g + 1) * group; ++head) {
-        const float* qh = ws.q + t * ws.q_stride + head * hd;
-        float top = -INFINITY;
-        for (int64_t j = 0; j <= pos; ++j) {
-          scores[j] = dot(key_rows + j * hd, qh, hd) * scale;
-          top = scores[j] > top ? scores[j] : top;
-        }
-        float total = 0.0f;
-        for (int64_t j = 0; j <= pos; ++j) {
-          scores[j] = std::exp(scores[j] - top);
-          total += scores[j];
-        }
-        float* out = ws.attn + t * ws.q_stride + head * hd;
-        std::memset(out, 0, sizeof(float) * hd);
-        for (int64_t j = 0; j <= pos; ++j) axpy(scores[j], value_rows + j * hd, out, hd);
-        const float inverse = 1.0f / total;
-        for (int64_t i = 0; i < hd; ++i) out[i] *= inverse;
+      float* q_heads = ws.q + t * ws.q_stride + g * group * hd;
+      float* out_heads = ws.attn + t * ws.q_stride + g * group * hd;
+      // kg null: phase 1 wrote this token's k and v already
+      if (m->kv_type == kKvFp16) {
+        attend_group<uint16_t>(L.keys, L.values, base, nullptr, nullptr, q_heads, group, pos, hd,
+                               scale, scores, out_heads);
+      } else {
+        attend_group<float>(L.keys, L.values, base, nullptr, nullptr, q_heads, group, pos, hd,
+                            scale, scores, out_heads);
       }
     };
     runner.run(n * m->n_kv_head, attend);
@@ -1989,7 +2107,7 @@ int forward_tokens(const SlModel* m, int64_t n, const int64_t* tokens, const int
 
 extern "C" {
 
-int sl_abi_version() { return 4; }
+int sl_abi_version() { return 5; }
 
 // Rows per q8/q4 group of the packed layout (checked against the Python side's).
 int sl_q_row_group() { return kQRowGroup; }

@@ -32,6 +32,7 @@ _warned_stale = False
 NORM_KINDS = {"rmsnorm": 0, "layernorm": 1}
 MLP_KINDS = {"gelu": 0, "gelu_tanh": 1, "leaky_relu": 2, "swiglu": 3, "relu2": 4}
 MLP_PREFIXES = ("gate", "up", "down")
+KV_TYPES = {torch.float32: 0, torch.float16: 1}  # decode.cpp's KvType
 
 
 def _plain_fp32(tensor: torch.Tensor | None) -> bool:
@@ -87,8 +88,8 @@ def model_unsupported_reason(model: nn.Module) -> str | None:
 def cache_unsupported_reason(cache: KVCache, *, batch: bool = False) -> str | None:
     """Why the fast path cannot decode into this cache (None: it can)."""
     keys, values = cache.keys, cache.values
-    if keys.dtype != torch.float32 or keys.device.type != "cpu":
-        return "the cache is not an fp32 CPU cache"
+    if keys.dtype not in KV_TYPES or keys.device.type != "cpu":
+        return "the cache is not an fp32 or fp16 CPU cache"
     if keys.shape[1] != 1 and not batch:
         return "the cache is not a batch-1 cache"
     for tensor in (keys, values):
@@ -178,6 +179,7 @@ class FastDecoder:
         spec.vocab = config.padded_vocab_size
         spec.cache_head_stride = cache.keys.stride(2)
         spec.cache_row_stride = cache.keys.stride(1)
+        spec.kv_type = KV_TYPES[cache.keys.dtype]
         spec.norm_kind = NORM_KINDS[config.norm]
         spec.mlp_kind = MLP_KINDS[config.mlp]
         spec.norm_eps = config.norm_eps

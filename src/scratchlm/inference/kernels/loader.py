@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("decode.cpp")
 ENV_SWITCH = "SCRATCHLM_KERNELS"  # "0" turns the fast path off
 ENV_ISA = "SCRATCHLM_KERNEL_ISA"  # "native" (default) or "avx2"
-ABI_VERSION = 4
+ABI_VERSION = 5
 COMMON_FLAGS = ("-O3", "-pthread", "-fPIC", "-shared", "-std=c++17")
 ISA_FLAGS = {"native": ("-march=native",), "avx2": ("-mavx2", "-mfma", "-mf16c")}
 # sl_isa_mask() bits and the /proc/cpuinfo flag each needs.
@@ -126,6 +126,8 @@ class SlModel(ctypes.Structure):
         ("weight_type", ctypes.c_int32),
         ("pad2_", ctypes.c_int32),
         ("cache_row_stride", ctypes.c_int64),
+        ("kv_type", ctypes.c_int32),
+        ("pad3_", ctypes.c_int32),
     ]
 
 
