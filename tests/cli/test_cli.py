@@ -132,6 +132,10 @@ def test_generate_eval_tokenize(
         == 0
     )
     assert capsys.readouterr().out == first
+    # an fp16 KV cache: the same greedy text here (keys and values rounded once, when written)
+    fp16 = ["generate", "--checkpoint", str(checkpoint), "--prompt", "Once", "--temperature", "0"]
+    assert main([*fp16, "--max-new-tokens", "5", "--seed", "1", "--kv-cache", "fp16"]) == 0
+    assert capsys.readouterr().out == first
     text = tmp_path / "eval.txt"
     text.write_text("Tom loved to play with his ball.\n" * 5)
     assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(text), "--json"]) == 0
