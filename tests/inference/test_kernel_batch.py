@@ -11,7 +11,6 @@ without one.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
 
 import pytest
 import torch
@@ -23,7 +22,6 @@ from scratchlm.inference.beam import beam_search
 from scratchlm.inference.decode import Decoder
 from scratchlm.inference.kernels import decoder as kernel_decoder
 from scratchlm.inference.kernels import loader
-from scratchlm.inference.kernels.decoder import FastDecoder
 from scratchlm.inference.quantize import quantize_for_cpu
 from scratchlm.inference.settings import GREEDY
 from scratchlm.inference.speculative import SpeculativeStats, speculative_generate
@@ -398,14 +396,7 @@ def test_long_prompts_prefill_through_the_model(monkeypatch: pytest.MonkeyPatch)
     _library_or_skip()
     limit = decode_module.KERNEL_PREFILL_MAX_TOKENS["f32"]
     model, _ = _models("akane-124m", {"context_length": limit + 8}, "fp32")
-    calls: list[int] = []
-    original = FastDecoder.forward
-
-    def counting(self: FastDecoder, tokens: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        calls.append(len(tokens))
-        return original(self, tokens, *args, **kwargs)
-
-    monkeypatch.setattr(FastDecoder, "forward", counting)
+    calls = _count_forwards(monkeypatch)
     prompt = [token % model.config.vocab_size for token in range(limit + 1)]
     Decoder(model, KVCache.for_model(model.config, 1, limit + 8)).prefill(prompt[:limit])
     assert calls == [limit]
@@ -424,14 +415,7 @@ def test_a_quantized_model_prefills_every_prompt_in_the_kernel(
     _library_or_skip()
     length = decode_module.KERNEL_PREFILL_MAX_TOKENS["f32"] + 40
     model, reference = _models("llama-42m", {"context_length": length + 8}, method)
-    calls: list[int] = []
-    original = FastDecoder.forward
-
-    def counting(self: FastDecoder, tokens: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        calls.append(len(tokens))
-        return original(self, tokens, *args, **kwargs)
-
-    monkeypatch.setattr(FastDecoder, "forward", counting)
+    calls = _count_forwards(monkeypatch)
     prompt = [(7 * token) % model.config.vocab_size for token in range(length)]
     logits = Decoder(model, KVCache.for_model(model.config, 1, length + 8)).prefill(prompt)
     assert calls == [length]
