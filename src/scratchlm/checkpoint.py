@@ -81,10 +81,21 @@ class Checkpoint:
 def model_state_for_saving(model: GPT) -> dict[str, torch.Tensor]:
     """The model's tensors, contiguous, with a tied output head stored once (safetensors refuses
     shared memory)."""
-    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    state = {name: _plain(tensor) for name, tensor in model.state_dict().items()}
     if model.config.tie_embeddings:
         state.pop("lm_head.weight", None)
     return state
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` as a plain contiguous tensor. A tensor subclass without storage of its own (a
+    quantized model's packed weight) is saved as the values it stands for: its clone."""
+    tensor = tensor.detach()
+    if type(tensor) is not torch.Tensor:
+        values = tensor.clone()
+        if type(values) is torch.Tensor:
+            tensor = values
+    return tensor.contiguous()
 
 
 def save_checkpoint(

@@ -360,6 +360,20 @@ def test_a_quantized_model_holds_no_fp32_copy_of_its_linear_layers() -> None:
             linears["blocks.0.mlp.up_proj"].weight.mul_(2)
 
 
+def test_a_quantized_model_saves_the_values_it_computes_with(tmp_path: Path) -> None:
+    """A quantized model saved as a checkpoint holds plain fp32 weights: the dequantized values
+    (what it computes with), loadable without --quantize."""
+    _library_or_skip()
+    tokenizer = train_char([SAMPLE_TEXT])
+    quantized = quantize_for_cpu(_random_model("llama-42m", vocab_size=tokenizer.vocab_size), "q4")
+    save_checkpoint(tmp_path / "saved", quantized, tokenizer)
+    loaded, _ = load_for_inference(str(tmp_path / "saved"), "cpu")
+    for name, linear in model_linears(loaded.model):
+        if name == "lm_head" and loaded.model.config.tie_embeddings:
+            continue  # stored once, as the embedding
+        assert torch.equal(linear.weight, dict(model_linears(quantized))[name].weight)
+
+
 def test_a_fallback_holds_fp32_weights_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the kernel cannot run the model (a forward hook here), every step is a PyTorch step:
     the quantized weights become plain fp32 parameters once, with the same values, and the
