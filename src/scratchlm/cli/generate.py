@@ -227,9 +227,8 @@ def command_bench(args: argparse.Namespace) -> None:
 
         set_cache_dtype(model, args.kv_cache)
     if args.compile:
-        from scratchlm.inference.kernels.quant import materialize
-
-        materialize(model)  # compiled graphs read plain fp32 weights
+        # A quantized model gets plain fp32 weights at its first decode: the kernel declines a
+        # replaced forward, and fast_decoder then holds them (compiled graphs read plain ones).
         model.forward = torch.compile(model.forward, dynamic=True)  # type: ignore[method-assign]
     result = run_benchmark(
         model,
