@@ -34,11 +34,8 @@ from scratchlm.checkpoint import load_checkpoint
 from scratchlm.data.stories.corpus import generate_stories
 from scratchlm.data.stories.instructions import generate_instruction_examples
 from scratchlm.evaluation.perplexity import evaluate_text
-from scratchlm.evaluation.stories import (
-    NAME_PATTERN,
-    character_coherence,
-    story_question_answering,
-)
+from scratchlm.data.stories.answers import NAME_PATTERN
+from scratchlm.evaluation.stories import character_coherence, story_question_answering
 from scratchlm.finetune.tasks import story_qa_examples
 from scratchlm.finetune.trainer import FinetuneTrainer
 from scratchlm.io_utils import atomic_write_text
