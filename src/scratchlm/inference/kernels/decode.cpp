@@ -1258,6 +1258,11 @@ int decode_step(const SlModel* m, int64_t token, int64_t pos, float* logits, int
 // Phases split over the team as sl_decode_step's do (chunks claimed one at a time, no barriers).
 
 constexpr int kTileRows = 4;  // = kQRowGroup: q8/q4 tiles are whole row groups
+
+// Register tiles stay functions of their own. Inlined into forward_tokens (a large function with
+// many live values), GCC kept bf16_dot_tile's 16 accumulators in stack slots and stored them every
+// iteration: perf put 42% of a 256-token bf16 prefill in those spilled loops.
+#define SL_TILE __attribute__((noinline))
 constexpr int64_t kPackTokens = 24;  // fp32: inputs per packed block (3 AVX2 vectors)
 
 // Inputs per register tile: as many as the accumulators (kTileRows x tokens), the inputs' vectors
@@ -1293,7 +1298,7 @@ struct BF16Weights {
 
 // out[i * T + t] = dot(row r + i of W, input t) for i < R, t < T; fp32 or bf16 weights (`Load`).
 template <int R, int T, typename Load>
-inline void float_tile(const Mat& W, int64_t r, int64_t K, const Input* in, float* out) {
+SL_TILE void float_tile(const Mat& W, int64_t r, int64_t K, const Input* in, float* out) {
   const typename Load::Value* w = static_cast<const typename Load::Value*>(W.w) + r * K;
   int64_t k = 0;
 #if defined(__AVX2__)
@@ -1329,7 +1334,7 @@ inline void float_tile(const Mat& W, int64_t r, int64_t K, const Input* in, floa
 // makes 8 FMAs: 1.5x the tokens/s of a 32-row step (llama-42m, 2 threads). The products are exact
 // in fp32 either way (bf16 inputs, as every bf16 GEMV's), so only the summation order differs.
 template <int R, int T>
-inline void bf16_dot_tile(const Mat& W, int64_t r, int64_t K, const Input* in, float* out) {
+SL_TILE void bf16_dot_tile(const Mat& W, int64_t r, int64_t K, const Input* in, float* out) {
   const uint16_t* w = static_cast<const uint16_t*>(W.w) + r * K;
   __m512 acc[R][T];
   for (int i = 0; i < R; ++i) {
@@ -1372,7 +1377,7 @@ inline void to_bf16(const float* x, int64_t K, uint16_t* xb) {
 // row's weights are loaded (q4: unpacked) once and dotted with every input's block; the integer
 // dot of 32 products is scaled by d_w * d_x into an fp32 accumulator, as QFormat::rows.
 template <int32_t kType, int R, int T>
-inline void q_tile(const Mat& W, int64_t r, int64_t K, const Input* in, float* out) {
+SL_TILE void q_tile(const Mat& W, int64_t r, int64_t K, const Input* in, float* out) {
   static_assert(R == kQRowGroup, "q8/q4 tiles are whole row groups");
   constexpr int64_t kBlockBytes = kType == kQ8 ? kQBlock : kQBlock / 2;
   const int64_t blocks = q_blocks(K);
@@ -1555,7 +1560,7 @@ inline void rearrange_groups(const Mat& W, int64_t K, int64_t r0, int64_t r1, ui
 
 // out[i * T + t] = dot(row i of the rearranged pair of groups, input t), 8 rows and T inputs.
 template <int32_t kType, int T>
-inline void q_lane_tile(const uint8_t* bytes, const float* scales, int64_t blocks,
+SL_TILE void q_lane_tile(const uint8_t* bytes, const float* scales, int64_t blocks,
                         const Input* in, float* out) {
   constexpr float kOffset = kType == kQ8 ? 128.0f : 8.0f;
   __m512 acc[T];
