@@ -528,7 +528,45 @@ inline void round_to_bf16_precision(float* x, int64_t K) {
 // zero past K (they meet the weights' zero padding). Each value's error is at most d / 2.
 inline void quantize_input(const float* x, int64_t K, int8_t* q, float* d, float* sums) {
   const int64_t blocks = q_blocks(K);
-  for (int64_t b = 0; b < blocks; ++b) {
+  int64_t b = 0;
+#if defined(__AVX2__)
+  // Whole blocks 32 values at a time (the scalar loop below called libm's fmax per value: 6% of a
+  // q4 prefill). The same results: max of |x| is exact, cvtps rounds half to even as nearbyint
+  // does in the default rounding mode, and the codes (|q| <= 127) pack without saturating.
+  const __m256 magnitude_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  const __m256i byte_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (; (b + 1) * kQBlock <= K; ++b) {
+    const float* xb = x + b * kQBlock;
+    __m256 v[4];
+    for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(xb + 8 * i);
+    __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], magnitude_mask),
+                                           _mm256_and_ps(v[1], magnitude_mask)),
+                             _mm256_max_ps(_mm256_and_ps(v[2], magnitude_mask),
+                                           _mm256_and_ps(v[3], magnitude_mask)));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    const float amax = _mm_cvtss_f32(h);
+    const float scale = amax / 127.0f;
+    const __m256 inverse = _mm256_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
+    d[b] = scale;
+    __m256i codes[4];
+    for (int i = 0; i < 4; ++i) codes[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inverse));
+    // packs interleave 128-bit lanes: dwords come out as (0-3 of each input, then 4-7 of each)
+    const __m256i bytes = _mm256_permutevar8x32_epi32(
+        _mm256_packs_epi16(_mm256_packs_epi32(codes[0], codes[1]),
+                           _mm256_packs_epi32(codes[2], codes[3])),
+        byte_order);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + b * kQBlock), bytes);
+    const __m256i total = _mm256_add_epi32(_mm256_add_epi32(codes[0], codes[1]),
+                                           _mm256_add_epi32(codes[2], codes[3]));
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4E));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xB1));
+    sums[b] = static_cast<float>(_mm_cvtsi128_si32(t));
+  }
+#endif
+  for (; b < blocks; ++b) {
     const int64_t k0 = b * kQBlock;
     const int64_t n = K - k0 < kQBlock ? K - k0 : kQBlock;
     float amax = 0.0f;
