@@ -70,8 +70,11 @@ def _close_rows(actual: torch.Tensor, expected: torch.Tensor, method: str) -> No
     input code that rounds the other way at a .5 boundary (the kernel's fp32 sums and PyTorch's
     differ in the last bit): one code moves that input by d_x = amax / 127, ~1e-2 of the largest
     logit at most through the tiny models' 0.2-std weights (1.4e-2 / 4.1 measured once in 32 rows
-    of two steps). The other rows must be as close as fp32 and bf16 are."""
-    if method in ("fp32", "bf16"):
+    of two steps). bf16 rounds every input to 8 bits of mantissa the same way, so one value may
+    move by 2^-8 of itself (8.3e-3 / 4.0 measured once in 5 rows, AVX2 build). fp32 rows must all
+    be as close as `_close` asks; for the others, all but one row in eight within 1e-3 of the
+    largest value."""
+    if method == "fp32":
         _close(actual, expected, method)
         return
     scale = float(expected.abs().max())
