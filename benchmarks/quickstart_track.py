@@ -36,7 +36,8 @@ from scratchlm.data.stories.instructions import generate_instruction_examples
 from scratchlm.evaluation.perplexity import evaluate_text
 from scratchlm.data.stories.answers import NAME_PATTERN
 from scratchlm.evaluation.stories import character_coherence, story_question_answering
-from scratchlm.finetune.tasks import story_qa_examples
+from scratchlm.data.stories.grammar import with_article
+from scratchlm.finetune.tasks import StoryExample, story_qa_examples
 from scratchlm.finetune.trainer import FinetuneTrainer
 from scratchlm.io_utils import atomic_write_text
 from scratchlm.model import GPT
@@ -52,16 +53,38 @@ HELDOUT_STORIES = 300
 COPY_STORIES = 60  # of those, for the name-copying losses
 
 
-def qa_records(count: int, seed: int) -> list[dict[str, str]]:
-    """Story questions on train-split plans (never a held-out one), answered in one short line."""
+def sentence_answer(example: StoryExample) -> str:
+    """The answer as a sentence that restates the question ("Pip is a cow."), as the instruction
+    generator's answers do, so a reply starts from words it can copy from the question."""
+    plan, question = example.plan, example.question
+    hero, answer = plan.hero, question.answer
+    if question.kind in ("name", "friend"):
+        character = hero if question.kind == "name" else plan.friend
+        return f"The {character.kind} is named {answer}."
+    if question.kind == "kind":
+        name = question.question.rstrip("?").split(" is ")[-1]
+        return f"{name} is {with_article(answer)}."
+    if question.kind == "thing":
+        return f"It was the {answer}."
+    if question.kind == "color":
+        return f"The {plan.thing.name} is {answer}."
+    return f"{hero.name} went to the {answer}."
+
+
+def qa_records(count: int, seed: int, answers: str = "word") -> list[dict[str, str]]:
+    """Story questions on train-split plans (never a held-out one), answered in one word or in a
+    sentence (`sentence_answer`)."""
     records: list[dict[str, str]] = []
     if count == 0:
         return records
     for example in story_qa_examples("train", count, seed):
         answer = example.question.answer
-        records.append(
-            {"instruction": example.problem.prompt, "output": answer[0].upper() + answer[1:] + "."}
+        output = (
+            sentence_answer(example)
+            if answers == "sentence"
+            else answer[0].upper() + answer[1:] + "."
         )
+        records.append({"instruction": example.problem.prompt, "output": output})
     return records
 
 
@@ -139,7 +162,7 @@ def pretrain(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 def chat_stage(args: argparse.Namespace, base: Path, out: Path) -> dict[str, Any]:
     records = list(generate_instruction_examples(args.instructions, seed=args.seed))
-    records += qa_records(args.qa_examples, args.seed)
+    records += qa_records(args.qa_examples, args.seed, args.qa_answers)
     random.Random(args.seed).shuffle(records)
     data = out / "chat_data.jsonl"
     out.mkdir(parents=True, exist_ok=True)
@@ -227,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--instructions", type=int, default=3000)
     parser.add_argument("--qa-examples", type=int, default=0, help="story questions in chat data")
+    parser.add_argument(
+        "--qa-answers",
+        choices=("word", "sentence"),
+        default="word",
+        help="the story questions' answers: one word, or a sentence restating the question",
+    )
     parser.add_argument("--samples", type=int, default=32, help="stories for coherence")
     parser.add_argument("--questions", type=int, default=200, help="held-out story questions")
     parser.add_argument("--seed", type=int, default=1337)

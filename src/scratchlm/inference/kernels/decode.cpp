@@ -591,16 +591,75 @@ inline void weighted_sum(const float* p, const T* value_rows, int64_t count, int
   for (int64_t i = 0; i < hd; ++i) out[i] *= factor;
 }
 
+// scores[j] = (k_j . q) * scale for the first `count` key rows. Four keys at a time when hd is a
+// whole number of vectors: their four sums leave the accumulators through one shared reduction
+// (three hadds) instead of a horizontal sum each.
+#if defined(__AVX512F__)
+inline __m256 key_chunk_sum(__m512 a) {
+  return _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+}
+inline __m512 load_key(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load_key(const uint16_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+using KeyVector = __m512;
+inline KeyVector key_fma(KeyVector k, KeyVector q, KeyVector acc) {
+  return _mm512_fmadd_ps(k, q, acc);
+}
+inline KeyVector key_zero() { return _mm512_setzero_ps(); }
+inline KeyVector key_query(const float* p) { return _mm512_loadu_ps(p); }
+#define SL_KEY_BLOCKS 1
+#elif defined(__AVX2__) && defined(__F16C__)
+inline __m256 key_chunk_sum(__m256 a) { return a; }
+inline __m256 load_key(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load_key(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+using KeyVector = __m256;
+inline KeyVector key_fma(KeyVector k, KeyVector q, KeyVector acc) {
+  return _mm256_fmadd_ps(k, q, acc);
+}
+inline KeyVector key_zero() { return _mm256_setzero_ps(); }
+inline KeyVector key_query(const float* p) { return _mm256_loadu_ps(p); }
+#define SL_KEY_BLOCKS 1
+#endif
+
+template <typename T>
+inline void score_keys(const T* key_rows, const float* q, int64_t count, int64_t hd, float scale,
+                       float* scores) {
+  int64_t j = 0;
+#if SL_KEY_BLOCKS
+  if (hd % kLanes == 0) {
+    const __m128 factor = _mm_set1_ps(scale);
+    for (; j + 4 <= count; j += 4) {
+      const T* k = key_rows + j * hd;
+      KeyVector a0 = key_zero(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t i = 0; i < hd; i += kLanes) {
+        const KeyVector qv = key_query(q + i);
+        a0 = key_fma(load_key(k + i), qv, a0);
+        a1 = key_fma(load_key(k + hd + i), qv, a1);
+        a2 = key_fma(load_key(k + 2 * hd + i), qv, a2);
+        a3 = key_fma(load_key(k + 3 * hd + i), qv, a3);
+      }
+      // per 128-bit half: [sum of a0's 4 lanes, a1's, a2's, a3's]; the halves added
+      const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(key_chunk_sum(a0), key_chunk_sum(a1)),
+                                      _mm256_hadd_ps(key_chunk_sum(a2), key_chunk_sum(a3)));
+      const __m128 sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+      _mm_storeu_ps(scores + j, _mm_mul_ps(sums, factor));
+    }
+  }
+#endif
+  for (; j < count; ++j) scores[j] = dot_kv(key_rows + j * hd, q, hd) * scale;
+}
+
 // One query head's causal softmax attention over cached positions 0..pos of one KV head: `out`
 // (hd) = softmax(q . k_j * scale) weighted sum of v_j; `scores` holds pos + 1 floats.
 template <typename T>
 void attend_head(const T* key_rows, const T* value_rows, const float* qh, int64_t pos, int64_t hd,
                  float scale, float* scores, float* out) {
+  score_keys(key_rows, qh, pos + 1, hd, scale, scores);
   float top = -INFINITY;
-  for (int64_t j = 0; j <= pos; ++j) {
-    scores[j] = dot_kv(key_rows + j * hd, qh, hd) * scale;
-    top = scores[j] > top ? scores[j] : top;
-  }
+  for (int64_t j = 0; j <= pos; ++j) top = scores[j] > top ? scores[j] : top;
   const float total = exp_shifted(scores, pos + 1, top);
   weighted_sum(scores, value_rows, pos + 1, hd, 1.0f / total, out);
 }
