@@ -31,17 +31,16 @@ from typing import Any
 import torch
 
 from scratchlm.checkpoint import load_checkpoint
+from scratchlm.data.stories.answers import NAME_PATTERN
 from scratchlm.data.stories.corpus import generate_stories
 from scratchlm.data.stories.instructions import generate_instruction_examples
 from scratchlm.evaluation.perplexity import evaluate_text
-from scratchlm.data.stories.answers import NAME_PATTERN
 from scratchlm.evaluation.stories import character_coherence, story_question_answering
-from scratchlm.data.stories.grammar import with_article
-from scratchlm.finetune.tasks import StoryExample, story_qa_examples
+from scratchlm.finetune.tasks import story_qa_examples
 from scratchlm.finetune.trainer import FinetuneTrainer
 from scratchlm.io_utils import atomic_write_text
 from scratchlm.model import GPT
-from scratchlm.quickstart import CHAT_CONTEXT, QUICKSTART_VOCAB_SIZE
+from scratchlm.quickstart import CHAT_CONTEXT, QUICKSTART_VOCAB_SIZE, chat_examples
 from scratchlm.tokenizer import Tokenizer
 from scratchlm.training.run_config import TrainConfig
 from scratchlm.training.trainer import Trainer
@@ -53,39 +52,15 @@ HELDOUT_STORIES = 300
 COPY_STORIES = 60  # of those, for the name-copying losses
 
 
-def sentence_answer(example: StoryExample) -> str:
-    """The answer as a sentence that restates the question ("Pip is a cow."), as the instruction
-    generator's answers do, so a reply starts from words it can copy from the question."""
-    plan, question = example.plan, example.question
-    hero, answer = plan.hero, question.answer
-    if question.kind in ("name", "friend"):
-        character = hero if question.kind == "name" else plan.friend
-        return f"The {character.kind} is named {answer}."
-    if question.kind == "kind":
-        name = question.question.rstrip("?").split(" is ")[-1]
-        return f"{name} is {with_article(answer)}."
-    if question.kind == "thing":
-        return f"It was the {answer}."
-    if question.kind == "color":
-        return f"The {plan.thing.name} is {answer}."
-    return f"{hero.name} went to the {answer}."
-
-
-def qa_records(count: int, seed: int, answers: str = "word") -> list[dict[str, str]]:
-    """Story questions on train-split plans (never a held-out one), answered in one word or in a
-    sentence (`sentence_answer`)."""
-    records: list[dict[str, str]] = []
-    if count == 0:
-        return records
-    for example in story_qa_examples("train", count, seed):
-        answer = example.question.answer
-        output = (
-            sentence_answer(example)
-            if answers == "sentence"
-            else answer[0].upper() + answer[1:] + "."
-        )
-        records.append({"instruction": example.problem.prompt, "output": output})
-    return records
+def qa_records(count: int, seed: int) -> list[dict[str, str]]:
+    """Story questions on train-split plans (never a held-out one), answered in one word."""
+    return [
+        {
+            "instruction": example.problem.prompt,
+            "output": example.question.answer[0].upper() + example.question.answer[1:] + ".",
+        }
+        for example in story_qa_examples("train", count, seed)
+    ]
 
 
 @torch.inference_mode()
@@ -161,9 +136,12 @@ def pretrain(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 
 def chat_stage(args: argparse.Namespace, base: Path, out: Path) -> dict[str, Any]:
-    records = list(generate_instruction_examples(args.instructions, seed=args.seed))
-    records += qa_records(args.qa_examples, args.seed, args.qa_answers)
-    random.Random(args.seed).shuffle(records)
+    if args.qa_answers == "sentence":  # the quickstart's own chat data
+        records = chat_examples(args.instructions, args.qa_examples, args.seed)
+    else:
+        records = list(generate_instruction_examples(args.instructions, seed=args.seed))
+        records += qa_records(args.qa_examples, args.seed)
+        random.Random(args.seed).shuffle(records)
     data = out / "chat_data.jsonl"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(data, "".join(json.dumps(record) + "\n" for record in records))
@@ -254,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         "--qa-answers",
         choices=("word", "sentence"),
         default="word",
-        help="the story questions' answers: one word, or a sentence restating the question",
+        help="the story questions' answers: one word, or a sentence restating the question (the "
+        "quickstart's chat data)",
     )
     parser.add_argument("--samples", type=int, default=32, help="stories for coherence")
     parser.add_argument("--questions", type=int, default=200, help="held-out story questions")

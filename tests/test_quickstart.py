@@ -17,6 +17,7 @@ from scratchlm.quickstart import (
     CHAT_CONTEXT,
     PRETRAIN_BATCH_SIZE,
     QUICKSTART_VOCAB_SIZE,
+    chat_examples,
     run_quickstart,
 )
 from scratchlm.tokenizer import train_bpe
@@ -57,3 +58,19 @@ def test_the_default_context_holds_every_held_out_story_with_its_question() -> N
     assert max(lengths) + 16 <= CHAT_CONTEXT
     # In the base model's 256 tokens about half of them do not fit: the reason for extending.
     assert sum(length >= 256 for length in lengths) > len(lengths) // 4
+
+
+def test_the_chat_data_adds_train_split_story_questions_with_sentence_replies() -> None:
+    records = chat_examples(20, 30, seed=5)
+    assert len(records) == 50
+    questions = {
+        (example.problem.prompt, example.question.reply)
+        for example in story_qa_examples("train", 30, 5)
+    }
+    pairs = {(record["instruction"], record["output"]) for record in records}
+    assert questions <= pairs  # every story question, with its sentence reply
+    assert chat_examples(20, 30, seed=5) == records  # the same data (and order) for a seed
+    assert [record["output"] for record in records] != [
+        record["output"] for record in chat_examples(20, 30, seed=6)
+    ]
+    assert len(chat_examples(20, 0, seed=5)) == 20

@@ -18,6 +18,7 @@ question about it, with the expected answer beside the reply.
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from scratchlm.evaluation.stories import (
     character_coherence,
     story_question_answering,
 )
+from scratchlm.finetune.tasks import story_qa_examples
 from scratchlm.finetune.trainer import FinetuneTrainer
 from scratchlm.inference.engine import Engine
 from scratchlm.io_utils import atomic_write_text
@@ -45,6 +47,11 @@ CHAT_PROMPTS = (
 CHAT_STAGE_S = 60.0
 RESERVE_S = 20.0
 INSTRUCTION_EXAMPLES = 3000
+# Questions about a given story in the chat data (story-qa's train split: no held-out story), each
+# answered in a sentence that restates the question ("Pip is a cow."). The instructions alone ask
+# only some kinds of question; with these the chat model reads the story for every kind
+# (docs/speedrun.md, "Replies that restate the question").
+STORY_QUESTION_EXAMPLES = 3000
 # A 1,024-token BPE vocabulary: names take two or three tokens, and the model learns to copy them
 # from earlier in its context (keeping its characters) within the five minutes; with 2,048 and
 # 4,096 tokens it did not in the same 2M tokens (docs/speedrun.md, "Vocabulary size").
@@ -131,14 +138,15 @@ def run_quickstart(
             chat_context = max(chat_context, CHAT_CONTEXT)
         print(
             f"3/{stages} chat fine-tuning for {chat_s:.0f}s on {INSTRUCTION_EXAMPLES:,} generated "
-            f"instructions (context {chat_context} tokens)"
+            f"instructions and {STORY_QUESTION_EXAMPLES:,} story questions (context "
+            f"{chat_context} tokens)"
         )
         instructions = out / "instructions.jsonl"
         atomic_write_text(
             instructions,
             "".join(
                 json.dumps(example) + "\n"
-                for example in generate_instruction_examples(INSTRUCTION_EXAMPLES, seed=seed)
+                for example in chat_examples(INSTRUCTION_EXAMPLES, STORY_QUESTION_EXAMPLES, seed)
             ),
         )
         finetuner = FinetuneTrainer(
@@ -180,6 +188,19 @@ def run_quickstart(
         "  scratchlm train --preset tiny --tokenizer char --data shakespeare --max-time 5m --out runs/shakespeare"
     )
     return None
+
+
+def chat_examples(instructions: int, questions: int, seed: int) -> list[dict[str, str]]:
+    """The chat stage's data: `instructions` generated instructions (mostly story requests) and
+    `questions` story questions of story-qa's train split with their sentence replies, shuffled."""
+    records = list(generate_instruction_examples(instructions, seed=seed))
+    if questions > 0:
+        records += [
+            {"instruction": example.problem.prompt, "output": example.question.reply}
+            for example in story_qa_examples("train", questions, seed)
+        ]
+    random.Random(seed).shuffle(records)
+    return records
 
 
 def show_samples(out: Path, chat_dir: Path | None, seed: int) -> None:

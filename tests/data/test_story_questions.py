@@ -15,6 +15,7 @@ from scratchlm.data.stories.grammar import (
 )
 from scratchlm.data.stories.questions import StoryQuestion, mentions, story_questions
 from scratchlm.data.stories.words import KINDS
+from scratchlm.evaluation.stories import story_answer_correct
 
 PLAN = StoryPlan(
     arc="lost_and_found",
@@ -37,13 +38,19 @@ def test_a_hand_written_story_gets_exactly_the_questions_it_answers() -> None:
         "He lost it! Sue, a kind girl, found the teddy bear under a bench."
     )
     assert story_questions(PLAN, story) == [
-        StoryQuestion("What is the name of the cat in the story?", "Tom", "name"),
-        StoryQuestion("What is the name of the girl in the story?", "Sue", "friend"),
-        StoryQuestion("What kind of animal is Tom?", "cat", "kind"),
-        StoryQuestion("What kind of child is Sue?", "girl", "kind"),
-        StoryQuestion("What did Tom lose?", "teddy bear", "thing"),
-        StoryQuestion("What color is the teddy bear in the story?", "red", "color"),
-        StoryQuestion("Where did Tom go?", "park", "place"),
+        StoryQuestion(
+            "What is the name of the cat in the story?", "Tom", "name", "The cat is named Tom."
+        ),
+        StoryQuestion(
+            "What is the name of the girl in the story?", "Sue", "friend", "The girl is named Sue."
+        ),
+        StoryQuestion("What kind of animal is Tom?", "cat", "kind", "Tom is a cat."),
+        StoryQuestion("What kind of child is Sue?", "girl", "kind", "Sue is a girl."),
+        StoryQuestion("What did Tom lose?", "teddy bear", "thing", "It was the teddy bear."),
+        StoryQuestion(
+            "What color is the teddy bear in the story?", "red", "color", "The teddy bear is red."
+        ),
+        StoryQuestion("Where did Tom go?", "park", "place", "Tom went to the park."),
     ]
 
 
@@ -52,8 +59,10 @@ def test_a_question_whose_answer_or_subject_the_text_lacks_is_skipped() -> None:
     # about Tom alone.
     story = "Tom was a brave little cat in the park. He lost his teddy bear. Suez helped him."
     assert story_questions(PLAN, story) == [
-        StoryQuestion("What is the name of the cat in the story?", "Tom", "name"),
-        StoryQuestion("What kind of animal is Tom?", "cat", "kind"),
+        StoryQuestion(
+            "What is the name of the cat in the story?", "Tom", "name", "The cat is named Tom."
+        ),
+        StoryQuestion("What kind of animal is Tom?", "cat", "kind", "Tom is a cat."),
     ]
     # Without the friend's name there is no "what did Tom share with Sue?" either.
     sharing = StoryPlan(**{**PLAN.__dict__, "arc": "sharing"})
@@ -97,6 +106,9 @@ def test_every_answer_of_generated_stories_is_in_the_story() -> None:
             # A literal whole-word occurrence, checked here with a different test than `mentions`.
             assert re.search(rf"\b{re.escape(question.answer)}\b", story), (question, story)
             assert question.question.endswith("?")
+            # The reply is a sentence that the story-qa judgement takes as the answer.
+            assert question.reply.endswith(".") and question.reply[0].isupper()
+            assert story_answer_correct(question.reply, question.answer, question.kind), question
         # A name question picks out one character: the friend is never the hero's kind.
         names = [question for question in questions if question.kind in ("name", "friend")]
         assert len({question.question for question in names}) == len(names)
