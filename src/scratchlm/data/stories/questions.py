@@ -78,13 +78,13 @@ def story_questions(plan: StoryPlan, story: str) -> list[StoryQuestion]:
     # (question, the phrases the story must contain for the question to make sense) in a fixed order
     candidates: list[tuple[StoryQuestion, tuple[str, ...]]] = []
     for character, kind in ((hero, "name"), (friend, "friend")):
-        question = StoryQuestion(
+        name_question = StoryQuestion(
             f"What is the name of the {character.kind} in the story?",
             character.name,
             kind,
             f"The {character.kind} is named {character.name}.",
         )
-        candidates.append((question, (character.kind,)))
+        candidates.append((name_question, (character.kind,)))
     for character in (hero, friend):
         kind_question = _kind_question(character)
         if kind_question is not None:
@@ -93,10 +93,10 @@ def story_questions(plan: StoryPlan, story: str) -> list[StoryQuestion]:
                 (StoryQuestion(kind_question, character.kind, "kind", reply), (character.name,))
             )
     if plan.arc in THING_QUESTIONS:
-        question = THING_QUESTIONS[plan.arc].format(name=hero.name, friend=friend.name)
+        thing_question = THING_QUESTIONS[plan.arc].format(name=hero.name, friend=friend.name)
         candidates.append(
             (
-                StoryQuestion(question, thing.name, "thing", f"It was the {thing.name}."),
+                StoryQuestion(thing_question, thing.name, "thing", f"It was the {thing.name}."),
                 (hero.name, friend.name),
             )
         )
