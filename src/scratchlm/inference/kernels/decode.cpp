@@ -1294,6 +1294,33 @@ inline float activation(float v, int32_t kind, float slope) {
 
 inline float bias_at(const float* b, int64_t r) { return b ? b[r] : 0.0f; }
 
+// x = silu(x) = x / (1 + exp(-x)) for n values, a vector at a time (a scalar exp per value took 2%
+// of a 256-token prefill). With e = exp(-|x|) <= 1: x / (1 + e) for x >= 0, x e / (1 + e) below.
+inline void silu_in_place(float* x, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(v)));
+    const __mmask16 negative = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
+    const __m512 numerator = _mm512_mask_mul_ps(v, negative, v, e);
+    _mm512_storeu_ps(x + i, _mm512_div_ps(numerator, _mm512_add_ps(one, e)));
+  }
+#elif defined(__AVX2__)
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256 e = exp_nonpositive(_mm256_or_ps(v, sign));  // -|v|
+    const __m256 negative = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ);
+    const __m256 numerator = _mm256_blendv_ps(v, _mm256_mul_ps(v, e), negative);
+    _mm256_storeu_ps(x + i, _mm256_div_ps(numerator, _mm256_add_ps(one, e)));
+  }
+#endif
+  for (; i < n; ++i) x[i] = activation(x[i], kSwiGlu, 0.0f);
+}
+
 // Workspace layout (floats): [x: d][h: d][qkv: n_q + 2 n_kv][attn: n_q][ffn: 2 ffn]
 // [input codes: widest / 4][input scales, sums: 2 x widest / 32]
 // [per thread: scores: max_positions], each part padded to 16 floats; `widest` is the longest GEMV
@@ -2315,9 +2342,10 @@ int forward_tokens(const SlModel* m, int64_t n, const int64_t* tokens, const int
         gemm_rows<Fmt>(gate_w, in, n, d, r0, r1, [&](int64_t r, int64_t t, float value) {
           ws.gate[t * fs + r] = value + bias_at(L.gate_b, r);
         });
+        const int64_t rows_end = r1 < ffn ? r1 : ffn;
+        for (int64_t t = 0; t < n; ++t) silu_in_place(ws.gate + t * fs + r0, rows_end - r0);
         gemm_rows<Fmt>(up_w, in, n, d, r0, r1, [&](int64_t r, int64_t t, float value) {
-          ws.hidden[t * fs + r] =
-              activation(ws.gate[t * fs + r], kSwiGlu, 0.0f) * (value + bias_at(L.up_b, r));
+          ws.hidden[t * fs + r] = ws.gate[t * fs + r] * (value + bias_at(L.up_b, r));
         });
       } else {
         gemm_rows<Fmt>(up_w, in, n, d, r0, r1, [&](int64_t r, int64_t t, float value) {
