@@ -27,9 +27,15 @@ from scratchlm.evaluation.scoring import (
     score_loglikelihoods,
     score_task,
 )
+from scratchlm.inference.kernels.decoder import FastDecoder
+from scratchlm.inference.quantize import quantize_for_cpu
 from scratchlm.model import GPT, build_model
 from scratchlm.tokenizer import Tokenizer
 from tests.conftest import SAMPLE_TEXT, tiny_config
+from tests.inference.test_quantized_decode import (
+    _library_or_skip,
+    _quantize_inputs_like_the_kernel,
+)
 
 PRESETS = ("tiny", "llama-15m", "aksis-small", "akane-124m")  # GPT-2 layout; QK-norm + GQA
 
@@ -90,6 +96,36 @@ def test_scores_equal_a_naive_full_forward_per_request(
         assert score.tokens == expected.tokens == len(request.continuation_ids)
         assert score.logprob == pytest.approx(expected.logprob, abs=1e-5, rel=1e-5)
         assert score.is_greedy == expected.is_greedy
+
+
+@pytest.mark.parametrize("method", ["q8", "q4", "bf16"])
+@pytest.mark.parametrize("preset", ["tiny", "akane-124m"])
+def test_a_quantized_model_is_scored_through_the_kernels(
+    preset: str, method: str, bpe_tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its PyTorch forward would dequantize every weight at every op; the kernels read the packed
+    blocks. The reference is a full PyTorch forward of the same quantized weights with the
+    kernel's input rounding emulated: what remains is summation order and, now and then, an
+    input code that rounds the other way at a boundary (~1e-2 of a logit at most)."""
+    _library_or_skip()
+    model = quantize_for_cpu(tiny_model(preset, bpe_tokenizer), method)
+    reference = quantize_for_cpu(tiny_model(preset, bpe_tokenizer), method)
+    _quantize_inputs_like_the_kernel(reference, method)
+    calls: list[int] = []
+    forward = FastDecoder.forward
+
+    def counted(self: FastDecoder, *args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(len(args[0]))  # type: ignore[arg-type]
+        return forward(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(FastDecoder, "forward", counted)
+    requests = sample_requests(bpe_tokenizer)
+    scores = score_loglikelihoods(model, requests, batch_size=5)
+    assert calls, "the kernels were not used"
+    for request, score in zip(requests, scores, strict=True):
+        expected = naive_loglikelihood(reference, request)
+        assert score.tokens == expected.tokens
+        assert score.logprob == pytest.approx(expected.logprob, abs=5e-2, rel=1e-2)
 
 
 def test_greedy_flag_is_true_for_the_models_own_continuation(bpe_tokenizer: Tokenizer) -> None:
