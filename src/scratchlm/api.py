@@ -122,12 +122,15 @@ class LanguageModel:
         """(loss, bits_per_byte) of `text` as one document (`scratchlm eval --data`'s numbers):
         mean nats per token over the text and the EOS after it, in context-length windows."""
         from scratchlm.evaluation.perplexity import evaluate_text
+        from scratchlm.inference.kernels.decoder import kernel_logits
         from scratchlm.tokenizer import require_unicode
 
         if not isinstance(text, str) or not text:
             raise ScratchLMError("score() needs some text; pass a non-empty string")
         require_unicode(text, "the text")
-        result = evaluate_text(self.model, self.tokenizer, [text], device=self.device)
+        result = evaluate_text(
+            self.model, self.tokenizer, [text], device=self.device, fast_logits=kernel_logits
+        )
         assert result.bits_per_byte is not None  # the text is not empty
         return Score(result.loss, result.bits_per_byte)
 

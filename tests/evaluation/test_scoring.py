@@ -27,7 +27,8 @@ from scratchlm.evaluation.scoring import (
     score_loglikelihoods,
     score_task,
 )
-from scratchlm.inference.kernels.decoder import FastDecoder
+from scratchlm.evaluation.perplexity import evaluate_text
+from scratchlm.inference.kernels.decoder import FastDecoder, kernel_logits
 from scratchlm.inference.quantize import quantize_for_cpu
 from scratchlm.model import GPT, build_model
 from scratchlm.tokenizer import Tokenizer
@@ -126,6 +127,28 @@ def test_a_quantized_model_is_scored_through_the_kernels(
         expected = naive_loglikelihood(reference, request)
         assert score.tokens == expected.tokens
         assert score.logprob == pytest.approx(expected.logprob, abs=5e-2, rel=1e-2)
+
+
+@pytest.mark.parametrize("method", ["none", "q8", "q4", "bf16"])
+def test_perplexity_of_a_quantized_model_through_the_kernels(
+    method: str, bpe_tokenizer: Tokenizer
+) -> None:
+    """`evaluate_text(..., fast_logits=kernel_logits)`: the same loss as the model's forward with
+    the kernel's input rounding emulated (windows of 32 tokens and a shorter last one); an fp32
+    model keeps its forward (kernel_logits gives None)."""
+    _library_or_skip()
+    model = quantize_for_cpu(tiny_model("akane-124m", bpe_tokenizer), method)
+    reference = quantize_for_cpu(tiny_model("akane-124m", bpe_tokenizer), method)
+    if method != "none":
+        _quantize_inputs_like_the_kernel(reference, method)
+    inputs = torch.tensor([bpe_tokenizer.encode(SAMPLE_TEXT)[:32]])
+    assert (kernel_logits(model, inputs) is None) == (method == "none")
+    documents = [SAMPLE_TEXT, SAMPLE_TEXT[: len(SAMPLE_TEXT) // 3]]
+    cpu = torch.device("cpu")
+    fast = evaluate_text(model, bpe_tokenizer, documents, device=cpu, fast_logits=kernel_logits)
+    expected = evaluate_text(reference, bpe_tokenizer, documents, device=cpu)
+    assert fast.tokens == expected.tokens > 64
+    assert fast.loss == pytest.approx(expected.loss, rel=2e-3)
 
 
 def test_greedy_flag_is_true_for_the_models_own_continuation(bpe_tokenizer: Tokenizer) -> None:

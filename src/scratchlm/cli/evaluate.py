@@ -131,6 +131,7 @@ def command_eval(args: argparse.Namespace) -> None:
         )
     from scratchlm.data import iter_documents
     from scratchlm.evaluation.perplexity import evaluate_text
+    from scratchlm.inference.kernels.decoder import kernel_logits
     from scratchlm.inference.load import load_for_inference
 
     loaded, device = load_for_inference(
@@ -146,7 +147,12 @@ def command_eval(args: argparse.Namespace) -> None:
         for document in iter_documents(args.data, text_field=args.text_field)
     )
     result = evaluate_text(
-        loaded.model, loaded.tokenizer, documents, device=device, batch_size=args.batch_size
+        loaded.model,
+        loaded.tokenizer,
+        documents,
+        device=device,
+        batch_size=args.batch_size,
+        fast_logits=kernel_logits,  # a quantized model's forwards through the decode kernels
     )
     if result.tokens == 0:
         raise ScratchLMError(f"{args.data} holds no text to evaluate; pass a non-empty file")

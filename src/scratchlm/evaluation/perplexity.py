@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +12,9 @@ import torch.nn.functional as F
 
 from scratchlm.model import GPT
 from scratchlm.tokenizer import Tokenizer
+
+# (model, inputs (B, T) on the CPU) -> logits (B, T, padded vocab), or None where it does not apply
+FastLogits = Callable[[GPT, torch.Tensor], "torch.Tensor | None"]
 
 
 @dataclass
@@ -47,15 +50,20 @@ def evaluate_batches(
     device: torch.device,
     autocast: contextlib.AbstractContextManager[object] | None = None,
     total_bytes: int | None = None,
+    fast_logits: FastLogits | None = None,
 ) -> EvaluationResult:
-    """Sum of token losses over (inputs, targets) batches, each (B, T)."""
+    """Sum of token losses over (inputs, targets) batches, each (B, T). `fast_logits(model,
+    inputs)`: the logits by another way than the model's forward (the decode kernels for a
+    quantized model: `scratchlm.inference.kernels.decoder.kernel_logits`), or None to use it."""
     was_training = model.training
     model.eval()
     total_loss, total_tokens = 0.0, 0
     for inputs, targets in batches:
+        logits = fast_logits(model, inputs) if fast_logits and device.type == "cpu" else None
         inputs, targets = inputs.to(device), targets.to(device)
-        with autocast or contextlib.nullcontext():
-            logits = model(inputs)
+        if logits is None:
+            with autocast or contextlib.nullcontext():
+                logits = model(inputs)
         # (B, T, padded vocab) -> (B, T, vocab): the padding rows are no token, so they get no
         # probability (as in sampling and the benchmark scorer).
         logits = logits[..., : model.config.vocab_size]
@@ -103,6 +111,7 @@ def evaluate_text(
     *,
     device: torch.device,
     batch_size: int = 8,
+    fast_logits: FastLogits | None = None,
 ) -> EvaluationResult:
     """Evaluate on whole documents: each is encoded and followed by EOS, and the stream is scored in
     non-overlapping context-length windows. Bits per byte use the UTF-8 size of the documents."""
@@ -113,4 +122,6 @@ def evaluate_text(
         token_ids.append(tokenizer.eos_id)
         total_bytes += len(document.encode("utf-8"))
     batches = text_windows(token_ids, model.config.context_length, batch_size)
-    return evaluate_batches(model, batches, device=device, total_bytes=total_bytes)
+    return evaluate_batches(
+        model, batches, device=device, total_bytes=total_bytes, fast_logits=fast_logits
+    )

@@ -65,8 +65,7 @@ from scratchlm.evaluation.examples import (
     MultipleChoiceExample,
     TaskSpec,
 )
-from scratchlm.inference.kernels.decoder import FastDecoder, fast_decoder
-from scratchlm.inference.kernels.quant import packed_weights
+from scratchlm.inference.kernels.decoder import quantized_fast_decoder
 from scratchlm.kv_cache import KVCache, cache_dtype
 from scratchlm.model import GPT
 from scratchlm.tokenizer import Tokenizer
@@ -199,7 +198,7 @@ def _score_batch(
     width = max(len(requests[index].continuation_ids) for index in row_requests)
     span = max(len(unit.context) - 1 for unit in units) + width
     cache = KVCache.for_model(config, rows, max(prefill, span), dtype=dtype, device=device)
-    fast = _quantized_kernel(model, cache)
+    fast = quantized_fast_decoder(model, cache)
     if prefill:
         if fast is not None:  # each context less its last token, into its unit's row
             contexts_flat = [
@@ -256,15 +255,6 @@ def _score_batch(
         index: Loglikelihood(sums[row], int(lengths[row]), bool(greedy[row]))
         for row, index in enumerate(row_requests)
     }
-
-
-def _quantized_kernel(model: GPT, cache: KVCache) -> FastDecoder | None:
-    """The decode kernels for a quantized model (q8, q4, bf16): its PyTorch forward would
-    dequantize every weight at every op, where the kernel reads the packed blocks (a 256-token
-    prefill 1.3-1.7x PyTorch's fp32 GEMM). fp32 models keep PyTorch's batched matmuls."""
-    if packed_weights(model) is None or cache.keys.device.type != "cpu":
-        return None
-    return fast_decoder(model, cache, batch=True)
 
 
 def _rows_and_positions(
