@@ -16,6 +16,7 @@ from scratchlm.evaluation.examples import (
     MultipleChoiceExample,
     TaskSpec,
 )
+from scratchlm.evaluation.perplexity import evaluate_text
 from scratchlm.evaluation.scoring import (
     Loglikelihood,
     LoglikelihoodRequest,
@@ -27,7 +28,6 @@ from scratchlm.evaluation.scoring import (
     score_loglikelihoods,
     score_task,
 )
-from scratchlm.evaluation.perplexity import evaluate_text
 from scratchlm.inference.kernels.decoder import FastDecoder, kernel_logits
 from scratchlm.inference.quantize import quantize_for_cpu
 from scratchlm.model import GPT, build_model
