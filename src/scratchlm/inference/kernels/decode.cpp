@@ -1935,37 +1935,43 @@ inline void format_tile(const Mat& W, int64_t r, int64_t K, const Input* in, flo
 // k-major, kPackTokens tokens side by side, and each weight value is broadcast against 3 vectors
 // of 8 inputs (an outer product, as BLAS micro-kernels do): per k, 3 input loads and 4 broadcasts
 // feed 12 FMAs into 12 accumulators, no horizontal sums.
-template <int R>
+// A block narrower than kPackTokens (the last of a call, padded to whole vectors) takes V = 1 or 2
+// vectors of 8 inputs: per k, V input loads and R broadcasts feed R x V FMAs.
+template <int R, int V = 3>
 inline void f32_outer(const float* w, int64_t K, int64_t k0, int64_t k1, const float* packed,
                       bool accumulate, float* out) {
+  static_assert(V >= 1 && V <= 3, "1 to 3 vectors of 8 inputs");
 #if defined(__AVX2__)
-  __m256 acc[R][3];
+  __m256 acc[R][V];
   for (int i = 0; i < R; ++i) {
-    for (int v = 0; v < 3; ++v) {
+    for (int v = 0; v < V; ++v) {
       acc[i][v] = accumulate ? _mm256_loadu_ps(out + i * kPackTokens + 8 * v) : _mm256_setzero_ps();
     }
   }
   for (int64_t k = k0; k < k1; ++k) {
     const float* xk = packed + k * kPackTokens;
-    __m256 x0 = _mm256_loadu_ps(xk);
-    __m256 x1 = _mm256_loadu_ps(xk + 8);
-    __m256 x2 = _mm256_loadu_ps(xk + 16);
-    // Keep the three input vectors in registers: without this GCC reloads them as memory
-    // operands of each FMA (16 loads per 12 FMAs instead of 7), which made it load-bound.
-    __asm__("" : "+x"(x0), "+x"(x1), "+x"(x2));
+    __m256 x[V];
+    for (int v = 0; v < V; ++v) x[v] = _mm256_loadu_ps(xk + 8 * v);
+    // Keep the input vectors in registers: without this GCC reloads them as memory operands of
+    // each FMA (16 loads per 12 FMAs instead of 7), which made it load-bound.
+    if constexpr (V == 3) {
+      __asm__("" : "+x"(x[0]), "+x"(x[1]), "+x"(x[2]));
+    } else if constexpr (V == 2) {
+      __asm__("" : "+x"(x[0]), "+x"(x[1]));
+    } else {
+      __asm__("" : "+x"(x[0]));
+    }
     for (int i = 0; i < R; ++i) {
       const __m256 wv = _mm256_broadcast_ss(w + i * K + k);
-      acc[i][0] = _mm256_fmadd_ps(wv, x0, acc[i][0]);
-      acc[i][1] = _mm256_fmadd_ps(wv, x1, acc[i][1]);
-      acc[i][2] = _mm256_fmadd_ps(wv, x2, acc[i][2]);
+      for (int v = 0; v < V; ++v) acc[i][v] = _mm256_fmadd_ps(wv, x[v], acc[i][v]);
     }
   }
   for (int i = 0; i < R; ++i) {
-    for (int v = 0; v < 3; ++v) _mm256_storeu_ps(out + i * kPackTokens + 8 * v, acc[i][v]);
+    for (int v = 0; v < V; ++v) _mm256_storeu_ps(out + i * kPackTokens + 8 * v, acc[i][v]);
   }
 #else
   for (int i = 0; i < R; ++i) {
-    for (int j = 0; j < kPackTokens; ++j) {
+    for (int j = 0; j < 8 * V; ++j) {
       float sum = accumulate ? out[i * kPackTokens + j] : 0.0f;
       for (int64_t k = k0; k < k1; ++k) sum += w[i * K + k] * packed[k * kPackTokens + j];
       out[i * kPackTokens + j] = sum;
@@ -1996,17 +2002,18 @@ inline void run_tile(const Mat& W, int64_t r, int64_t K, const Input* in, int64_
   }
 }
 
-// Tokens the fp32 outer-product tiles take of n: whole blocks of kPackTokens, and a last partial
-// block padded with zeros only when it holds more than kPackRemainderMax tokens; the rest go
-// through the dot tiles, panel by panel. Padding 8 tokens to 24 (a 32-row batch step) spent a
-// third of the step's multiply-adds on zeros. llama-42m, 2 threads, alternating builds: 32 rows
-// 18.4-21.4 ms padded against 15.7-16.0 with 8 through the dot tiles; 40 rows 19.0-20.2 padded
-// against 20.7-22.7 with 16 (a dot-tile token costs about 1.8 padded ones: break-even near 13).
-constexpr int64_t kPackRemainderMax = 12;
+// Tokens the fp32 outer-product tiles take of n: blocks of kPackTokens, the last one narrower
+// (whole vectors of 8 inputs), padded with zeros only when more than kPackRemainderMax of its 8
+// are real; the tokens left over go through the dot tiles, panel by panel. Fewer than 8 keep the
+// dot tiles (a padded vector would multiply the work of a small batch step). Padding 8 tokens to
+// 24 (a 32-row batch step) once spent a third of the step's multiply-adds on zeros; a dot-tile
+// token costs about 1.8 padded ones (llama-42m, 2 threads).
+constexpr int64_t kPackVector = 8;
+constexpr int64_t kPackRemainderMax = 4;
 inline int64_t packed_token_count(int64_t n) {
-  if (n < kPackTokens) return 0;
-  const int64_t rest = n % kPackTokens;
-  return n - rest + (rest > kPackRemainderMax ? kPackTokens : 0);
+  if (n < kPackVector) return 0;
+  const int64_t rest = n % kPackVector;
+  return n - rest + (rest > kPackRemainderMax ? kPackVector : 0);
 }
 
 // gemm_rows for fp32 weights on packed inputs: panels of rows (~16 KB of weights, read from
@@ -2027,18 +2034,39 @@ inline void gemm_rows_packed(const Mat& W, const Input* in, int64_t n, int64_t K
     const int64_t p1 = p0 + kPanel < r1 ? p0 + kPanel : r1;
     for (int64_t t0 = 0; t0 < packed_tokens; t0 += kPackTokens) {
       const float* block = packed + t0 * K;  // (K, kPackTokens)
+      const int64_t width = packed_tokens - t0 < kPackTokens ? packed_tokens - t0 : kPackTokens;
       for (int64_t k0 = 0; k0 < K; k0 += kSlice) {
         const int64_t k1 = k0 + kSlice < K ? k0 + kSlice : K;
         int64_t r = p0;
-        for (; r + kTileRows <= p1; r += kTileRows) {
-          f32_outer<kTileRows>(w + r * K, K, k0, k1, block, k0 > 0,
-                               tile + (r - p0) * kPackTokens);
+        if (width == kPackTokens) {
+          for (; r + kTileRows <= p1; r += kTileRows) {
+            f32_outer<kTileRows>(w + r * K, K, k0, k1, block, k0 > 0,
+                                 tile + (r - p0) * kPackTokens);
+          }
+        } else if (width == 2 * kPackVector) {
+          for (; r + kTileRows <= p1; r += kTileRows) {
+            f32_outer<kTileRows, 2>(w + r * K, K, k0, k1, block, k0 > 0,
+                                    tile + (r - p0) * kPackTokens);
+          }
+        } else {
+          // One vector of inputs: 8 rows at a time keep 8 FMA chains in flight.
+          for (; r + 2 * kTileRows <= p1; r += 2 * kTileRows) {
+            f32_outer<2 * kTileRows, 1>(w + r * K, K, k0, k1, block, k0 > 0,
+                                        tile + (r - p0) * kPackTokens);
+          }
         }
         for (; r < p1; ++r) {
-          f32_outer<1>(w + r * K, K, k0, k1, block, k0 > 0, tile + (r - p0) * kPackTokens);
+          float* row_tile = tile + (r - p0) * kPackTokens;
+          if (width == kPackTokens) {
+            f32_outer<1>(w + r * K, K, k0, k1, block, k0 > 0, row_tile);
+          } else if (width == 2 * kPackVector) {
+            f32_outer<1, 2>(w + r * K, K, k0, k1, block, k0 > 0, row_tile);
+          } else {
+            f32_outer<1, 1>(w + r * K, K, k0, k1, block, k0 > 0, row_tile);
+          }
         }
       }
-      const int64_t tokens = n - t0 < kPackTokens ? n - t0 : kPackTokens;
+      const int64_t tokens = n - t0 < width ? n - t0 : width;
       for (int64_t r = p0; r < p1; ++r) {
         for (int64_t j = 0; j < tokens; ++j) epilogue(r, t0 + j, tile[(r - p0) * kPackTokens + j]);
       }
@@ -2209,7 +2237,7 @@ void prepare_inputs(Runner& runner, float* x, int64_t stride, int64_t K, int64_t
         }
       }
     };
-    runner.run(packed_token_count(n) / kPackTokens, pack);
+    runner.run((packed_token_count(n) + kPackTokens - 1) / kPackTokens, pack);
     in[0].packed = packed;
   }
 }
