@@ -201,14 +201,13 @@ def _score_batch(
     fast = quantized_fast_decoder(model, cache)
     if prefill:
         if fast is not None:  # each context less its last token, into its unit's row
-            contexts_flat = [
-                (token, number, position)
-                for number, unit in enumerate(units)
-                for position, token in enumerate(unit.context[:-1])
-            ]
-            if contexts_flat:
-                tokens, row_numbers, context_positions = zip(*contexts_flat, strict=True)
-                fast.forward(tokens, row_numbers, context_positions, logits_for=[])
+            context_ids = [unit.context[:-1] for unit in units]
+            fast.forward(
+                [token for context in context_ids for token in context],
+                [number for number, context in enumerate(context_ids) for _ in context],
+                [position for context in context_ids for position in range(len(context))],
+                logits_for=[],
+            )
         else:
             # Each context less its last token, right-padded (padding lands at positions that
             # the continuation rows overwrite or never see).

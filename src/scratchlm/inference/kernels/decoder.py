@@ -363,30 +363,30 @@ def fast_decoder(model: nn.Module, cache: KVCache, *, batch: bool = False) -> Fa
 def quantized_fast_decoder(model: nn.Module, cache: KVCache) -> FastDecoder | None:
     """A FastDecoder (many rows) for a quantized model (q8, q4, bf16) whose many-token forwards
     an evaluation runs: its PyTorch forward would dequantize every weight at every op, where the
-    kernels read the packed blocks (a 256-token q4 prefill 1.3-1.7x PyTorch's fp32 GEMM). None for
-    fp32 models, which keep PyTorch's batched matmuls, and where the kernels do not apply."""
+    kernels read the packed blocks (scoring 1.4-2.1x faster, docs/benchmarks.md). None for fp32
+    models, which keep PyTorch's batched matmuls, and where the kernels do not apply."""
     if not isinstance(model, GPT) or packed_weights(model) is None:
-        return None
-    if cache.keys.device.type != "cpu":
         return None
     return fast_decoder(model, cache, batch=True)
 
 
 def kernel_logits(model: GPT, inputs: torch.Tensor) -> torch.Tensor | None:
     """Logits (B, T, padded vocab) of a quantized model through the decode kernels, each row of
-    `inputs` (B, T) from position 0; None where `quantized_fast_decoder` gives none. For the
-    evaluations' many-token forwards (`evaluate_text(..., fast_logits=kernel_logits)`)."""
-    rows, length = inputs.shape
-    cache = KVCache.for_model(model.config, rows, length, dtype=cache_dtype(model))
+    `inputs` (B, T) from position 0; None for an fp32 model or where the kernels do not apply.
+    For the evaluations' many-token forwards (`evaluate_text(..., fast_logits=kernel_logits)`).
+    One row at a time through one batch-1 cache: the kernel reads each weight block once per 64
+    tokens either way, and a cache of all B rows would hold B times the keys and values."""
+    if packed_weights(model) is None:
+        return None  # before allocating a cache: fp32 models take this path at every batch
+    length = inputs.shape[1]
+    cache = KVCache.for_model(model.config, 1, length, dtype=cache_dtype(model))
     fast = quantized_fast_decoder(model, cache)
     if fast is None:
         return None
-    row_of_token = torch.arange(rows).repeat_interleave(length)
-    position_of_token = torch.arange(length).repeat(rows)
-    logits = fast.forward(
-        inputs.reshape(-1).tolist(), row_of_token.tolist(), position_of_token.tolist()
-    )
-    return logits.view(rows, length, -1)
+    positions = list(range(length))
+    return torch.stack(
+        [fast.forward(row.tolist(), [0] * length, positions) for row in inputs]
+    )  # (B, T, padded vocab)
 
 
 def _hold_fp32_weights(model: nn.Module) -> None:
