@@ -28,3 +28,31 @@ def test_benchmark_script_imports(script: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setitem(sys.modules, name, module)
     spec.loader.exec_module(module)  # runs the imports; main() stays behind its __main__ guard
     assert callable(getattr(module, "main", None)), f"{script.name} has no main()"
+
+
+def test_prefill_flops_counts_every_matmul_of_a_prefill(monkeypatch: pytest.MonkeyPatch) -> None:
+    """decode_vs_llamacpp's FLOPs of a prefill: the linear layers against PyTorch's own count of
+    the model's forward (torch.utils.flop_counter, which sees the matmuls but not SDPA), less the
+    output layer's rows that a prefill does not compute; the attention against a sum over the
+    queries of the keys each one attends to (GQA: every query head attends)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from scratchlm.config import preset_config
+    from scratchlm.model import build_model
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from decode_vs_llamacpp import prefill_flops
+
+    config = preset_config("tiny", vocab_size=320, context_length=64, n_kv_head=2)
+    model = build_model(config).eval()
+    tokens = 48
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, tokens, dtype=torch.long))
+    assert set(map(str, counter.get_flop_counts()["Global"])) == {"aten.mm"}
+    linear = counter.get_total_flops() - 2 * model.lm_head.weight.numel() * (tokens - 1)
+    assert config.head_dim is not None
+    per_key = 2 * 2 * config.n_head * config.head_dim  # q.k and the weighted sum of v
+    attention = config.n_layer * sum(per_key * (query + 1) for query in range(tokens))
+    assert prefill_flops(model, tokens) == linear + attention
