@@ -7,8 +7,9 @@ of `--prefill-tokens` tokens processed from an empty cache in one forward (ours:
 prefill that Engine.generate runs: the kernels for short prompts, the model's forward past
 decode.KERNEL_PREFILL_MAX_TOKENS;
 llama.cpp: `Llama.reset()` then `Llama.eval`, one batch), with each one's GFLOP/s and its fraction
-of the machine's fp32 compute ceiling (PyTorch's fp32 GEMM of 2048 x 2048 matrices, same threads,
-measured in the same run): a long prefill is bound by multiply-adds, not by bytes.
+of the machine's fp32 compute ceiling (the best fp32 matmul FLOP/s at the same thread count,
+measured in the same run, as training's MFU measures it: `measure_cpu_peak_flops`): a long
+prefill is bound by multiply-adds, not by bytes.
 
     .venv/bin/python benchmarks/decode_vs_llamacpp.py --preset llama-42m --new-tokens 64 --rounds 3
     .venv/bin/python benchmarks/decode_vs_llamacpp.py --checkpoint RUN_OR_CHECKPOINT_DIR
@@ -44,6 +45,7 @@ from scratchlm.inference.settings import GREEDY
 from scratchlm.kv_cache import KVCache
 from scratchlm.model import GPT, build_model
 from scratchlm.tokenizer import train_bpe
+from scratchlm.training.hardware import measure_cpu_peak_flops
 
 # ours --quantize -> the GGUF type llama.cpp decodes; bytes per weight of each format
 PAIRS = {"none": "f32", "q8": "q8_0", "q4": "q4_0", "bf16": "bf16"}
@@ -60,22 +62,6 @@ def read_bandwidth(threads: int) -> float:
         float(data.sum())
         best = min(best, time.perf_counter() - started)
     return data.numel() * 4 / best / 1e9
-
-
-def fp32_gemm_gflops(threads: int) -> float:
-    """GFLOP/s of PyTorch's fp32 GEMM on 2048 x 2048 matrices (its BLAS: a practical ceiling for
-    fp32 multiply-adds on this machine at this thread count), best of 5."""
-    torch.set_num_threads(threads)
-    size = 2048
-    left, right = torch.randn(size, size), torch.randn(size, size)
-    out = torch.empty(size, size)
-    torch.mm(left, right, out=out)  # warm-up
-    best = float("inf")
-    for _ in range(5):
-        started = time.perf_counter()
-        torch.mm(left, right, out=out)
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best / 1e9
 
 
 def prefill_flops(model: GPT, tokens: int) -> float:
@@ -264,7 +250,7 @@ def main() -> None:
             time.sleep(SETTLE_S)
             prefill_rates[label].append(run())
     prefill_medians = {label: statistics.median(values) for label, values in prefill_rates.items()}
-    ceiling = fp32_gemm_gflops(args.threads)
+    ceiling = measure_cpu_peak_flops(torch.float32) / 1e9  # at args.threads (set above)
     flops_per_token = prefill_flops(reference, args.prefill_tokens) / args.prefill_tokens
     print(
         f"prefill of {args.prefill_tokens} tokens from an empty cache, {args.threads} threads, "
