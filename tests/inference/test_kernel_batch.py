@@ -173,13 +173,14 @@ def test_batched_steps_equal_single_row_steps_and_the_model(
 def test_prefill_equals_the_model(
     method: str, tokens: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Decoder.prefill through the kernels (150 tokens: three calls of at most 64) gives the
+    """Decoder.prefill through the kernels (150 tokens: three calls of at most 64 here) gives the
     model's last-token logits and cache; a continuation at an explicit position (a chunked
     prefill of a BatchDecoder row) and `score` (every position's logits) too. (Prompts longer
     than KERNEL_PREFILL_MAX_TOKENS run the model's forward by default: lifted here so that the
     kernel's long prefills stay tested.)"""
     _library_or_skip()
     monkeypatch.setattr(decode_module, "KERNEL_PREFILL_MAX_TOKENS", defaultdict(lambda: 10**6))
+    monkeypatch.setattr(kernel_decoder, "FORWARD_CHUNK", 64)  # chunks that attend to earlier ones
     model, reference_model = _models("akane-124m", {"context_length": 192}, method)
     config = model.config
     prompt = torch.randint(
@@ -215,6 +216,23 @@ def test_prefill_equals_the_model(
     _close(scored, expected[:, : config.vocab_size], method)
     assert cache.length == reference.length == tokens + 9
     _close(cache.keys[..., : tokens + 9, :], reference.keys[..., : tokens + 9, :], method)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@torch.inference_mode()
+def test_prefill_on_odd_sizes_equals_the_model(method: str) -> None:
+    """Odd matrix widths and row counts (d_model 35, 5 heads of 7, ffn 51; GPT-2 math, no
+    rotary): the tiles' remainders in K (an odd last pair of bf16 weights) and in rows (a partial
+    group of 16), over enough tokens for every format's many-input tiles."""
+    _library_or_skip()
+    overrides = {"d_model": 35, "n_head": 5, "n_kv_head": 5, "ffn_hidden": 51, "context_length": 48}
+    model, reference_model = _models("kia-1.6b", overrides, method)
+    prompt = [(5 * token + 3) % model.config.vocab_size for token in range(40)]
+    decoder = Decoder(model, KVCache.for_model(model.config, 1, 48))
+    logits = decoder.prefill(prompt)
+    assert decoder._kernel is not None
+    expected = reference_model(torch.tensor([prompt]), last_token_only=True)[0, :, :]
+    _close(logits, expected[:, : logits.shape[-1]], method)
 
 
 @torch.inference_mode()

@@ -3,7 +3,7 @@
 Every generation loop (`Engine.generate`, the `BatchDecoder`'s lone decoding row and prefills, the
 chat's `DecodeSession`, `bench`, speculative decoding) runs its forwards through a `Decoder`, as
 gpt-fast's `prefill` and `decode_one_token` serve all of its loops. The Decoder alone decides how a
-step or a prefill runs: through the CPU kernels (one C++ call per token, or per 64 prompt tokens,
+step or a prefill runs: through the CPU kernels (one C++ call per token, or per 256 prompt tokens,
 on fp32 or packed q8/q4/bf16 weights, see scratchlm.inference.kernels) when they apply to the
 model and cache, else the model's forward; both give the same tokens. (Batch steps of many rows go
 through `FastDecoder.forward` in the BatchDecoder and beam search.)

@@ -1,4 +1,4 @@
-"""CPU decode kernels: one C++ call per decoded token (or per batch step of many rows, or per 64
+"""CPU decode kernels: one C++ call per decoded token (or per batch step of many rows, or per 256
 prompt tokens), on fp32, bf16, q8 or q4 weights, with automatic fallback.
 
 Decoding one token at batch 1 reads every weight once. PyTorch's CPU GEMV streams weights from
