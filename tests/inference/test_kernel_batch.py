@@ -412,8 +412,8 @@ def test_forced_avx2_batch_and_prefill_give_the_same_tokens(
 
 @torch.inference_mode()
 def test_long_prompts_prefill_through_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past KERNEL_PREFILL_MAX_TOKENS the prefill is the model's forward (PyTorch's GEMM is as fast
-    per core there); up to it, the kernel's."""
+    """Past KERNEL_PREFILL_MAX_TOKENS the prefill is the model's forward (lengths where the
+    kernel was not measured against it); up to it, the kernel's."""
     _library_or_skip()
     limit = decode_module.KERNEL_PREFILL_MAX_TOKENS["f32"]
     model, _ = _models("akane-124m", {"context_length": limit + 8}, "fp32")
@@ -441,7 +441,10 @@ def test_a_quantized_model_prefills_every_prompt_in_the_kernel(
     logits = Decoder(model, KVCache.for_model(model.config, 1, length + 8)).prefill(prompt)
     assert calls == [length]
     expected = reference(torch.tensor([prompt]), last_token_only=True)[0, :, : logits.shape[-1]]
-    _close(logits, expected, method)
+    # Over 1,000 positions one q4 input code rounds the other way at a .5 boundary (9e-3 of the
+    # largest logit measured at 1,064 tokens, the same with calls of 64 or 256 tokens):
+    # `_close_rows` allows that one step.
+    _close_rows(logits, expected, method)
 
 
 def _edge_rows(model: GPT) -> list[tuple[list[int], str]]:
