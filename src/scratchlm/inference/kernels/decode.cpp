@@ -1657,7 +1657,10 @@ inline void to_bf16(const float* x, int64_t K, uint16_t* xb) {
 // of one token (its outputs are token-major).
 constexpr int64_t kBf16LaneRows = 16;
 constexpr int kBf16LaneGroups = 4;  // row groups per tile: 64 rows
-constexpr int kBf16LaneTokens = 6;  // 24 accumulators, 4 weight vectors, a broadcast: 29 of 32
+// Inputs per tile of G groups: G x T accumulators, G weight vectors and a broadcast in the 32
+// registers (G = 4: 29). Per weight pair a tile loads G vectors and broadcasts T inputs for G x T
+// vdpbf16ps; the last panel of a chunk may have fewer groups, and takes more inputs at a time.
+constexpr int bf16_lane_tokens(int groups) { return groups >= 4 ? 6 : groups == 3 ? 8 : 12; }
 // Fewer inputs keep bf16_dot_tile: the rearranging pass reads every weight of the step once more.
 // Batch steps of llama-42m (2 threads, ms): 8 rows 14.8-15.3 against 12.5-13.5 with the dot
 // tiles, 16 rows 17.6-19.1 against 18.9-19.8, 32 rows 23.9-25.4 against 25.3-28.6.
@@ -1745,23 +1748,22 @@ SL_TILE void bf16_lane_tile(const uint32_t* groups, int64_t pairs, const Input* 
   }
 }
 
-template <int G>
+// bf16_lane_tile<G, tokens> for 1 <= tokens <= T.
+template <int G, int T = bf16_lane_tokens(G)>
 inline void bf16_lane_tile_tokens(const uint32_t* groups, int64_t pairs, const Input* in,
                                   int tokens, float* out) {
-  static_assert(kBf16LaneTokens == 6, "one case per token count");
-  switch (tokens) {
-    case 6: bf16_lane_tile<G, 6>(groups, pairs, in, out); break;
-    case 5: bf16_lane_tile<G, 5>(groups, pairs, in, out); break;
-    case 4: bf16_lane_tile<G, 4>(groups, pairs, in, out); break;
-    case 3: bf16_lane_tile<G, 3>(groups, pairs, in, out); break;
-    case 2: bf16_lane_tile<G, 2>(groups, pairs, in, out); break;
-    default: bf16_lane_tile<G, 1>(groups, pairs, in, out); break;
+  if constexpr (T > 1) {
+    if (tokens < T) {
+      bf16_lane_tile_tokens<G, T - 1>(groups, pairs, in, tokens, out);
+      return;
+    }
   }
+  bf16_lane_tile<G, T>(groups, pairs, in, out);
 }
 
 // gemm_rows for bf16 weights with the lane tiles: per panel of kBf16LaneGroups x 16 rows, the
 // rows rearranged once into a per-thread buffer, then every input passes over it,
-// kBf16LaneTokens at a time; the outputs go token by token, the panel's rows in order.
+// bf16_lane_tokens(groups) at a time; the outputs go token by token, the panel's rows in order.
 template <typename Epilogue>
 inline void gemm_rows_bf16_lanes(const Mat& W, const Input* in, int64_t n, int64_t K, int64_t r0,
                                  int64_t r1, Epilogue& epilogue) {
@@ -1769,13 +1771,15 @@ inline void gemm_rows_bf16_lanes(const Mat& W, const Input* in, int64_t n, int64
   const int64_t pairs = (K + 1) / 2;
   thread_local std::vector<uint32_t> buffer;
   buffer.resize(static_cast<size_t>(kPanel * pairs));
-  float out[kPanel * kBf16LaneTokens];
+  float out[kPanel * bf16_lane_tokens(kBf16LaneGroups)];  // the largest tile (G = 4) or more
+  static_assert(bf16_lane_tokens(2) * 2 <= bf16_lane_tokens(4) * 4, "out holds every tile");
   for (int64_t p0 = r0; p0 < r1; p0 += kPanel) {
     const int64_t p1 = p0 + kPanel < r1 ? p0 + kPanel : r1;
     const int groups = static_cast<int>((p1 - p0 + kBf16LaneRows - 1) / kBf16LaneRows);
+    const int64_t per_tile = bf16_lane_tokens(groups);
     rearrange_bf16_rows(W, K, p0, p1, buffer.data());
-    for (int64_t t = 0; t < n; t += kBf16LaneTokens) {
-      const int tokens = static_cast<int>(n - t < kBf16LaneTokens ? n - t : kBf16LaneTokens);
+    for (int64_t t = 0; t < n; t += per_tile) {
+      const int tokens = static_cast<int>(n - t < per_tile ? n - t : per_tile);
       static_assert(kBf16LaneGroups == 4, "one case per group count");
       switch (groups) {
         case 4: bf16_lane_tile_tokens<4>(buffer.data(), pairs, in + t, tokens, out); break;
@@ -2235,6 +2239,20 @@ inline void gemm_rows_packed(const Mat& W, const Input* in, int64_t n, int64_t K
 // K, from L2) are re-read once per panel, not once per kTileRows rows. Within a panel, kTileRows
 // rows at a time, then single rows; row-padded formats go by whole groups (r0 a multiple of
 // kTileRows), their padding rows computed but not passed on.
+// The rows of a for_rows chunk come in multiples of this for gemm_rows of n inputs: whole groups
+// of 16 rows for the bf16 lane tiles (a chunk of 88 rows, as akane-124m's Wq got, spent a quarter
+// of its last tile on padding rows), else the register tiles' rows.
+template <typename Fmt>
+inline int gemm_row_block(int64_t n) {
+#if SL_BF16_DOT
+  if constexpr (std::is_same_v<Fmt, Bf16Format>) {
+    if (n >= kBf16LaneMinTokens) return static_cast<int>(kBf16LaneRows);
+  }
+#endif
+  (void)n;
+  return kTileRows;
+}
+
 template <typename Fmt, typename Epilogue>
 inline void gemm_rows(const Mat& W, const Input* in, int64_t n, int64_t K, int64_t r0, int64_t r1,
                       Epilogue epilogue) {
@@ -2414,6 +2432,7 @@ int forward_tokens(const SlModel* m, int64_t n, const int64_t* tokens, const int
   std::vector<Input> inputs(static_cast<size_t>(n));
   Input* in = inputs.data();
   Runner runner(threads);
+  const int row_block = gemm_row_block<Fmt>(n);
 
   for (int64_t t = 0; t < n; ++t) {
     float* x = ws.x + t * ws.d_stride;
@@ -2443,7 +2462,7 @@ int forward_tokens(const SlModel* m, int64_t n, const int64_t* tokens, const int
     const float* biases[3] = {L.q_b, L.k_b, L.v_b};
     float* outs[3] = {ws.q, ws.k, ws.v};
     const int64_t strides[3] = {ws.q_stride, ws.kv_stride, ws.kv_stride};
-    for_rows(runner, qkv_rows, 3, Fmt::row_bytes(d), kTileRows,
+    for_rows(runner, qkv_rows, 3, Fmt::row_bytes(d), row_block,
              [&](int part, int64_t r0, int64_t r1, int) {
                float* out = outs[part];
                const float* bias = biases[part];
@@ -2506,7 +2525,7 @@ int forward_tokens(const SlModel* m, int64_t n, const int64_t* tokens, const int
     // x += Wo attn (+ bias) for every token.
     prepare_inputs<Fmt>(runner, ws.attn, ws.q_stride, n_q, n, ws, in);
     const Mat o_w{L.o_w, L.o_s};
-    for_rows(runner, d_rows, 1, Fmt::row_bytes(n_q), kTileRows,
+    for_rows(runner, d_rows, 1, Fmt::row_bytes(n_q), row_block,
              [&](int, int64_t r0, int64_t r1, int) {
                gemm_rows<Fmt>(o_w, in, n, n_q, r0, r1, [&](int64_t r, int64_t t, float value) {
                  ws.x[t * ws.d_stride + r] += value + bias_at(L.o_b, r);
@@ -2521,7 +2540,7 @@ int forward_tokens(const SlModel* m, int64_t n, const int64_t* tokens, const int
     const Mat up_w{L.up_w, L.up_s};
     const int64_t up_bytes = (swiglu ? 2 : 1) * Fmt::row_bytes(d);
     const int64_t fs = ws.ffn_stride;
-    for_rows(runner, ffn_rows, 1, up_bytes, kTileRows, [&](int, int64_t r0, int64_t r1, int) {
+    for_rows(runner, ffn_rows, 1, up_bytes, row_block, [&](int, int64_t r0, int64_t r1, int) {
       if (swiglu) {
         gemm_rows<Fmt>(gate_w, in, n, d, r0, r1, [&](int64_t r, int64_t t, float value) {
           ws.gate[t * fs + r] = value + bias_at(L.gate_b, r);
@@ -2540,7 +2559,7 @@ int forward_tokens(const SlModel* m, int64_t n, const int64_t* tokens, const int
     });
     prepare_inputs<Fmt>(runner, ws.hidden, fs, ffn, n, ws, in);
     const Mat down_w{L.down_w, L.down_s};
-    for_rows(runner, d_rows, 1, Fmt::row_bytes(ffn), kTileRows,
+    for_rows(runner, d_rows, 1, Fmt::row_bytes(ffn), row_block,
              [&](int, int64_t r0, int64_t r1, int) {
                gemm_rows<Fmt>(down_w, in, n, ffn, r0, r1, [&](int64_t r, int64_t t, float value) {
                  ws.x[t * ws.d_stride + r] += value + bias_at(L.down_b, r);
