@@ -152,7 +152,10 @@ class KVCache:
             self.length += count
             self.lengths[:batch] = self.length
         else:
-            filled = positions.reshape(batch, -1).max(dim=1).values + 1
+            # amax, not max(dim=1): max launches an OpenMP region even for a few values, and
+            # the woken helper thread then spins for milliseconds on a core the decode kernels
+            # need (an 8-row kernel step took 13.4 ms instead of 9.3).
+            filled = positions.reshape(batch, -1).amax(dim=1) + 1
             self.lengths[:batch] = torch.maximum(self.lengths[:batch], filled)
 
     # --- row management (batching, beam search) ----------------------------------------------

@@ -15,6 +15,7 @@ from scratchlm.inference.sampling import (
     filter_top_p,
     make_generator,
     next_token_probabilities,
+    on_one_torch_thread,
     sample_next_token,
 )
 from scratchlm.inference.settings import GREEDY, SamplingError, SamplingSettings
@@ -326,3 +327,35 @@ def test_a_row_whose_prefill_forward_fails_ends_alone(monkeypatch: pytest.Monkey
     with pytest.raises(RuntimeError, match="injected prefill failure"):
         unchunked.add(GenerationRequest([marker, 1], max_new_tokens=3, sampling=GREEDY))
     assert unchunked.active == 0
+
+
+def test_sampling_runs_on_one_torch_thread_and_restores_the_count() -> None:
+    """Per-token sampling runs with one PyTorch thread (no OpenMP region whose helper threads
+    would then spin on the decode kernels' cores) and gives the same tokens as the same ops on
+    several threads; the caller's thread count comes back, also after an error."""
+    seen: list[int] = []
+
+    @on_one_torch_thread
+    def probe(fail: bool) -> None:
+        seen.append(torch.get_num_threads())
+        if fail:
+            raise ValueError("boom")
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        probe(False)
+        with pytest.raises(ValueError, match="boom"):
+            probe(True)
+        assert seen == [1, 1]
+        assert torch.get_num_threads() == 2
+        # 50,304 logits: past PyTorch's 32,768-value grain, so the undecorated ops run parallel.
+        logits = torch.randn(3, 50_304, generator=torch.Generator().manual_seed(0)) * 4
+        settings = SamplingSettings(temperature=0.9, top_k=None, top_p=0.95)
+        tokens = sample_next_token(logits, settings, torch.Generator().manual_seed(7))
+        undecorated = sample_next_token.__wrapped__  # type: ignore[attr-defined]
+        expected = undecorated(logits, settings, torch.Generator().manual_seed(7))
+        assert torch.equal(tokens, expected)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

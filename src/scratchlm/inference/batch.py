@@ -23,7 +23,12 @@ import torch
 from scratchlm.errors import ScratchLMError
 from scratchlm.inference.decode import Decoder, fit_prompt
 from scratchlm.inference.kernels.decoder import FastDecoder, fast_decoder
-from scratchlm.inference.sampling import history_counts, make_generator, sample_next_token
+from scratchlm.inference.sampling import (
+    history_counts,
+    make_generator,
+    on_one_torch_thread,
+    sample_next_token,
+)
 from scratchlm.inference.settings import LogitBias, SamplingSettings, check_logit_bias
 from scratchlm.kv_cache import KVCache, cache_dtype
 from scratchlm.model import GPT
@@ -55,6 +60,7 @@ class TokenLogprob:
     top: tuple[tuple[int, float], ...] = ()
 
 
+@on_one_torch_thread
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, top: int) -> list[TokenLogprob]:
     """logits (T, vocab) and the tokens chosen after them (T,) -> one TokenLogprob each."""
     logprobs = torch.log_softmax(logits.float(), dim=-1)

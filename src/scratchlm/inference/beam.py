@@ -15,6 +15,7 @@ import torch
 from scratchlm.errors import ScratchLMError
 from scratchlm.inference.decode import Decoder, fit_prompt
 from scratchlm.inference.kernels.decoder import fast_decoder
+from scratchlm.inference.sampling import on_one_torch_thread
 from scratchlm.kv_cache import KVCache, cache_dtype
 from scratchlm.model import GPT
 
@@ -58,7 +59,7 @@ def beam_search(
     for row in range(1, beam_width):
         cache.copy_row(0, row)
     cache.length = len(prompt)
-    log_probs = torch.log_softmax(logits.float(), dim=-1)  # (1, V)
+    log_probs = _log_probs(logits, logits.shape[-1])  # (1, V)
     # Each step feeds one token per beam, all at position cache.length: the kernels' batch step
     # (each weight block read once for all beams) when they apply, else the model's forward.
     kernel = fast_decoder(model, cache, batch=True)
@@ -67,13 +68,12 @@ def beam_search(
     finished: list[BeamResult] = []
 
     for step in range(max_new_tokens):
-        candidates = (beam_scores[:, None] + log_probs).view(-1)  # (beams * V,)
         vocab = log_probs.shape[-1]
-        top_scores, top_indices = torch.topk(candidates, min(2 * beam_width, candidates.numel()))
+        top_scores, top_indices = _best_candidates(beam_scores, log_probs, 2 * beam_width)
         new_tokens: list[list[int]] = []
         new_scores: list[float] = []
         parents: list[int] = []
-        for score, index in zip(top_scores.tolist(), top_indices.tolist(), strict=True):
+        for score, index in zip(top_scores, top_indices, strict=True):
             parent, token = divmod(index, vocab)
             if token in stop_ids:
                 sequence = beam_tokens[parent]
@@ -110,7 +110,7 @@ def beam_search(
             inputs = torch.tensor([[tokens[-1]] for tokens in new_tokens], device=device)
             step_logits = model(inputs, kv_cache=view)[:, -1]  # (count, padded_vocab)
         cache.length += 1
-        log_probs = torch.log_softmax(step_logits[:, : config.vocab_size].float(), dim=-1)
+        log_probs = _log_probs(step_logits, config.vocab_size)
     for tokens, score in zip(beam_tokens, beam_scores.tolist(), strict=True):
         finished.append(
             BeamResult(
@@ -119,6 +119,23 @@ def beam_search(
         )
     finished.sort(key=lambda result: result.score, reverse=True)
     return finished[:beam_width]
+
+
+@on_one_torch_thread
+def _log_probs(logits: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Log-softmax over the first `vocab` logits of each row: (rows, vocab), float32."""
+    return torch.log_softmax(logits[:, :vocab].float(), dim=-1)
+
+
+@on_one_torch_thread
+def _best_candidates(
+    beam_scores: torch.Tensor, log_probs: torch.Tensor, count: int
+) -> tuple[list[float], list[int]]:
+    """The `count` best (beam, token) continuations: their summed log-probabilities and flat
+    indexes beam * V + token, best first."""
+    candidates = (beam_scores[:, None] + log_probs).view(-1)  # (beams * V,)
+    top_scores, top_indices = torch.topk(candidates, min(count, candidates.numel()))
+    return top_scores.tolist(), top_indices.tolist()
 
 
 def _done(
