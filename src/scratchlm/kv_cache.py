@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from scratchlm.config import ModelConfig
+from scratchlm.device import on_one_torch_thread
 from scratchlm.errors import ScratchLMError
 
 KV_CACHE_TYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -54,6 +55,10 @@ def cache_dtype(model: nn.Module) -> torch.dtype:
 
 
 class KVCache:
+    # Allocated (zero-filled) and its rows copied on one PyTorch thread: right before the decode
+    # kernels run, a parallel fill or copy would leave PyTorch's helper threads spinning on the
+    # kernels' cores (see on_one_torch_thread).
+    @on_one_torch_thread
     def __init__(
         self,
         n_layer: int,
@@ -168,6 +173,7 @@ class KVCache:
         view.length = 0
         return view
 
+    @on_one_torch_thread
     def copy_row(self, source: int, target: int, filled: int | None = None) -> None:
         """Row `target` becomes a copy of row `source`; `filled`: only its first positions are
         copied (the rest is never read: attention stops at a row's own position), so compacting
@@ -177,6 +183,7 @@ class KVCache:
         self.values[:, target, :, :stop] = self.values[:, source, :, :stop]
         self.lengths[target] = self.lengths[source]
 
+    @on_one_torch_thread
     def swap_rows(self, first: int, second: int, filled: int | None = None) -> None:
         """Exchange two rows (their first `filled` positions, as copy_row)."""
         stop = self.max_len if filled is None else filled
@@ -186,6 +193,7 @@ class KVCache:
             tensor[:, second, :, :stop] = saved
         self.lengths[[first, second]] = self.lengths[[second, first]]
 
+    @on_one_torch_thread
     def reorder_rows(self, order: torch.Tensor) -> None:
         """Row i becomes old row order[i] (beam search keeps the surviving beams' histories)."""
         count = order.numel()

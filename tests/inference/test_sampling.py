@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 import torch
 
+from scratchlm.device import on_one_torch_thread
 from scratchlm.errors import ScratchLMError
 from scratchlm.inference import batch as batch_module
 from scratchlm.inference.batch import BatchDecoder, GenerationRequest
@@ -15,7 +16,6 @@ from scratchlm.inference.sampling import (
     filter_top_p,
     make_generator,
     next_token_probabilities,
-    on_one_torch_thread,
     sample_next_token,
 )
 from scratchlm.inference.settings import GREEDY, SamplingError, SamplingSettings

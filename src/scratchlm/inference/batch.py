@@ -20,15 +20,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from scratchlm.device import on_one_torch_thread
 from scratchlm.errors import ScratchLMError
 from scratchlm.inference.decode import Decoder, fit_prompt
 from scratchlm.inference.kernels.decoder import FastDecoder, fast_decoder
-from scratchlm.inference.sampling import (
-    history_counts,
-    make_generator,
-    on_one_torch_thread,
-    sample_next_token,
-)
+from scratchlm.inference.sampling import history_counts, make_generator, sample_next_token
 from scratchlm.inference.settings import LogitBias, SamplingSettings, check_logit_bias
 from scratchlm.kv_cache import KVCache, cache_dtype
 from scratchlm.model import GPT

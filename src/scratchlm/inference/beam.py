@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from scratchlm.device import on_one_torch_thread
 from scratchlm.errors import ScratchLMError
 from scratchlm.inference.decode import Decoder, fit_prompt
 from scratchlm.inference.kernels.decoder import fast_decoder
-from scratchlm.inference.sampling import on_one_torch_thread
 from scratchlm.kv_cache import KVCache, cache_dtype
 from scratchlm.model import GPT
 

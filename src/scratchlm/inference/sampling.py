@@ -25,14 +25,12 @@ sampling (temperature 0.8, top-k 50) took 1.1 ms before and takes about 0.1 ms n
 
 from __future__ import annotations
 
-import functools
 import math
 import secrets
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
 
 import torch
 
+from scratchlm.device import on_one_torch_thread
 from scratchlm.errors import ScratchLMError
 from scratchlm.inference.settings import (
     SEED_MAX,
@@ -41,35 +39,6 @@ from scratchlm.inference.settings import (
     SamplingError,
     SamplingSettings,
 )
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def on_one_torch_thread(function: Callable[_P, _R]) -> Callable[_P, _R]:
-    """`function` with PyTorch's intra-op threads set to one while it runs (then restored).
-
-    For the per-token work between decode steps: its ops take microseconds, and a single one
-    that runs as an OpenMP parallel region (an op over more than 32,768 values, `max(dim=...)`
-    over any) leaves PyTorch's helper threads spinning for milliseconds afterwards (libgomp's
-    default wait policy) on the cores the decode kernels' own threads need next. Measured on
-    llama-42m, 2 threads: an 8-row kernel batch step took 13.4 ms instead of 9.3, and a batch-1
-    kernel decode step followed by sampling ops over 50,304 logits 9.5-12.0 ms instead of
-    6.8-7.5. The results do not change: these ops split work by rows or elements, not sums."""
-
-    @functools.wraps(function)
-    def on_one_thread(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        threads = torch.get_num_threads()
-        if threads == 1:
-            return function(*args, **kwargs)
-        torch.set_num_threads(1)
-        try:
-            return function(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
-
-    return on_one_thread
-
 
 # Penalized logits stay within ±this (the largest float32), so nothing downstream overflows to inf.
 FLOAT_MAX = torch.finfo(torch.float32).max
