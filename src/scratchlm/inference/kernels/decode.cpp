@@ -2082,8 +2082,8 @@ inline void format_tile(const Mat& W, int64_t r, int64_t K, const Input* in, flo
 // k-major, kPackTokens tokens side by side, and each weight value is broadcast against 3 vectors
 // of 8 inputs (an outer product, as BLAS micro-kernels do): per k, 3 input loads and 4 broadcasts
 // feed 12 FMAs into 12 accumulators, no horizontal sums.
-// A block narrower than kPackTokens (the last of a call, padded to whole vectors) takes V = 1 or 2
-// vectors of 8 inputs: per k, V input loads and R broadcasts feed R x V FMAs.
+// A block narrower than kPackTokens (pack_block spreads a call's vectors over its blocks)
+// takes V = 1 or 2 vectors of 8 inputs: per k, V input loads and R broadcasts feed R x V FMAs.
 template <int R, int V = 3>
 inline void f32_outer(const float* w, int64_t K, int64_t k0, int64_t k1, const float* packed,
                       bool accumulate, float* out) {
@@ -2163,6 +2163,25 @@ inline int64_t packed_token_count(int64_t n) {
   return n - rest + (rest > kPackRemainderMax ? kPackVector : 0);
 }
 
+// The packed tokens go in as few blocks as hold them (at most kPackTokens each), their vectors of
+// 8 spread evenly: 32 tokens as 16 + 16, not 24 + 8. A block of one vector has 8 rows per tile
+// and per k loads 8 broadcasts for 8 FMAs, where 2 vectors load 6 for 8 and 3 load 7 for 12.
+// Block b sits at packed + b * K * kPackTokens, (K, kPackTokens) whatever its width.
+struct PackBlock {
+  int64_t start;  // its first token
+  int64_t width;  // tokens, a multiple of kPackVector
+};
+inline int64_t pack_block_count(int64_t packed_tokens) {
+  return (packed_tokens + kPackTokens - 1) / kPackTokens;
+}
+inline PackBlock pack_block(int64_t packed_tokens, int64_t block) {
+  const int64_t vectors = packed_tokens / kPackVector;
+  const int64_t blocks = pack_block_count(packed_tokens);
+  const int64_t base = vectors / blocks, extra = vectors % blocks;
+  const int64_t first_vector = block * base + (block < extra ? block : extra);
+  return {first_vector * kPackVector, (base + (block < extra ? 1 : 0)) * kPackVector};
+}
+
 // gemm_rows for fp32 weights on packed inputs: panels of rows (~16 KB of weights, read from
 // memory once), then per block of kPackTokens inputs, K in slices of 128 (the slice of the packed
 // block, 12 KB, stays in L1 while the panel's rows pass over it) accumulated in `tile`; then the
@@ -2179,9 +2198,9 @@ inline void gemm_rows_packed(const Mat& W, const Input* in, int64_t n, int64_t K
   float tile[kPanel * kPackTokens];
   for (int64_t p0 = r0; p0 < r1; p0 += kPanel) {
     const int64_t p1 = p0 + kPanel < r1 ? p0 + kPanel : r1;
-    for (int64_t t0 = 0; t0 < packed_tokens; t0 += kPackTokens) {
-      const float* block = packed + t0 * K;  // (K, kPackTokens)
-      const int64_t width = packed_tokens - t0 < kPackTokens ? packed_tokens - t0 : kPackTokens;
+    for (int64_t b = 0; b < pack_block_count(packed_tokens); ++b) {
+      const float* block = packed + b * K * kPackTokens;  // (K, kPackTokens)
+      const auto [t0, width] = pack_block(packed_tokens, b);
       for (int64_t k0 = 0; k0 < K; k0 += kSlice) {
         const int64_t k1 = k0 + kSlice < K ? k0 + kSlice : K;
         int64_t r = p0;
@@ -2396,13 +2415,15 @@ void prepare_inputs(Runner& runner, float* x, int64_t stride, int64_t K, int64_t
     // Fewer inputs than a packed block keep the dot tiles (padding a block with zeros would
     // multiply the work of a small batch step).
     if (packed_token_count(n) == 0) return;
-    // Block b holds tokens b * kPackTokens.. as (K, kPackTokens): value k of each of its tokens
+    // Block b holds its tokens (pack_block) as (K, kPackTokens): value k of each of its tokens
     // side by side (zeros past n), the layout the outer-product tile reads one row of per k.
     float* packed = ws.packed;
+    const int64_t packed_tokens = packed_token_count(n);
     auto pack = [&](int64_t block, int) {
       float* out = packed + block * K * kPackTokens;
-      for (int64_t j = 0; j < kPackTokens; ++j) {
-        const int64_t t = block * kPackTokens + j;
+      const PackBlock place = pack_block(packed_tokens, block);
+      for (int64_t j = 0; j < place.width; ++j) {
+        const int64_t t = place.start + j;
         if (t < n) {
           const float* source = in[t].x;
           for (int64_t k = 0; k < K; ++k) out[k * kPackTokens + j] = source[k];
@@ -2411,7 +2432,7 @@ void prepare_inputs(Runner& runner, float* x, int64_t stride, int64_t K, int64_t
         }
       }
     };
-    runner.run((packed_token_count(n) + kPackTokens - 1) / kPackTokens, pack);
+    runner.run(pack_block_count(packed_tokens), pack);
     in[0].packed = packed;
   }
 }
