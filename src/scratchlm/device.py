@@ -76,6 +76,12 @@ def inference_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
+@functools.cache
+def _openmp_backend() -> bool:
+    """Whether PyTorch's intra-op threads are OpenMP's (its Linux, Windows and macOS wheels)."""
+    return "OpenMP" in torch.__config__.parallel_info()
+
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -89,13 +95,14 @@ def on_one_torch_thread(function: Callable[_P, _R]) -> Callable[_P, _R]:
     milliseconds afterwards (libgomp's default wait policy) on the cores the kernels' own
     threads need next. Measured on llama-42m, 2 threads: an 8-row kernel batch step took 13.4
     ms instead of 9.3; a batch-1 kernel decode step followed by sampling over 50,304 logits
-    9.5-12.0 ms instead of 6.8-7.5; a 32-token prefill right after its cache was allocated 23.7
-    ms instead of 16.8. Results do not change: these ops split work by rows or elements."""
+    9.5-12.0 ms instead of 6.8-7.5. Results do not change: these ops split work by rows or
+    elements. Builds with PyTorch's native thread pool (no OpenMP) have no spinning helpers, and
+    there changing the thread count after parallel work has started only warns: left alone."""
 
     @functools.wraps(function)
     def on_one_thread(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         threads = torch.get_num_threads()
-        if threads == 1:
+        if threads == 1 or not _openmp_backend():
             return function(*args, **kwargs)
         torch.set_num_threads(1)
         try:
