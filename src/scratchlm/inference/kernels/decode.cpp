@@ -1662,8 +1662,9 @@ constexpr int kBf16LaneGroups = 4;  // row groups per tile: 64 rows
 // vdpbf16ps; the last panel of a chunk may have fewer groups, and takes more inputs at a time.
 constexpr int bf16_lane_tokens(int groups) { return groups >= 4 ? 6 : groups == 3 ? 8 : 12; }
 // Fewer inputs keep bf16_dot_tile: the rearranging pass reads every weight of the step once more.
-// Batch steps of llama-42m (2 threads, ms): 8 rows 14.8-15.3 against 12.5-13.5 with the dot
-// tiles, 16 rows 17.6-19.1 against 18.9-19.8, 32 rows 23.9-25.4 against 25.3-28.6.
+// Kernel batch steps of llama-42m (2 threads, ms, lanes against dot tiles, three runs): 4 rows
+// 7.1-7.8 against 5.2-6.4, 8 rows 8.3-8.6 against 6.6-8.4, 12 rows 9.0-9.8 against 9.5-9.6,
+// 16 rows 11.5-11.6 against 11.4-11.7; 32 rows (whole server steps) 23.9-25.4 against 25.3-28.6.
 constexpr int64_t kBf16LaneMinTokens = 16;
 
 // Rows [r0, r1) of W (bf16, N x K) as (groups, pairs, 16) 32-bit words: word (g, p, i) holds
