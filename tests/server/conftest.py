@@ -21,7 +21,7 @@ from scratchlm.checkpoint import Checkpoint, load_checkpoint
 from scratchlm.server import app as app_module
 from scratchlm.server.app import ServerSettings, create_app
 from scratchlm.server.protocol import uvicorn_config
-from scratchlm.server.scheduler import Scheduler
+from scratchlm.server.scheduler import Job, Scheduler
 from scratchlm.tokenizer import Tokenizer
 from tests.chat.conftest import write_checkpoint
 
@@ -60,9 +60,10 @@ class SlowScheduler(Scheduler):
         super().__init__(*args, **kwargs)
         self.step_delay = step_delay
 
-    def _deliver(self, rows: Any, finished: set[int]) -> None:
-        super()._deliver(rows, finished)
+    def _deliver(self, rows: Any, finished: set[int]) -> list[Job]:
+        first = super()._deliver(rows, finished)
         time.sleep(self.step_delay)
+        return first
 
 
 def start_server(loaded: Checkpoint, *, step_delay: float = 0.0, **settings: Any) -> RunningServer:

@@ -470,9 +470,9 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     # --- generation -----------------------------------------------------------------------
-    def submit(prepared: Prepared) -> tuple[list[Job], asyncio.Queue[Event]]:
+    def submit(prepared: Prepared, streaming: bool) -> tuple[list[Job], asyncio.Queue[Event]]:
         try:
-            return scheduler.submit(prepared.requests)
+            return scheduler.submit(prepared.requests, streaming=streaming)
         except QueueFull as error:
             raise APIError(429, str(error), error_type="server_busy", code="queue_full") from error
 
@@ -522,6 +522,8 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
                         yield index, text, choice.finish_reason, new_logprobs
                     elif text or new_logprobs:
                         yield index, text, None, new_logprobs
+                    else:  # nothing to send yet (text held back): the scheduler need not wait
+                        jobs[index].first_handled.set()
                 elif isinstance(event, DoneEvent):
                     unfinished.discard(index)
                     if event.prompt_logprobs:
@@ -553,7 +555,7 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
         prompt_texts: list[str] | None = None,
     ) -> Response:
         started = time.monotonic()
-        jobs, events = submit(prepared)
+        jobs, events = submit(prepared, streaming=body.stream)
         choices = [ChoiceText(tokenizer, prepared.stop_strings) for _ in jobs]
         base = response_base(settings.model_name, chat=chat)
         if not body.stream:
@@ -643,6 +645,9 @@ def create_app(model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> Fa
                         yield chunk(index, text, None, logprobs=delta_logprobs(index, new_logprobs))
                     if finish is not None:
                         yield chunk(index, None if chat else "", finish)
+                    # Resumed here, the chunks above have been sent: the scheduler may start
+                    # its next step (it waits for a row's first ones, FIRST_DELIVERY_WAIT_S).
+                    jobs[index].first_handled.set()
             except GenerationFailed as error:
                 metrics.count_error(500)
                 yield server_sent_event(error_body(str(error), "server_error"))
