@@ -49,14 +49,17 @@ def test_first_tokens_of_streaming_rows_are_waited_for_a_bounded_time(loaded: Ch
         scheduler.start()
         try:
             request = GenerationRequest(prompt, max_new_tokens=6, sampling=GREEDY)
-            streamed, streamed_events = scheduler.submit([request, request], streaming=True)
-            plain, plain_events = scheduler.submit([request])
+            # Alone in the batch (the scheduler waits only while it is small), then two together.
+            streamed, streamed_events = scheduler.submit([request], streaming=True)
             streamed_tokens = await _tokens(streamed_events)
-            streamed_tokens += await _tokens(streamed_events)
+            pair, pair_events = scheduler.submit([request, request], streaming=True)
+            streamed += pair
+            streamed_tokens += await _tokens(pair_events) + await _tokens(pair_events)
+            plain, plain_events = scheduler.submit([request])
             plain_tokens = await _tokens(plain_events)
         finally:
             scheduler.stop()
-        assert len(plain_tokens) == 6 and streamed_tokens == plain_tokens * 2
+        assert len(plain_tokens) == 6 and streamed_tokens == plain_tokens * 3
         assert all(job.streaming for job in streamed) and not plain[0].streaming
         reported = [job for report in scheduler.first_reports for job in report]
         assert sorted(id(job) for job in reported) == sorted(id(job) for job in streamed)
