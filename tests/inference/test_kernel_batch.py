@@ -533,3 +533,45 @@ def test_an_fp16_cache_is_refused_off_cpu_fp32() -> None:
         set_cache_dtype(model, "fp16")
     with pytest.raises(ScratchLMError, match="unknown KV cache type"):
         set_cache_dtype(_random_model("tiny"), "int8")
+
+
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(("n_head", "n_kv_head"), [(8, 1), (4, 2), (2, 2)])
+@torch.inference_mode()
+def test_prefill_attention_runs_against_the_model(
+    n_head: int, n_kv_head: int, kv_dtype: torch.dtype
+) -> None:
+    """The kernel attends for runs of consecutive positions together (decode.cpp's attend_run:
+    up to 16 tokens x the query heads of a KV head), for head sizes that are whole SIMD vectors
+    (32 here; the tiny test models' 8 go token by token on AVX-512). 8 query heads per KV head
+    make 128 queries a run; with 2 or 1, a tile of queries spans tokens that see different
+    positions. One call holds a run that continues row 0 mid-row (16 + 4 tokens after 6 written
+    by an earlier call) and a 3-token prompt of row 1 (token by token); the cache's unused
+    positions hold NaN, which a run must never read. Logits of every token against the model's
+    forward over each row alone (with a cache of the same element type)."""
+    _library_or_skip()
+    overrides = {"d_model": 32 * n_head, "n_head": n_head, "n_kv_head": n_kv_head, "ffn_hidden": 96}
+    model = _random_model("llama-42m", context_length=64, **overrides)
+    config = model.config
+    cache = KVCache.for_model(config, 2, 64, dtype=kv_dtype)
+    cache.keys.fill_(float("nan"))
+    cache.values.fill_(float("nan"))
+    fast = kernel_decoder.fast_decoder(model, cache, batch=True)
+    assert fast is not None
+    generator = torch.Generator().manual_seed(3)
+    first = torch.randint(0, config.vocab_size, (26,), generator=generator).tolist()
+    second = torch.randint(0, config.vocab_size, (3,), generator=generator).tolist()
+    fast.forward(first[:6], [0] * 6, range(6))
+    logits = fast.forward(
+        first[6:] + second, [0] * 20 + [1] * 3, [*range(6, 26), *range(3)]
+    )  # (23, padded vocab)
+    assert torch.isfinite(logits).all()
+    expected = []
+    for prompt in (first, second):
+        reference_cache = KVCache.for_model(config, 1, 64, dtype=kv_dtype)
+        expected.append(model(torch.tensor([prompt]), kv_cache=reference_cache)[0])
+    wanted = torch.cat([expected[0][6:], expected[1]])[:, : config.vocab_size]
+    # With an fp16 cache a key or value whose fp32 sums differ in the last bit may round to the
+    # other fp16 neighbour (2^-11 of itself): the looser tolerance of a q8 input code that rounds
+    # the other way (1.7e-3 / 8.6 measured once in the 4-2 case).
+    _close(logits[:, : config.vocab_size], wanted, "fp32" if kv_dtype == torch.float32 else "q8")

@@ -43,13 +43,14 @@ def fit_prompt(
 
 # The longest run of tokens the kernel takes in one fp32 prefill or score; longer prompts run the
 # model's forward. benchmarks/prefill_crossover.py (each side in its own process, 2 threads,
-# 2026-12-03, docs/benchmarks.md): with 256-token kernel calls the kernel was ahead at every length
-# measured, 1.3-1.8x on llama-42m and 1.6-2.4x on akane-124m up to 1,024 tokens; past that the
-# kernel's attention (a loop over keys per token, where PyTorch's SDPA tiles) was not measured.
-# Quantized formats have no limit: the kernel was ahead at every length measured up to 1,000
-# tokens (1.3-2.5x on llama-42m and llama-120m, q8, q4 and bf16), and their forward dequantizes
-# each weight per op.
-KERNEL_PREFILL_MAX_TOKENS: dict[str, int] = {"f32": 1024}
+# docs/benchmarks.md): with 256-token kernel calls the kernel was ahead at every length measured,
+# 1.3-1.8x on llama-42m and 1.6-2.4x on akane-124m up to 1,024 tokens (2026-12-03); with the
+# attention in runs of positions (decode.cpp's attend_run), 1.91x at 1,024 and 1.77x at 2,048 on
+# antimatter-300m (2026-12-04), the longest context of the presets. Longer prompts were not
+# measured. Quantized formats have no limit: the kernel was ahead at every length measured up to
+# 1,000 tokens (1.3-2.5x on llama-42m and llama-120m, q8, q4 and bf16), and their forward
+# dequantizes each weight per op.
+KERNEL_PREFILL_MAX_TOKENS: dict[str, int] = {"f32": 2048}
 
 
 class Decoder:

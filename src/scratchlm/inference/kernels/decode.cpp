@@ -168,6 +168,36 @@ inline float hsum256(__m256 v) {
 
 #endif
 
+#if defined(__AVX512F__)
+// The 16 x 16 transpose of 32-bit words in registers (the 4-stage AVX-512 transpose): r[c] holds
+// row c's words 0..15 on entry (and is clobbered); column i (word i of rows 0..15) is stored at
+// out + 16 i.
+inline void transpose16_words(__m512i r[16], uint32_t* out) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int j = 0; j < 16; j += 4) {  // r[j + m]: column 4L + m of rows j..j+3 in lane L
+    r[j] = _mm512_unpacklo_epi64(t[j], t[j + 2]);
+    r[j + 1] = _mm512_unpackhi_epi64(t[j], t[j + 2]);
+    r[j + 2] = _mm512_unpacklo_epi64(t[j + 1], t[j + 3]);
+    r[j + 3] = _mm512_unpackhi_epi64(t[j + 1], t[j + 3]);
+  }
+  for (int m = 0; m < 4; ++m) {
+    const __m512i x0 = _mm512_shuffle_i32x4(r[m], r[4 + m], 0x44);
+    const __m512i x1 = _mm512_shuffle_i32x4(r[m], r[4 + m], 0xEE);
+    const __m512i y0 = _mm512_shuffle_i32x4(r[8 + m], r[12 + m], 0x44);
+    const __m512i y1 = _mm512_shuffle_i32x4(r[8 + m], r[12 + m], 0xEE);
+    uint32_t* column = out + m * 16;
+    _mm512_storeu_si512(column, _mm512_shuffle_i32x4(x0, y0, 0x88));            // L0
+    _mm512_storeu_si512(column + 4 * 16, _mm512_shuffle_i32x4(x0, y0, 0xDD));   // L1
+    _mm512_storeu_si512(column + 8 * 16, _mm512_shuffle_i32x4(x1, y1, 0x88));   // L2
+    _mm512_storeu_si512(column + 12 * 16, _mm512_shuffle_i32x4(x1, y1, 0xDD));  // L3
+  }
+}
+#endif
+
 // --- dot products: 4 rows at a time, so each loaded x vector feeds 4 independent FMA chains ------
 
 #if defined(__AVX512F__)
@@ -680,6 +710,203 @@ void attend_group(void* keys, void* values, int64_t base, const float* kg, const
                 out_heads + head * hd);
   }
 }
+
+// --- prefill attention: the queries of a run of positions share each key and value they read ---
+//
+// A prefill's tokens sit at consecutive positions of one row and attend over the same keys. Token
+// by token (attend_head), each query head reads every key and value row again from L2, and each
+// score ends in a horizontal sum. Here a unit of work is a run of up to kAttnRunTokens tokens and
+// one KV head: its M = tokens x group query heads go together. Keys come in blocks of kLanes,
+// transposed once into kt (hd, kLanes): vector i of kt holds dimension i of the block's keys, so a
+// query's scores for the block are hd FMAs with q[i] broadcast, no horizontal sums, and each key is
+// read once for all M queries. The weighted sum reads each value row once per tile of queries.
+constexpr int64_t kAttnRunTokens = 16;
+// Shorter runs (a batch step's rows, one token each) go token by token: a block transposed for
+// fewer queries costs more than it saves.
+constexpr int64_t kAttnMinRunTokens = 4;
+constexpr int64_t kAttnMaxQueries = 128;  // tokens x query heads of a run (stack arrays)
+#if SL_KEY_BLOCKS
+#define SL_TILED_ATTENTION 1
+constexpr int kAttnScoreQueries = 8;   // scores: 8 accumulators, one key vector, 8 broadcasts
+constexpr int kAttnValueQueries = 4;   // weighted sum: 4 queries x up to 4 vectors of hd
+constexpr int kAttnValueVectors = 4;
+
+#if defined(__AVX512F__)
+inline __m512 key_broadcast(float v) { return _mm512_set1_ps(v); }
+inline void key_store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+inline __m512 key_max(__m512 a, __m512 b) { return _mm512_max_ps(a, b); }
+inline __m512 key_mul(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
+// The kLanes x kLanes transpose: r[c] holds row c on entry; column i is stored at out + i kLanes.
+inline void transpose_store(__m512 r[16], float* out) {
+  __m512i words[16];
+  for (int c = 0; c < 16; ++c) words[c] = _mm512_castps_si512(r[c]);
+  transpose16_words(words, reinterpret_cast<uint32_t*>(out));
+}
+inline float key_reduce_max(__m512 a) { return _mm512_reduce_max_ps(a); }
+#else
+inline __m256 key_broadcast(float v) { return _mm256_set1_ps(v); }
+inline void key_store(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+inline __m256 key_max(__m256 a, __m256 b) { return _mm256_max_ps(a, b); }
+inline __m256 key_mul(__m256 a, __m256 b) { return _mm256_mul_ps(a, b); }
+inline void transpose_store(__m256 r[8], float* out) {
+  __m256 t[8], u[8];
+  for (int c = 0; c < 8; c += 2) {
+    t[c] = _mm256_unpacklo_ps(r[c], r[c + 1]);
+    t[c + 1] = _mm256_unpackhi_ps(r[c], r[c + 1]);
+  }
+  for (int c = 0; c < 8; c += 4) {
+    u[c] = _mm256_shuffle_ps(t[c], t[c + 2], 0x44);
+    u[c + 1] = _mm256_shuffle_ps(t[c], t[c + 2], 0xEE);
+    u[c + 2] = _mm256_shuffle_ps(t[c + 1], t[c + 3], 0x44);
+    u[c + 3] = _mm256_shuffle_ps(t[c + 1], t[c + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(out + i * 8, _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+    _mm256_storeu_ps(out + (i + 4) * 8, _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+  }
+}
+inline float key_reduce_max(__m256 a) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+#endif
+
+// The largest of count (>= 1) floats.
+inline float max_of(const float* x, int64_t count) {
+  int64_t j = 0;
+  float top = -INFINITY;
+  if (count >= kLanes) {
+    KeyVector m = key_query(x);
+    for (j = kLanes; j + kLanes <= count; j += kLanes) m = key_max(m, key_query(x + j));
+    top = key_reduce_max(m);
+  }
+  for (; j < count; ++j) top = x[j] > top ? x[j] : top;
+  return top;
+}
+
+// kt (hd, kLanes) = the `width` key rows from `rows` (fp32 or fp16, hd each) transposed; lanes
+// past width are zeros. hd is a multiple of kLanes.
+template <typename T>
+inline void transpose_keys(const T* rows, int64_t width, int64_t hd, float* kt) {
+  for (int64_t i0 = 0; i0 < hd; i0 += kLanes) {
+    KeyVector r[kLanes];
+    for (int64_t c = 0; c < kLanes; ++c) r[c] = c < width ? load_key(rows + c * hd + i0) : key_zero();
+    transpose_store(r, kt + i0 * kLanes);
+  }
+}
+
+// scores[q][j0 .. j0 + kLanes) = scale * (kt's keys . query q) for Q queries.
+template <int Q>
+inline void score_key_block(const float* kt, int64_t hd, const float* const* queries, float scale,
+                            float* const* scores, int64_t j0) {
+  KeyVector acc[Q];
+  for (int q = 0; q < Q; ++q) acc[q] = key_zero();
+  for (int64_t i = 0; i < hd; ++i) {
+    const KeyVector k = key_query(kt + i * kLanes);
+    for (int q = 0; q < Q; ++q) acc[q] = key_fma(key_broadcast(queries[q][i]), k, acc[q]);
+  }
+  const KeyVector factor = key_broadcast(scale);
+  for (int q = 0; q < Q; ++q) key_store(scores[q] + j0, key_mul(acc[q], factor));
+}
+
+// out[q][c .. c + V kLanes) = sum over j < count of p[q][j] * value row j, for Q queries (p of
+// positions a query does not see are zeros).
+template <int Q, int V, typename T>
+inline void weigh_values(const T* value_rows, int64_t hd, int64_t c, int64_t count,
+                         const float* const* p, const float* factors, float* const* out) {
+  KeyVector acc[Q][V];
+  for (int q = 0; q < Q; ++q) {
+    for (int v = 0; v < V; ++v) acc[q][v] = key_zero();
+  }
+  for (int64_t j = 0; j < count; ++j) {
+    const T* row = value_rows + j * hd + c;
+    KeyVector values[V];
+    for (int v = 0; v < V; ++v) {
+      values[v] = load_key(row + v * kLanes);
+      // In a register: else GCC folds the load into each query's FMA (Q loads instead of one).
+      __asm__("" : "+x"(values[v]));
+    }
+    for (int q = 0; q < Q; ++q) {
+      const KeyVector weight = key_broadcast(p[q][j]);
+      for (int v = 0; v < V; ++v) acc[q][v] = key_fma(weight, values[v], acc[q][v]);
+    }
+  }
+  for (int q = 0; q < Q; ++q) {
+    const KeyVector factor = key_broadcast(factors[q]);
+    for (int v = 0; v < V; ++v) key_store(out[q] + c + v * kLanes, key_mul(acc[q][v], factor));
+  }
+}
+
+template <int V, typename T>
+inline void weigh_values_queries(int queries, const T* value_rows, int64_t hd, int64_t c,
+                                 int64_t count, const float* const* p, const float* factors,
+                                 float* const* out) {
+  switch (queries) {
+    case 1: weigh_values<1, V>(value_rows, hd, c, count, p, factors, out); break;
+    case 2: weigh_values<2, V>(value_rows, hd, c, count, p, factors, out); break;
+    case 3: weigh_values<3, V>(value_rows, hd, c, count, p, factors, out); break;
+    default: weigh_values<4, V>(value_rows, hd, c, count, p, factors, out); break;
+  }
+}
+
+// Causal attention of M queries (query m: its hd values at queries[m], its output at outs[m],
+// positions 0 .. counts[m] - 1 of the KV head's rows; counts never decrease with m) over keys
+// and values (positions, hd). `scores` holds M rows of score_stride floats (>= the largest
+// count rounded up to kLanes), kt hd x kLanes floats. M <= kAttnMaxQueries.
+template <typename T>
+void attend_run(const T* key_rows, const T* value_rows, const float* const* queries,
+                const int64_t* counts, int64_t M, int64_t hd, float scale, float* scores,
+                int64_t score_stride, float* kt, float* const* outs) {
+  const int64_t last = counts[M - 1];
+  float* rows[kAttnMaxQueries];
+  float factors[kAttnMaxQueries];
+  for (int64_t m = 0; m < M; ++m) rows[m] = scores + m * score_stride;
+  // Scores: key block by key block; a query whose count ends before the block skips it.
+  for (int64_t j0 = 0; j0 < last; j0 += kLanes) {
+    const int64_t width = last - j0 < kLanes ? last - j0 : kLanes;
+    transpose_keys(key_rows + j0 * hd, width, hd, kt);
+    int64_t m = 0;
+    while (m < M && counts[m] <= j0) ++m;  // these queries see none of this block
+    for (; m + kAttnScoreQueries <= M; m += kAttnScoreQueries) {
+      score_key_block<kAttnScoreQueries>(kt, hd, queries + m, scale, rows + m, j0);
+    }
+    switch (M - m) {
+      case 0: break;
+      case 1: score_key_block<1>(kt, hd, queries + m, scale, rows + m, j0); break;
+      case 2: score_key_block<2>(kt, hd, queries + m, scale, rows + m, j0); break;
+      case 3: score_key_block<3>(kt, hd, queries + m, scale, rows + m, j0); break;
+      case 4: score_key_block<4>(kt, hd, queries + m, scale, rows + m, j0); break;
+      case 5: score_key_block<5>(kt, hd, queries + m, scale, rows + m, j0); break;
+      case 6: score_key_block<6>(kt, hd, queries + m, scale, rows + m, j0); break;
+      default: score_key_block<7>(kt, hd, queries + m, scale, rows + m, j0); break;
+    }
+  }
+  // Softmax per query over its own positions; the positions it does not see (up to the tile's
+  // last) weigh zero.
+  for (int64_t m = 0; m < M; ++m) {
+    const int64_t count = counts[m];
+    const float top = max_of(rows[m], count);
+    factors[m] = 1.0f / exp_shifted(rows[m], count, top);
+    for (int64_t j = count; j < last; ++j) rows[m][j] = 0.0f;
+  }
+  for (int64_t m = 0; m < M; m += kAttnValueQueries) {
+    const int queries_here = static_cast<int>(M - m < kAttnValueQueries ? M - m : kAttnValueQueries);
+    const int64_t count = counts[m + queries_here - 1];
+    for (int64_t c = 0; c < hd; c += kAttnValueVectors * kLanes) {
+      const int64_t vectors = (hd - c) / kLanes < kAttnValueVectors ? (hd - c) / kLanes
+                                                                    : kAttnValueVectors;
+      switch (vectors) {
+        case 1: weigh_values_queries<1>(queries_here, value_rows, hd, c, count, rows + m, factors + m, outs + m); break;
+        case 2: weigh_values_queries<2>(queries_here, value_rows, hd, c, count, rows + m, factors + m, outs + m); break;
+        case 3: weigh_values_queries<3>(queries_here, value_rows, hd, c, count, rows + m, factors + m, outs + m); break;
+        default: weigh_values_queries<4>(queries_here, value_rows, hd, c, count, rows + m, factors + m, outs + m); break;
+      }
+    }
+  }
+}
+#endif
 
 // The integer dot of one q8/q4 weight block with 32 int8 input codes (the portable fallback).
 template <int kType>
@@ -1683,31 +1910,11 @@ inline void rearrange_bf16_rows(const Mat& W, int64_t K, int64_t r0, int64_t r1,
       // 16 x 16 blocks of words transposed in registers: row i's words p..p+15 in, then pair
       // p + c of the 16 rows out (the 4-stage AVX-512 transpose).
       for (; p + 16 <= pairs; p += 16) {
-        __m512i r[16], t[16];
+        __m512i r[16];
         for (int i = 0; i < 16; ++i) {
           r[i] = _mm512_loadu_si512(w + (first + i) * K + 2 * p);
         }
-        for (int i = 0; i < 16; i += 2) {
-          t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-          t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-        }
-        for (int j = 0; j < 16; j += 4) {  // r[j + m]: column 4L + m of rows j..j+3 in lane L
-          r[j] = _mm512_unpacklo_epi64(t[j], t[j + 2]);
-          r[j + 1] = _mm512_unpackhi_epi64(t[j], t[j + 2]);
-          r[j + 2] = _mm512_unpacklo_epi64(t[j + 1], t[j + 3]);
-          r[j + 3] = _mm512_unpackhi_epi64(t[j + 1], t[j + 3]);
-        }
-        for (int m = 0; m < 4; ++m) {
-          const __m512i x0 = _mm512_shuffle_i32x4(r[m], r[4 + m], 0x44);
-          const __m512i x1 = _mm512_shuffle_i32x4(r[m], r[4 + m], 0xEE);
-          const __m512i y0 = _mm512_shuffle_i32x4(r[8 + m], r[12 + m], 0x44);
-          const __m512i y1 = _mm512_shuffle_i32x4(r[8 + m], r[12 + m], 0xEE);
-          uint32_t* column = group + (p + m) * kBf16LaneRows;
-          _mm512_storeu_si512(column, _mm512_shuffle_i32x4(x0, y0, 0x88));                      // L0
-          _mm512_storeu_si512(column + 4 * kBf16LaneRows, _mm512_shuffle_i32x4(x0, y0, 0xDD));   // L1
-          _mm512_storeu_si512(column + 8 * kBf16LaneRows, _mm512_shuffle_i32x4(x1, y1, 0x88));   // L2
-          _mm512_storeu_si512(column + 12 * kBf16LaneRows, _mm512_shuffle_i32x4(x1, y1, 0xDD));  // L3
-        }
+        transpose16_words(r, group + p * kBf16LaneRows);
       }
     }
     for (; p < pairs; ++p) {
@@ -2343,13 +2550,37 @@ struct TokensWorkspace {
   int64_t d_stride, q_stride, kv_stride, ffn_stride, codes_stride, blocks_stride, scores_stride;
 };
 
-inline int64_t tokens_workspace_floats(int64_t d_model, int64_t n_q, int64_t n_kv, int64_t ffn,
-                                       int64_t max_positions, int64_t threads, int64_t n) {
+// Tokens per attention run (attend_run) for `group` query heads per KV head: at most 128
+// queries go together (their pointers live on the stack); 0: token by token only.
+inline int64_t attention_run_tokens(int64_t group) {
+#if SL_TILED_ATTENTION
+  const int64_t tokens = kAttnMaxQueries / group < kAttnRunTokens ? kAttnMaxQueries / group
+                                                                  : kAttnRunTokens;
+  return tokens >= kAttnMinRunTokens ? tokens : 0;
+#else
+  (void)group;
+  return 0;
+#endif
+}
+
+// Floats of one thread's attention scratch for a call of n tokens: score rows for the queries of
+// a run (one row token by token), then a transposed key block.
+inline int64_t attention_scratch_floats(int64_t n, int64_t group, int64_t hd,
+                                        int64_t max_positions) {
+  const int64_t run = attention_run_tokens(group);
+  const int64_t queries = run > 0 && n >= kAttnMinRunTokens ? run * group : 1;
+  return queries * round16(max_positions) + round16(hd * 16);
+}
+
+inline int64_t tokens_workspace_floats(int64_t d_model, int64_t n_q, int64_t n_kv, int64_t hd,
+                                       int64_t ffn, int64_t max_positions, int64_t threads,
+                                       int64_t n) {
   const int64_t widest = widest_input(d_model, n_q, ffn);
   const int64_t per_token = 2 * round16(d_model) + 2 * round16(n_q) + 2 * round16(n_kv) +
                             2 * round16(ffn) + round16(widest / 4) + 2 * round16(widest / kQBlock);
   const int64_t packed = (n + kPackTokens - 1) / kPackTokens * kPackTokens * widest;
-  return n * per_token + threads * round16(max_positions) + round16(packed);
+  return n * per_token + threads * attention_scratch_floats(n, n_q / n_kv, hd, max_positions) +
+         round16(packed);
 }
 
 TokensWorkspace carve_tokens(const SlModel* m, int64_t n, int64_t max_positions) {
@@ -2363,7 +2594,8 @@ TokensWorkspace carve_tokens(const SlModel* m, int64_t n, int64_t max_positions)
   w.ffn_stride = round16(m->ffn_hidden);
   w.codes_stride = 4 * round16(widest / 4);  // bytes
   w.blocks_stride = round16(widest / kQBlock);
-  w.scores_stride = round16(max_positions);
+  w.scores_stride =
+      attention_scratch_floats(n, m->n_head / m->n_kv_head, m->head_dim, max_positions);
   w.x = m->workspace;
   w.h = w.x + n * w.d_stride;
   w.q = w.h + n * w.d_stride;
@@ -2438,6 +2670,11 @@ void prepare_inputs(Runner& runner, float* x, int64_t stride, int64_t K, int64_t
   }
 }
 
+struct AttnRun {
+  int64_t first;   // its first token in the call
+  int64_t tokens;  // consecutive positions of one row from there
+};
+
 template <typename Fmt>
 int forward_tokens(const SlModel* m, int64_t n, const int64_t* tokens, const int64_t* rows,
                    const int64_t* positions, float* logits, const int64_t* logit_rows, int threads,
@@ -2462,6 +2699,30 @@ int forward_tokens(const SlModel* m, int64_t n, const int64_t* tokens, const int
     if (m->embedding_norm_w) norm(x, m->embedding_norm_w, nullptr, d, eps, kRmsNorm, x);
     if (m->position_embedding) {
       for (int64_t i = 0; i < d; ++i) x[i] += m->position_embedding[positions[t] * d + i];
+    }
+  }
+
+  // The attention's units: runs of tokens at consecutive positions of one row (a prefill's chunk
+  // of kAttnRunTokens), or single tokens (batch steps, short runs, or hd not whole vectors).
+  std::vector<AttnRun> runs;
+  {
+#if SL_TILED_ATTENTION
+    const int64_t longest = hd % kLanes == 0 ? attention_run_tokens(group) : 0;
+#else
+    const int64_t longest = 0;
+#endif
+    for (int64_t t = 0; t < n;) {
+      int64_t length = 1;
+      while (t + length < n && length < longest && rows[t + length] == rows[t] &&
+             positions[t + length] == positions[t + length - 1] + 1) {
+        ++length;
+      }
+      if (length >= kAttnMinRunTokens) {
+        runs.push_back({t, length});
+      } else {
+        for (int64_t i = 0; i < length; ++i) runs.push_back({t + i, 1});
+      }
+      t += length;
     }
   }
 
@@ -2523,14 +2784,43 @@ int forward_tokens(const SlModel* m, int64_t n, const int64_t* tokens, const int
     };
     runner.run(n * m->n_kv_head, place);
 
-    // Phase 2, per (token, KV head): causal softmax attention of its query heads over positions
-    // 0..position of the token's row.
+    // Phase 2, per (run, KV head): causal softmax attention of its query heads over positions
+    // 0..position of the token's row; runs of consecutive positions together (attend_run).
     auto attend = [&](int64_t chunk, int thread) {
-      const int64_t t = chunk / m->n_kv_head;
+      // The last runs first: they attend over the most positions.
+      const AttnRun run = runs[runs.size() - 1 - static_cast<size_t>(chunk / m->n_kv_head)];
       const int64_t g = chunk % m->n_kv_head;
-      const int64_t pos = positions[t];
       float* scores = ws.scores + thread * ws.scores_stride;
-      const int64_t base = rows[t] * m->cache_row_stride + g * m->cache_head_stride;
+      const int64_t base = rows[run.first] * m->cache_row_stride + g * m->cache_head_stride;
+#if SL_TILED_ATTENTION
+      if (run.tokens > 1) {
+        const float* queries[kAttnMaxQueries];
+        float* outs[kAttnMaxQueries];
+        int64_t counts[kAttnMaxQueries];
+        int64_t M = 0;
+        for (int64_t t = run.first; t < run.first + run.tokens; ++t) {
+          for (int64_t head = g * group; head < (g + 1) * group; ++head, ++M) {
+            queries[M] = ws.q + t * ws.q_stride + head * hd;
+            outs[M] = ws.attn + t * ws.q_stride + head * hd;
+            counts[M] = positions[t] + 1;
+          }
+        }
+        const int64_t score_stride = round16(max_positions);
+        float* kt = scores + M * score_stride;
+        if (m->kv_type == kKvFp16) {
+          attend_run(static_cast<const uint16_t*>(L.keys) + base,
+                     static_cast<const uint16_t*>(L.values) + base, queries, counts, M, hd, scale,
+                     scores, score_stride, kt, outs);
+        } else {
+          attend_run(static_cast<const float*>(L.keys) + base,
+                     static_cast<const float*>(L.values) + base, queries, counts, M, hd, scale,
+                     scores, score_stride, kt, outs);
+        }
+        return;
+      }
+#endif
+      const int64_t t = run.first;
+      const int64_t pos = positions[t];
       float* q_heads = ws.q + t * ws.q_stride + g * group * hd;
       float* out_heads = ws.attn + t * ws.q_stride + g * group * hd;
       // kg null: phase 1 wrote this token's k and v already
@@ -2542,7 +2832,7 @@ int forward_tokens(const SlModel* m, int64_t n, const int64_t* tokens, const int
                             scale, scores, out_heads);
       }
     };
-    runner.run(n * m->n_kv_head, attend);
+    runner.run(static_cast<int64_t>(runs.size()) * m->n_kv_head, attend);
 
     // x += Wo attn (+ bias) for every token.
     prepare_inputs<Fmt>(runner, ws.attn, ws.q_stride, n_q, n, ws, in);
@@ -2729,8 +3019,8 @@ int sl_decode_step(const SlModel* m, int64_t token, int64_t pos, float* logits, 
 int64_t sl_forward_workspace_floats(int64_t d_model, int64_t n_head, int64_t n_kv_head,
                                     int64_t head_dim, int64_t ffn_hidden, int64_t max_positions,
                                     int64_t threads, int64_t n) {
-  return tokens_workspace_floats(d_model, n_head * head_dim, n_kv_head * head_dim, ffn_hidden,
-                                 max_positions, threads, n);
+  return tokens_workspace_floats(d_model, n_head * head_dim, n_kv_head * head_dim, head_dim,
+                                 ffn_hidden, max_positions, threads, n);
 }
 
 // n tokens through the model in one call: token t goes to cache row rows[t] at position

@@ -54,7 +54,11 @@ def unsupported_reason(model: nn.Module, cache: KVCache, *, batch: bool = False)
 
 
 def model_unsupported_reason(model: nn.Module) -> str | None:
-    """Why the fast path cannot run this model with any cache (None: it can)."""
+    """Why the fast path cannot run this model with any cache (None: it can).
+
+    One walk over the modules, reading each one's own parameters: `Engine.generate` builds a
+    decoder per call, and `model.parameters()` walks the module tree again for every parameter
+    (this check took 0.6 ms of a 32-token prefill's ~20 on llama-42m, as three walks)."""
     if not isinstance(model, GPT) or type(model).forward is not GPT.forward:
         return "not a plain GPT"
     if "forward" in model.__dict__:
@@ -66,6 +70,8 @@ def model_unsupported_reason(model: nn.Module) -> str | None:
             return "a module has forward hooks"
         if isinstance(module, nn.Linear) and type(module) is not nn.Linear:
             return f"a linear layer is a {type(module).__name__}"
+        if not all(_plain_fp32(tensor) for tensor in module._parameters.values()):
+            return "weights are not contiguous fp32 CPU tensors"
     for block in model.blocks:
         assert isinstance(block, Block)
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
@@ -76,8 +82,6 @@ def model_unsupported_reason(model: nn.Module) -> str | None:
                 return "an MLP projection is not an nn.Linear (quantized or adapted)"
     if type(model.lm_head) is not nn.Linear:
         return "lm_head is not an nn.Linear"
-    if not all(_plain_fp32(tensor) for tensor in model.parameters()):
-        return "weights are not contiguous fp32 CPU tensors"
     if model.config.position == "rope" and not (
         _plain_fp32(model.rope_cos) and _plain_fp32(model.rope_sin)
     ):
