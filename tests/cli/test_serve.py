@@ -165,3 +165,30 @@ def test_serve_process_with_key_from_environment(server_checkpoint: Path) -> Non
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_start_up_objects_are_frozen_before_serving(
+    server_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve` freezes what start-up made before the first request: a full garbage collection
+    would otherwise walk those ~330,000 objects while every request waits."""
+    import gc
+
+    import uvicorn
+
+    from scratchlm.cli import main
+
+    frozen_when_serving: list[int] = []
+
+    def record(self: uvicorn.Server, sockets: list[socket.socket]) -> None:
+        frozen_when_serving.append(gc.get_freeze_count())
+        for listener in sockets:
+            listener.close()
+
+    monkeypatch.setattr(uvicorn.Server, "run", record)
+    gc.unfreeze()
+    try:
+        assert main(["serve", "--checkpoint", str(server_checkpoint), "--port", "0"]) in (0, None)
+    finally:
+        gc.unfreeze()  # the rest of the test session collects as before
+    assert len(frozen_when_serving) == 1 and frozen_when_serving[0] > 10_000

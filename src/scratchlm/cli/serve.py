@@ -5,6 +5,7 @@ extra."""
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import os
 import socket
@@ -244,4 +245,10 @@ def command_serve(args: argparse.Namespace) -> None:
         f"serving {settings.model_name} at http://{host}:{port}/v1 (OpenAI-compatible)", flush=True
     )
     server = uvicorn.Server(uvicorn_config(app))
+    # Start-up leaves ~330,000 objects (PyTorch, FastAPI, the model's modules) that live as long
+    # as the server. A full garbage collection walks every one of them: 170-190 ms (llama-42m,
+    # measured) during which no request moves. Frozen, the collector skips them; what requests
+    # allocate is collected as before.
+    gc.collect()
+    gc.freeze()
     server.run(sockets=[listener])
