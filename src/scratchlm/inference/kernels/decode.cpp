@@ -504,6 +504,31 @@ inline __m256 exp_nonpositive(__m256 x) {
 }
 #endif
 
+// The largest of count (>= 1) floats: a vector of running maxima (a scalar loop waited on each
+// comparison, once per score of every head and token).
+inline float max_of(const float* x, int64_t count) {
+  int64_t j = 0;
+  float top = -INFINITY;
+#if defined(__AVX512F__)
+  if (count >= 16) {
+    __m512 m = _mm512_loadu_ps(x);
+    for (j = 16; j + 16 <= count; j += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(x + j));
+    top = _mm512_reduce_max_ps(m);
+  }
+#elif defined(__AVX2__)
+  if (count >= 8) {
+    __m256 m = _mm256_loadu_ps(x);
+    for (j = 8; j + 8 <= count; j += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + j));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    top = _mm_cvtss_f32(h);
+  }
+#endif
+  for (; j < count; ++j) top = x[j] > top ? x[j] : top;
+  return top;
+}
+
 // scores[j] = exp(scores[j] - top) for j < count; returns their sum.
 inline float exp_shifted(float* scores, int64_t count, float top) {
   int64_t j = 0;
@@ -688,9 +713,7 @@ template <typename T>
 void attend_head(const T* key_rows, const T* value_rows, const float* qh, int64_t pos, int64_t hd,
                  float scale, float* scores, float* out) {
   score_keys(key_rows, qh, pos + 1, hd, scale, scores);
-  float top = -INFINITY;
-  for (int64_t j = 0; j <= pos; ++j) top = scores[j] > top ? scores[j] : top;
-  const float total = exp_shifted(scores, pos + 1, top);
+  const float total = exp_shifted(scores, pos + 1, max_of(scores, pos + 1));
   weighted_sum(scores, value_rows, pos + 1, hd, 1.0f / total, out);
 }
 
@@ -734,7 +757,6 @@ constexpr int kAttnValueVectors = 4;
 #if defined(__AVX512F__)
 inline __m512 key_broadcast(float v) { return _mm512_set1_ps(v); }
 inline void key_store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
-inline __m512 key_max(__m512 a, __m512 b) { return _mm512_max_ps(a, b); }
 inline __m512 key_mul(__m512 a, __m512 b) { return _mm512_mul_ps(a, b); }
 // The kLanes x kLanes transpose: r[c] holds row c on entry; column i is stored at out + i kLanes.
 inline void transpose_store(__m512 r[16], float* out) {
@@ -742,11 +764,9 @@ inline void transpose_store(__m512 r[16], float* out) {
   for (int c = 0; c < 16; ++c) words[c] = _mm512_castps_si512(r[c]);
   transpose16_words(words, reinterpret_cast<uint32_t*>(out));
 }
-inline float key_reduce_max(__m512 a) { return _mm512_reduce_max_ps(a); }
 #else
 inline __m256 key_broadcast(float v) { return _mm256_set1_ps(v); }
 inline void key_store(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
-inline __m256 key_max(__m256 a, __m256 b) { return _mm256_max_ps(a, b); }
 inline __m256 key_mul(__m256 a, __m256 b) { return _mm256_mul_ps(a, b); }
 inline void transpose_store(__m256 r[8], float* out) {
   __m256 t[8], u[8];
@@ -765,26 +785,7 @@ inline void transpose_store(__m256 r[8], float* out) {
     _mm256_storeu_ps(out + (i + 4) * 8, _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
   }
 }
-inline float key_reduce_max(__m256 a) {
-  __m128 m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_max_ss(m, _mm_movehdup_ps(m));
-  return _mm_cvtss_f32(m);
-}
 #endif
-
-// The largest of count (>= 1) floats.
-inline float max_of(const float* x, int64_t count) {
-  int64_t j = 0;
-  float top = -INFINITY;
-  if (count >= kLanes) {
-    KeyVector m = key_query(x);
-    for (j = kLanes; j + kLanes <= count; j += kLanes) m = key_max(m, key_query(x + j));
-    top = key_reduce_max(m);
-  }
-  for (; j < count; ++j) top = x[j] > top ? x[j] : top;
-  return top;
-}
 
 // kt (hd, kLanes) = the `width` key rows from `rows` (fp32 or fp16, hd each) transposed; lanes
 // past width are zeros. hd is a multiple of kLanes.
