@@ -130,7 +130,7 @@ class FastDecoder:
 
     Holds raw pointers into the model's parameters and the cache (and references to both, so
     they stay alive); build a new one whenever either may have been replaced (once per
-    generation is cheap: ~0.1 ms).
+    generation: `fast_decoder` took 0.7 ms on llama-42m, 2026-12-04).
     """
 
     def __init__(
