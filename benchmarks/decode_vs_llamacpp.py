@@ -25,8 +25,10 @@ import argparse
 import copy
 import functools
 import os
+import random
 import shutil
 import statistics
+import string
 import tempfile
 import time
 import warnings
@@ -44,7 +46,7 @@ from scratchlm.inference.load import load_for_inference
 from scratchlm.inference.settings import GREEDY
 from scratchlm.kv_cache import KVCache
 from scratchlm.model import GPT, build_model
-from scratchlm.tokenizer import train_bpe
+from scratchlm.tokenizer import Tokenizer, train_bpe
 from scratchlm.training.hardware import measure_cpu_peak_flops
 
 # ours --quantize -> the GGUF type llama.cpp decodes; bytes per weight of each format
@@ -88,19 +90,38 @@ def linear_weights(model: GPT) -> int:
     return total
 
 
-def benchmark_checkpoint(work: Path, given: str | None, preset: str) -> tuple[Path, str]:
+def random_tokenizer(vocab_size: int) -> Tokenizer:
+    """A byte-level BPE of exactly `vocab_size` tokens, trained in ~2 s on random words (60,000
+    distinct ones: enough pairs to merge up to 32k-50k tokens)."""
+    rng = random.Random(0)
+    words = [
+        "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 9)))
+        for _ in range(60_000)
+    ]
+    texts = [" ".join(rng.choice(words) for _ in range(2_000)) for _ in range(300)]
+    tokenizer = train_bpe(texts, vocab_size)
+    assert tokenizer.vocab_size == vocab_size, (tokenizer.vocab_size, vocab_size)
+    return tokenizer
+
+
+def benchmark_checkpoint(
+    work: Path, given: str | None, preset: str, vocab_size: int | None = None
+) -> tuple[Path, str]:
     """A copy of the checkpoint `given` (a run or checkpoint directory) in `work`, or a `preset`
-    with random weights (speed does not depend on the weights), and its name for the report."""
+    with random weights (speed does not depend on the weights) and a tokenizer of `vocab_size`
+    tokens (default: the preset's own, so that the output layer and the sampler cost what they
+    cost in a real model of that shape), and its name for the report."""
     if given:
         source = resolve_checkpoint(given)
         checkpoint = work / "ckpt"
         shutil.copytree(source, checkpoint)
         return checkpoint, f"{source} (trained)"
-    tokenizer = train_bpe(["Once upon a time there was a little cat. " * 200], 4000)
+    vocab_size = vocab_size or preset_config(preset).vocab_size
+    tokenizer = random_tokenizer(vocab_size)
     torch.manual_seed(0)
     config = preset_config(preset, vocab_size=tokenizer.vocab_size)
     return save_checkpoint(work / "ckpt", build_model(config).eval(), tokenizer), (
-        f"{preset} (random weights)"
+        f"{preset} (random weights, vocabulary {vocab_size})"
     )
 
 
@@ -116,6 +137,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--preset", default="llama-42m")
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        help="random weights: the tokenizer's size (default: the preset's own)",
+    )
     parser.add_argument("--checkpoint", help="a trained checkpoint (or run directory) instead")
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -133,7 +159,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="scratchlm-bench-"))
-    checkpoint, name = benchmark_checkpoint(work, args.checkpoint, args.preset)
+    checkpoint, name = benchmark_checkpoint(work, args.checkpoint, args.preset, args.vocab_size)
     precisions = args.precisions.split(",")
     ours = {
         method: load_for_inference(str(checkpoint), "cpu", method, verify=False)[0].model.eval()

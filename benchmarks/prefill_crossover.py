@@ -68,6 +68,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--preset", default="llama-42m")
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        help="random weights: the tokenizer's size (default: the preset's own)",
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--lengths", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512])
     parser.add_argument("--quantize", nargs="+", default=["none", "q8", "q4", "bf16"])
@@ -81,7 +86,7 @@ def main() -> None:
         return
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     with tempfile.TemporaryDirectory() as work:
-        checkpoint, name = benchmark_checkpoint(Path(work), None, args.preset)
+        checkpoint, name = benchmark_checkpoint(Path(work), None, args.preset, args.vocab_size)
         print(f"{name}, {args.threads} threads, {started}, each side in its own process, best of")
         print(f"{args.rounds}; tokens/s kernel / PyTorch")
         print(f"{'tokens':>7} " + " ".join(f"{q:>22}" for q in args.quantize))

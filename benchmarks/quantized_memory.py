@@ -78,6 +78,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--preset", default="llama-120m")
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        help="random weights: the tokenizer's size (default: the preset's own)",
+    )
     parser.add_argument("--checkpoint", help="a trained checkpoint instead of random weights")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quantize", nargs="+", default=["q8", "q4", "bf16"])
@@ -88,7 +93,9 @@ def main() -> None:
         print(json.dumps(measure(checkpoint, quantize, keep == "1", args.threads)))
         return
     with tempfile.TemporaryDirectory() as work:
-        checkpoint, name = benchmark_checkpoint(Path(work), args.checkpoint, args.preset)
+        checkpoint, name = benchmark_checkpoint(
+            Path(work), args.checkpoint, args.preset, args.vocab_size
+        )
         for quantize in args.quantize:  # write each packed file once (a later start reads it)
             load_for_inference(str(checkpoint), "cpu", quantize)
 

@@ -112,6 +112,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--preset", default="llama-42m", help="random weights of this preset")
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        help="random weights: the tokenizer's size (default: the preset's own)",
+    )
     parser.add_argument("--checkpoint", help="a trained checkpoint (or run directory) instead")
     parser.add_argument("--quantize", nargs="+", choices=list(PAIRS), default=["none", "q8", "q4"])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
@@ -303,7 +308,7 @@ def prepare_checkpoint(args: argparse.Namespace, work: Path) -> Prepared:
     from scratchlm.export.gguf import export_gguf
     from scratchlm.inference.load import load_for_inference
 
-    checkpoint, name = benchmark_checkpoint(work, args.checkpoint, args.preset)
+    checkpoint, name = benchmark_checkpoint(work, args.checkpoint, args.preset, args.vocab_size)
     prepared = None
     for quantize in args.quantize:
         loaded, _ = load_for_inference(str(checkpoint), "cpu", quantize, verify=False)

@@ -14,6 +14,7 @@ from scratchlm.inference.sampling import (
     draw_token,
     filter_top_k,
     filter_top_p,
+    invert_cdf,
     make_generator,
     next_token_probabilities,
     sample_next_token,
@@ -98,6 +99,24 @@ def test_draw_token_follows_a_sparse_distribution() -> None:
     full = torch.softmax(torch.randn(30, generator=seeded(6)), -1)
     first = [draw_token(full, seeded(9)) for _ in range(3)]
     assert first == [draw_token(full, seeded(9)) for _ in range(3)]
+
+
+def test_invert_cdf_never_returns_a_token_of_probability_zero() -> None:
+    """The draw's boundaries: u = 0 takes the last token that has probability (not a trailing
+    zero), a threshold exactly on a cumulative sum takes the token that reached it, and a u just
+    below 1 skips leading zeros. Rows are drawn independently and need not sum to 1."""
+    probabilities = torch.tensor(
+        [
+            [0.0, 0.5, 0.0, 0.5, 0.0],
+            [0.0, 0.5, 0.0, 0.5, 0.0],
+            [0.0, 0.5, 0.0, 0.5, 0.0],
+            [0.0, 2.0, 0.0, 2.0, 0.0],
+            [0.0, 0.0, 0.0, 0.0, 3.0],
+        ]
+    )
+    almost_one = 1.0 - 2.0**-53
+    uniform = torch.tensor([[0.0], [0.5], [almost_one], [0.25], [almost_one]], dtype=torch.float64)
+    assert invert_cdf(probabilities, uniform).tolist() == [3, 1, 1, 3, 4]
 
 
 def test_invalid_settings() -> None:
