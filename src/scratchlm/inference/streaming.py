@@ -1,10 +1,13 @@
 """Incremental detokenization that never emits broken UTF-8, and stop strings across tokens.
 
 Byte-level BPE can split one character (an emoji, a CJK glyph) over several tokens; decoding a
-prefix then ends in U+FFFD. `IncrementalDecoder` re-decodes a short window of recent tokens and only
-emits text once it no longer ends in a replacement character. `StopStringFilter` holds back text
-that could be the start of a stop string, so a stop string split over tokens is still caught and
-never shown.
+prefix then ends in U+FFFD. `IncrementalDecoder` re-decodes a short window of recent tokens and
+holds back only a final replacement character, the one that may still become a character. A
+lossy UTF-8 decoder puts U+FFFD anywhere else only for bytes it has seen followed by what makes
+them invalid, so those are final and go out at once: a model that emits stray bytes (an
+untrained one does) streams its text as it comes, where holding back all text up to the last
+U+FFFD held a whole reply back until its end. `StopStringFilter` holds back text that could be the
+start of a stop string, so a stop string split over tokens is still caught and never shown.
 """
 
 from __future__ import annotations
@@ -19,27 +22,36 @@ class IncrementalDecoder:
         self.tokenizer = tokenizer
         self.skip_special = skip_special
         self.ids: list[int] = []
-        self.prefix_offset = 0  # start of the window that gives context to the next decode
-        self.read_offset = 0  # tokens before this one have been emitted
+        # The window ids[prefix_offset:] is decoded at each token; its start gives the next
+        # decode context (a tokenizer may render a token's leading space by its neighbour).
+        self.prefix_offset = 0
+        self.read_offset = 0  # where the window's start moves to at the next clean end
+        self.emitted = 0  # characters of the window's text already returned
+
+    def _window_text(self, end: int | None = None) -> str:
+        return self.tokenizer.decode(self.ids[self.prefix_offset : end], self.skip_special)
 
     def push(self, token_id: int) -> str:
         """Add one token; return the text it completes (possibly empty)."""
         self.ids.append(token_id)
-        decode = self.tokenizer.decode
-        prefix_text = decode(self.ids[self.prefix_offset : self.read_offset], self.skip_special)
-        new_text = decode(self.ids[self.prefix_offset :], self.skip_special)
-        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
+        text = self._window_text()
+        # A final U+FFFD may be the start of a character whose other bytes are still to come.
+        clean = not text.endswith("\ufffd")
+        final = len(text) if clean else len(text) - 1
+        delta = text[self.emitted : final]
+        self.emitted = max(self.emitted, final)
+        if clean:
+            # Everything is out and ends on a whole character: slide the window.
             self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-            return new_text[len(prefix_text) :]
-        return ""
+            self.emitted = len(self._window_text(self.read_offset))
+        return delta
 
     def flush(self) -> str:
         """Whatever is still held back at the end of generation (may contain U+FFFD)."""
-        decode = self.tokenizer.decode
-        prefix_text = decode(self.ids[self.prefix_offset : self.read_offset], self.skip_special)
-        new_text = decode(self.ids[self.prefix_offset :], self.skip_special)
+        rest = self._window_text()[self.emitted :]
         self.prefix_offset = self.read_offset = len(self.ids)
-        return new_text[len(prefix_text) :]
+        self.emitted = 0
+        return rest
 
 
 class StopStringFilter:
