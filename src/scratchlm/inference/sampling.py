@@ -228,13 +228,19 @@ def next_token_probabilities(
     return torch.softmax(shape_logits(logits, settings), dim=-1)
 
 
+def draw_dtype(device: torch.device) -> torch.dtype:
+    """float64 for the cumulative sums and the uniform number, except on MPS (no float64 there):
+    1 - u stays exact in float32 too, as torch.rand's float32 numbers are multiples of 2**-24."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def invert_cdf(probabilities: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """Token ids (B,) for distributions (B, V) (not necessarily normalised) and numbers u (B, 1)
     in [0, 1): the first token whose cumulative probability reaches x = (1 - u) * total. x is in
     (0, total], so that token exists and has probability above 0 (a token of probability 0
     reaches no sum the token before it did not). Summed in float64, where a token of probability
-    1e-12 keeps its interval."""
-    cumulative = torch.cumsum(probabilities, -1, dtype=torch.float64)  # (B, V)
+    1e-12 keeps its interval (float32 on MPS, which has no float64)."""
+    cumulative = torch.cumsum(probabilities, -1, dtype=draw_dtype(probabilities.device))  # (B, V)
     # 1 - u is exact in float64, and a product of positive numbers rounds to neither 0 nor past
     # the total, which is itself a float64.
     threshold = (1.0 - uniform).mul_(cumulative[:, -1:])  # (B, 1)
@@ -246,7 +252,7 @@ def draw_from(probabilities: torch.Tensor, generator: torch.Generator | None) ->
     `generator`."""
     uniform = torch.rand(
         (probabilities.shape[0], 1),
-        dtype=torch.float64,
+        dtype=draw_dtype(probabilities.device),
         generator=generator,
         device=probabilities.device,
     )
