@@ -20,9 +20,9 @@ With top-k, `sample_next_token` takes the k largest logits first and runs steps 
 values only: the same distribution (temperature keeps the order), but the filters, the softmax
 and the draw see k values instead of the whole vocabulary.
 The draw (`draw_from`) inverts the cumulative distribution with one uniform number per row.
-`torch.multinomial` takes one exponential number per entry: 0.84 ms per token at a 32,000-token
-vocabulary, where the whole of sampling from the full distribution (OpenAI's default, temperature
-1) now takes about 0.1 ms.
+`torch.multinomial` takes one exponential number per entry: 0.82-0.88 ms per token at a
+32,000-token vocabulary, where the whole of sampling from the full distribution (OpenAI's default,
+temperature 1) now takes 0.14 ms (docs/benchmarks.md, thirteenth session).
 """
 
 from __future__ import annotations
