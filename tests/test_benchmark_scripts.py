@@ -4,6 +4,7 @@ fails at its first line (quickstart_track.py once imported a name that had moved
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -56,3 +57,36 @@ def test_prefill_flops_counts_every_matmul_of_a_prefill(monkeypatch: pytest.Monk
     per_key = 2 * 2 * config.n_head * config.head_dim  # q.k and the weighted sum of v
     attention = config.n_layer * sum(per_key * (query + 1) for query in range(tokens))
     assert prefill_flops(model, tokens) == linear + attention
+
+
+def test_read_patterns_compiles_and_reads(tmp_path: Path) -> None:
+    """benchmarks/read_patterns.cpp (the fp32 read ceiling, docs/benchmarks.md) builds with the
+    command its header gives, refuses bad arguments with exit code 2, and, on a CPU with
+    AVX-512F, prints a GB/s figure for every pattern with the decode kernel's shape as 1.00x."""
+    import shutil
+    import subprocess
+
+    from scratchlm.inference.kernels.loader import cpu_flags
+
+    compiler = shutil.which("g++")
+    if compiler is None or "avx2" not in cpu_flags():
+        pytest.skip("needs g++ on an x86-64 CPU")
+    binary = tmp_path / "read_patterns"
+    subprocess.run(
+        [compiler, "-O3", "-mavx512f", "-mavx2", "-mfma", "-pthread",
+         str(BENCHMARKS / "read_patterns.cpp"), "-o", str(binary)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    refused = subprocess.run([str(binary), "100", "2"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "multiple of 64" in refused.stderr
+    if "avx512f" not in cpu_flags():
+        return
+    result = subprocess.run(
+        [str(binary), "768", "2"], capture_output=True, text=True, check=True, timeout=120
+    )
+    rows = [line for line in result.stdout.splitlines() if line.startswith("  ")]
+    assert len(rows) == 6, result.stdout
+    for row in rows:
+        figures = re.search(r"\s(\d+\.\d)\s+\((\d+\.\d\d)x the decode kernel's shape\)$", row)
+        assert figures is not None and float(figures[1]) > 0.0, row
+    assert "gemv 16 rows (ours)" in result.stdout and "(1.00x the decode kernel's shape)" in rows[3]
