@@ -69,3 +69,35 @@ def test_running_rows_decode_during_a_long_prefill(model: torch.nn.Module) -> No
 def test_prefill_chunk_must_be_positive(model: torch.nn.Module) -> None:
     with pytest.raises(ScratchLMError, match="prefill_chunk"):
         BatchDecoder(model, max_batch=1, prefill_chunk=0)  # type: ignore[arg-type]
+
+
+def test_prompt_budget_grows_with_the_rows_in_the_batch() -> None:
+    """With no row decoding a step prefills a whole chunk; while rows decode, at most 8 prompt
+    tokens per row in the batch (at least 64, at most the chunk), so a few running rows get short
+    steps and a burst of many rows still drains in whole chunks. The tokens match Engine's."""
+    torch.manual_seed(0)
+    model = build_model(tiny_config("tiny", context_length=512)).eval()
+    decoder = BatchDecoder(model, max_batch=12, prefill_chunk=96)  # type: ignore[arg-type]
+    prompt = [1 + index % 90 for index in range(200)]  # ids within the tiny vocabulary
+    first = decoder.add(GenerationRequest(prompt, max_new_tokens=40, sampling=GREEDY))
+    decoder.step()  # nothing decodes yet: one whole chunk
+    assert decoder.prefill_backlog == 200 - 96
+    decoder.step()
+    decoder.step()  # the rest of the prompt (96, then 8): the row now decodes
+    assert decoder.prefill_backlog == 0
+    long_prompt = [3 + index % 90 for index in range(300)]
+    decoder.add(GenerationRequest(long_prompt, max_new_tokens=4, sampling=GREEDY))
+    decoder.step()  # 2 rows in the batch, one decoding: max(64, 16) = 64 prompt tokens
+    assert decoder.prefill_backlog == 300 - 64
+    for index in range(10):  # 12 rows: min(96, max(64, 96)) = 96 per step
+        decoder.add(GenerationRequest([5 + index] * 30, max_new_tokens=2, sampling=GREEDY))
+    backlog = decoder.prefill_backlog
+    decoder.step()
+    assert decoder.prefill_backlog == backlog - 96
+    rows = {row.handle: row for row in decoder.rows}
+    while rows[first].finish_reason is None:
+        decoder.step()
+    assert rows[first].finish_reason == "length"
+    engine = Engine(model)  # type: ignore[arg-type]
+    expected = engine.generate(prompt, max_new_tokens=40, sampling=GREEDY)
+    assert rows[first].generated == list(expected)
