@@ -490,9 +490,9 @@ class BatchDecoder:
         return min(self.prefill_chunk, max(PREFILL_TOKENS_WHILE_DECODING_MIN, per_rows))
 
     def _prefill_step(self) -> list[Row]:
-        """Spend up to `prefill_chunk` prompt tokens on the prefilling rows, oldest first; rows
-        whose prompt completes move into the decoding slots. Returns rows already finished by
-        their first token."""
+        """Spend up to this step's prompt budget (`_prefill_budget`) on the prefilling rows,
+        oldest first; rows whose prompt completes move into the decoding slots. Returns rows
+        already finished by their first token."""
         budget = self._prefill_budget() if self.prefill_chunk else 0
         finished: list[Row] = []
         while budget > 0:
