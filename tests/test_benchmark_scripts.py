@@ -90,3 +90,27 @@ def test_read_patterns_compiles_and_reads(tmp_path: Path) -> None:
         figures = re.search(r"\s(\d+\.\d)\s+\((\d+\.\d\d)x the decode kernel's shape\)$", row)
         assert figures is not None and float(figures[1]) > 0.0, row
     assert "gemv 16 rows (ours)" in result.stdout and "(1.00x the decode kernel's shape)" in rows[3]
+
+
+def test_q4_variants_roundings_match_the_kernel_formats(monkeypatch: pytest.MonkeyPatch) -> None:
+    """q4_variants.py's own roundings stand for what they claim: its Q4_0 rule on 32-value blocks
+    is exactly `--quantize q4`'s, every Q4_1 value is within half a step (plus fp16 rounding of
+    the scale and minimum) of the weight, and the finer formats' errors are below Q4_0's."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from q4_variants import round_q4, round_q4_1, round_q4_mse, round_q4_symmetric
+
+    torch.manual_seed(0)
+    weight = torch.randn(24, 100)  # a padded last block
+    assert torch.equal(round_q4_symmetric(weight, 32), round_q4(weight))
+    low = torch.nn.functional.pad(weight, (0, 28)).reshape(24, -1, 32)
+    step = ((low.amax(-1) - low.amin(-1)) / 15).repeat_interleave(32, dim=1)[:, :100]
+    assert bool(((round_q4_1(weight) - weight).abs() <= step * (0.5 + 2**-9) + 1e-3).all())
+
+    def error(rounded: torch.Tensor) -> float:
+        return float((rounded - weight).pow(2).sum())
+
+    q4 = error(round_q4(weight))
+    assert error(round_q4_1(weight)) < q4 and error(round_q4_symmetric(weight, 16)) < q4
+    assert error(round_q4_mse(weight)) < q4

@@ -139,9 +139,9 @@ class BatchDecoder:
     and while rows decode at most 8 per row in the batch (at least 64): a step's prompt work
     grows with the load, so with a few clients the steps stay short and a request that arrives
     meanwhile soon gets its turn, while a burst of many requests still drains in full chunks.
-    `scratchlm serve`, 8 streaming clients, time to first token p50 / p95 against a fixed chunk
-    of 256: llama-42m bf16 40 / 59 ms against 61-80 / 110-138; akane-124m fp32 152 / 368 ms
-    against 378 / 559; at 32 clients about the same as the fixed chunk (docs/benchmarks.md).
+    `scratchlm serve` on llama-42m bf16, 8 streaming clients, time to first token p50 / p95:
+    40 / 59 ms against 61-80 / 110-138 with a fixed chunk of 256; at 32 clients about the same
+    as the fixed chunk (docs/benchmarks.md).
     Rows still prefilling sit after the decoding rows (slots D..A-1), so the decode forward stays
     one contiguous (D, 1) batch; a row whose prompt is complete swaps into slot D.
 
